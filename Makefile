@@ -1,0 +1,55 @@
+# entitlock/Makefile
+#
+# Build with PGXS:  make && make install
+# Test everything:  bash test/run.sh   (installs what it needs, see README)
+
+EXTENSION = entitlock
+MODULE_big = entitlock
+
+# The version lives in entitlock.control; everything else derives from it.
+EXTVERSION = $(shell sed -n "s/^default_version *= *'\([^']*\)'.*/\1/p" $(EXTENSION).control)
+
+OBJS = \
+	src/keys.o \
+	src/locks.o
+
+DATA = $(wildcard sql/$(EXTENSION)--*.sql)
+PGFILEDESC = "entitlock - named locks, usage limits, idempotency and leases"
+
+REGRESS = \
+	keys \
+	locks
+
+ISOLATION = \
+	lock-exclusive \
+	lock-shared \
+	lock-identity \
+	lock-timeout \
+	lock-release \
+	lock-entity-hierarchy \
+	lock-all-crossing-order \
+	lock-deadlock
+
+# Isolation specs live under test/; pg_isolation_regress takes the last
+# --inputdir it is given.
+ISOLATION_OPTS = --inputdir=test/isolation --load-extension=$(EXTENSION)
+
+# PostgreSQL's own flags plus -Wextra; parameters such as fcinfo are often
+# unused by design.  "make WERROR=1" (the test suite does) turns warnings
+# into errors.
+PG_CFLAGS = -Wextra -Wno-unused-parameter -Wno-missing-field-initializers
+ifdef WERROR
+PG_CFLAGS += -Werror
+endif
+
+PG_CONFIG ?= pg_config
+PGXS := $(shell $(PG_CONFIG) --pgxs)
+include $(PGXS)
+
+# A PGXN distribution archive of the committed tree.
+dist:
+	mkdir -p dist
+	git archive --format zip --prefix=$(EXTENSION)-$(EXTVERSION)/ \
+		-o dist/$(EXTENSION)-$(EXTVERSION).zip HEAD
+
+.PHONY: dist

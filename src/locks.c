@@ -1,0 +1,381 @@
+/*-------------------------------------------------------------------------
+ *
+ * locks.c
+ *	  Transaction-scoped named locks: entitlock.lock, try_lock, lock_shared,
+ *	  try_lock_shared, lock_all, lock_entity and try_lock_entity.
+ *
+ * Each lock is the very advisory lock that pg_advisory_xact_lock(key) takes
+ * (same lock tag, same lock method), so it appears in pg_locks, is released
+ * by COMMIT, ROLLBACK or the death of the backend, and code that cannot load
+ * the extension can still coordinate with code that does.  Waiting is left
+ * entirely to PostgreSQL's lock manager, which gives lock_timeout,
+ * statement_timeout, cancellation and deadlock detection for free.
+ *
+ * Relies on keys.c for turning names into keys.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include <limits.h>
+#include <math.h>
+
+#include "access/xact.h"
+#include "catalog/pg_type.h"
+#include "datatype/timestamp.h"
+#include "entitlock.h"
+#include "miscadmin.h"
+#include "storage/lock.h"
+#include "utils/array.h"
+#include "utils/guc.h"
+#include "utils/memutils.h"
+#include "utils/resowner.h"
+
+PG_FUNCTION_INFO_V1(entitlock_lock);
+PG_FUNCTION_INFO_V1(entitlock_lock_timeout);
+PG_FUNCTION_INFO_V1(entitlock_try_lock);
+PG_FUNCTION_INFO_V1(entitlock_lock_shared);
+PG_FUNCTION_INFO_V1(entitlock_try_lock_shared);
+PG_FUNCTION_INFO_V1(entitlock_lock_all);
+PG_FUNCTION_INFO_V1(entitlock_lock_entity);
+PG_FUNCTION_INFO_V1(entitlock_try_lock_entity);
+
+/* The lock tag pg_advisory_xact_lock(bigint) uses; see lockfuncs.c. */
+static inline void
+set_key_locktag(LOCKTAG *tag, int64 key)
+{
+	SET_LOCKTAG_ADVISORY(*tag, MyDatabaseId,
+						 (uint32) (key >> 32), (uint32) key, 1);
+}
+
+/*
+ * Parallel workers do not share their leader's lock owner, so a lock taken
+ * in one would not protect the leader's work.  PostgreSQL forbids advisory
+ * locks there for the same reason.
+ */
+static void
+check_not_parallel(void)
+{
+	if (IsInParallelMode())
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_TRANSACTION_STATE),
+				 errmsg("cannot take entitlock locks during a parallel operation")));
+}
+
+/*
+ * Take a transaction-scoped lock on key in mode.  With wait, block in the
+ * lock manager (subject to lock_timeout, statement_timeout and deadlock
+ * detection) and return true; without, return whether it was granted.
+ * Re-taking a lock the transaction already holds succeeds at once.
+ */
+bool
+entitlock_acquire(int64 key, LOCKMODE mode, bool wait)
+{
+	LOCKTAG		tag;
+
+	check_not_parallel();
+	set_key_locktag(&tag, key);
+	return LockAcquire(&tag, mode, false, !wait) != LOCKACQUIRE_NOT_AVAIL;
+}
+
+/*
+ * Undo one entitlock_acquire of key in mode by this transaction.  Only used
+ * to back out of a half-taken pair of locks; a lock taken earlier in the
+ * transaction stays held, as its count only drops by one.
+ */
+void
+entitlock_release(int64 key, LOCKMODE mode)
+{
+	LOCKTAG		tag;
+
+	set_key_locktag(&tag, key);
+	if (!LockRelease(&tag, mode, false))
+		elog(ERROR, "entitlock lock %lld was not held",
+			 (long long) key);
+}
+
+/*
+ * Convert a wait limit to whole milliseconds, rounding up so that a wait of
+ * 1 microsecond still waits.  Months count as 30 days, as elsewhere in
+ * PostgreSQL.  Anything beyond what lock_timeout accepts (about 24 days)
+ * is clamped to that.
+ */
+static int
+interval_to_timeout_ms(Interval *span)
+{
+	double		usecs;
+	double		ms;
+
+	usecs = (double) span->time +
+		((double) span->month * DAYS_PER_MONTH + (double) span->day) *
+		(double) USECS_PER_DAY;
+	if (usecs < 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("lock timeout must not be negative")));
+	ms = ceil(usecs / 1000.0);
+	if (ms > (double) INT_MAX)
+		return INT_MAX;
+	return (int) ms;
+}
+
+/*
+ * Wait for the lock for at most timeout_ms; false when that expires.
+ *
+ * The wait runs with lock_timeout set to the limit, inside an internal
+ * subtransaction.  When the lock manager gives up it raises
+ * lock_not_available; rolling back the subtransaction takes us out of the
+ * lock's wait queue and restores lock_timeout, while everything the
+ * transaction did and held before stays as it was.  Polling with
+ * try-lock instead would lose the queue position to newcomers and would
+ * hide deadlocks from PostgreSQL's detector.  Any other error (deadlock,
+ * statement_timeout, cancel) is re-raised unchanged.
+ */
+static bool
+acquire_with_timeout(int64 key, LOCKMODE mode, int timeout_ms)
+{
+	MemoryContext oldcontext = CurrentMemoryContext;
+	ResourceOwner oldowner = CurrentResourceOwner;
+	char		timeout_str[32];
+	volatile bool acquired = false;
+
+	/* Most calls find the lock free; spare them the subtransaction. */
+	if (entitlock_acquire(key, mode, false))
+		return true;
+	/* lock_timeout = 0 means "wait forever", so a zero limit stops here. */
+	if (timeout_ms == 0)
+		return false;
+
+	snprintf(timeout_str, sizeof(timeout_str), "%d", timeout_ms);
+
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(oldcontext);
+
+	PG_TRY();
+	{
+		int			save_nestlevel = NewGUCNestLevel();
+
+		(void) set_config_option("lock_timeout", timeout_str,
+								 PGC_USERSET, PGC_S_SESSION,
+								 GUC_ACTION_SAVE, true, 0, false);
+		(void) entitlock_acquire(key, mode, true);
+		AtEOXact_GUC(true, save_nestlevel);
+
+		/* The lock now passes to the outer transaction's resource owner. */
+		ReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(oldcontext);
+		CurrentResourceOwner = oldowner;
+		acquired = true;
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(oldcontext);
+		edata = CopyErrorData();
+		FlushErrorState();
+
+		RollbackAndReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(oldcontext);
+		CurrentResourceOwner = oldowner;
+
+		if (edata->sqlerrcode != ERRCODE_LOCK_NOT_AVAILABLE)
+			ReThrowError(edata);
+		FreeErrorData(edata);
+	}
+	PG_END_TRY();
+
+	return acquired;
+}
+
+/*
+ * entitlock.lock(name text) returns void
+ *
+ * Exclusive lock on key(name) until the end of the transaction; waits.
+ * NULL or empty name is an error.
+ */
+Datum
+entitlock_lock(PG_FUNCTION_ARGS)
+{
+	text	   *name = entitlock_text_arg(fcinfo, 0, "lock name");
+
+	(void) entitlock_acquire(entitlock_name_key(name), ExclusiveLock, true);
+	PG_RETURN_VOID();
+}
+
+/*
+ * entitlock.lock(name text, timeout interval) returns boolean
+ *
+ * Exclusive lock, waiting at most timeout (which replaces lock_timeout for
+ * this wait; statement_timeout and deadlock detection still apply).  False
+ * when the time runs out; the transaction stays usable and keeps its other
+ * locks.  A zero timeout never waits.  NULL arguments are errors.
+ */
+Datum
+entitlock_lock_timeout(PG_FUNCTION_ARGS)
+{
+	text	   *name = entitlock_text_arg(fcinfo, 0, "lock name");
+	int64		key;
+	int			timeout_ms;
+
+	if (PG_ARGISNULL(1))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("lock timeout must not be null")));
+	key = entitlock_name_key(name);
+	timeout_ms = interval_to_timeout_ms(PG_GETARG_INTERVAL_P(1));
+
+	PG_RETURN_BOOL(acquire_with_timeout(key, ExclusiveLock, timeout_ms));
+}
+
+/*
+ * entitlock.try_lock(name text) returns boolean
+ *
+ * Exclusive lock if it is free (or already ours) now; never waits.
+ */
+Datum
+entitlock_try_lock(PG_FUNCTION_ARGS)
+{
+	text	   *name = entitlock_text_arg(fcinfo, 0, "lock name");
+
+	PG_RETURN_BOOL(entitlock_acquire(entitlock_name_key(name),
+									 ExclusiveLock, false));
+}
+
+/*
+ * entitlock.lock_shared(name text) returns void
+ *
+ * Shared lock on key(name): compatible with other shared holders, excluded
+ * by an exclusive one.  Waits.
+ */
+Datum
+entitlock_lock_shared(PG_FUNCTION_ARGS)
+{
+	text	   *name = entitlock_text_arg(fcinfo, 0, "lock name");
+
+	(void) entitlock_acquire(entitlock_name_key(name), ShareLock, true);
+	PG_RETURN_VOID();
+}
+
+/*
+ * entitlock.try_lock_shared(name text) returns boolean
+ */
+Datum
+entitlock_try_lock_shared(PG_FUNCTION_ARGS)
+{
+	text	   *name = entitlock_text_arg(fcinfo, 0, "lock name");
+
+	PG_RETURN_BOOL(entitlock_acquire(entitlock_name_key(name),
+									 ShareLock, false));
+}
+
+static int
+cmp_int64(const void *a, const void *b)
+{
+	int64		x = *(const int64 *) a;
+	int64		y = *(const int64 *) b;
+
+	return (x > y) - (x < y);
+}
+
+/*
+ * entitlock.lock_all(names text[]) returns void
+ *
+ * Exclusive lock on every name, taken in ascending (signed) key order with
+ * duplicate keys once, so any two lock_all callers agree on the order and
+ * cannot deadlock each other however their arrays overlap.  NULL elements
+ * are skipped; an empty element or a NULL array is an error.  Every name is
+ * checked before the first lock is taken, so bad input takes no lock.
+ */
+Datum
+entitlock_lock_all(PG_FUNCTION_ARGS)
+{
+	ArrayType  *names;
+	Datum	   *elems;
+	bool	   *nulls;
+	int			nelems;
+	int64	   *keys;
+	int			nkeys = 0;
+	int			i;
+
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("lock name array must not be null")));
+	names = PG_GETARG_ARRAYTYPE_P(0);
+	deconstruct_array(names, TEXTOID, -1, false, TYPALIGN_INT,
+					  &elems, &nulls, &nelems);
+
+	keys = palloc(sizeof(int64) * Max(nelems, 1));
+	for (i = 0; i < nelems; i++)
+	{
+		text	   *name;
+
+		if (nulls[i])
+			continue;
+		name = DatumGetTextPP(elems[i]);
+		if (VARSIZE_ANY_EXHDR(name) == 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("lock name must not be empty"),
+					 errdetail("Array element %d is an empty string.", i + 1)));
+		keys[nkeys++] = entitlock_name_key(name);
+	}
+
+	qsort(keys, nkeys, sizeof(int64), cmp_int64);
+
+	for (i = 0; i < nkeys; i++)
+	{
+		if (i > 0 && keys[i] == keys[i - 1])
+			continue;
+		(void) entitlock_acquire(keys[i], ExclusiveLock, true);
+	}
+	PG_RETURN_VOID();
+}
+
+/*
+ * entitlock.lock_entity(realm text, entity text) returns void
+ *
+ * Shared lock on key(realm), then exclusive on key(realm, entity).  Callers
+ * on different entities of one realm run side by side; an exclusive
+ * lock(realm) waits for all of them and holds off new ones.  The realm is
+ * always locked first, which is what keeps the hierarchy deadlock-free.
+ */
+Datum
+entitlock_lock_entity(PG_FUNCTION_ARGS)
+{
+	text	   *realm = entitlock_text_arg(fcinfo, 0, "realm");
+	text	   *entity = entitlock_text_arg(fcinfo, 1, "entity");
+	/* The pair first: its checks name the empty part. */
+	int64		pair_key = entitlock_pair_key(realm, entity);
+	int64		realm_key = entitlock_name_key(realm);
+
+	(void) entitlock_acquire(realm_key, ShareLock, true);
+	(void) entitlock_acquire(pair_key, ExclusiveLock, true);
+	PG_RETURN_VOID();
+}
+
+/*
+ * entitlock.try_lock_entity(realm text, entity text) returns boolean
+ *
+ * As lock_entity, without waiting.  On false the transaction holds nothing
+ * new: a realm lock taken on the way is given back.
+ */
+Datum
+entitlock_try_lock_entity(PG_FUNCTION_ARGS)
+{
+	text	   *realm = entitlock_text_arg(fcinfo, 0, "realm");
+	text	   *entity = entitlock_text_arg(fcinfo, 1, "entity");
+	/* The pair first: its checks name the empty part. */
+	int64		pair_key = entitlock_pair_key(realm, entity);
+	int64		realm_key = entitlock_name_key(realm);
+
+	if (!entitlock_acquire(realm_key, ShareLock, false))
+		PG_RETURN_BOOL(false);
+	if (!entitlock_acquire(pair_key, ExclusiveLock, false))
+	{
+		entitlock_release(realm_key, ShareLock);
+		PG_RETURN_BOOL(false);
+	}
+	PG_RETURN_BOOL(true);
+}

@@ -1,0 +1,108 @@
+# test/lib.sh: helpers shared by test/run.sh, test/demo.sh and the stress
+# and benchmark scripts.  Source it; it defines functions and changes nothing.
+#
+# Throwaway clusters belong to the "postgres" OS user (PostgreSQL refuses to
+# run as root), live in a private directory under /tmp and listen only on a
+# private Unix socket and port, so the system cluster is never touched.
+
+PG_MAJOR=${PG_MAJOR:-15}
+ENTITLOCK_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+
+log() { printf '%s\n' "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+# Run a command as root: directly when we are root, else through sudo.
+as_root() {
+	if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+# Run a command as the owner of throwaway clusters.
+as_pg() {
+	if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
+}
+
+# Install the Debian packages the build and the tests need, only when
+# something is missing, so a warm machine does not touch the network.
+ensure_packages() {
+	local pkgs=(make gcc "postgresql-$PG_MAJOR" "postgresql-server-dev-$PG_MAJOR"
+		"postgresql-contrib" libipc-run-perl xxhash "$@")
+	local missing=() p
+	for p in "${pkgs[@]}"; do
+		dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' ||
+			missing+=("$p")
+	done
+	[ ${#missing[@]} -eq 0 ] && return 0
+	log "installing: ${missing[*]}"
+	as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2 ||
+		die "apt-get update failed"
+	as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+		--no-install-recommends "${missing[@]}" >&2 ||
+		die "apt-get install ${missing[*]} failed"
+}
+
+pg_bindir() {
+	echo "/usr/lib/postgresql/$PG_MAJOR/bin"
+}
+
+# Build and install the extension into the server's directories.
+build_install() {
+	local pgc
+	pgc="$(pg_bindir)/pg_config"
+	[ -x "$pgc" ] || die "$pgc not found"
+	make -C "$ENTITLOCK_ROOT" -s PG_CONFIG="$pgc" clean >/dev/null
+	make -C "$ENTITLOCK_ROOT" -s PG_CONFIG="$pgc" WERROR=1 "$@" ||
+		die "build failed"
+	as_root make -C "$ENTITLOCK_ROOT" -s PG_CONFIG="$pgc" install >/dev/null ||
+		die "make install failed"
+}
+
+free_port() {
+	local port=${1:-54329}
+	while (echo >/dev/tcp/127.0.0.1/"$port") 2>/dev/null ||
+		[ -e "/tmp/.s.PGSQL.$port" ]; do
+		port=$((port + 1))
+	done
+	echo "$port"
+}
+
+# cluster_start DIR [postgresql.conf lines...]
+# Creates a cluster in DIR/data with its socket in DIR, and exports
+# PGHOST, PGPORT, PGUSER and PGDATABASE for everything that follows.
+cluster_start() {
+	local dir=$1
+	shift
+	local bindir
+	bindir=$(pg_bindir)
+	mkdir -p "$dir"
+	chmod 755 "$dir"
+	[ "$(id -u)" -eq 0 ] && chown postgres: "$dir"
+	as_pg "$bindir/initdb" -D "$dir/data" -A trust -U postgres -E UTF8 \
+		--locale=C.UTF-8 >"$dir/initdb.log" 2>&1 ||
+		{ cat "$dir/initdb.log" >&2; die "initdb failed"; }
+	PGPORT=$(free_port "${PGPORT_BASE:-54329}")
+	{
+		echo "port = $PGPORT"
+		echo "listen_addresses = ''"
+		echo "unix_socket_directories = '$dir'"
+		echo "max_connections = 120"
+		echo "max_locks_per_transaction = 256"
+		echo "fsync = off"
+		echo "log_line_prefix = '%m [%p] %q%a '"
+		local line
+		for line in "$@"; do echo "$line"; done
+	} | as_pg tee -a "$dir/data/postgresql.conf" >/dev/null
+	as_pg "$bindir/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w start >/dev/null ||
+		{ cat "$dir/server.log" >&2; die "server did not start"; }
+	export PGHOST=$dir PGPORT PGUSER=postgres PGDATABASE=postgres
+}
+
+cluster_stop() {
+	local dir=$1
+	[ -f "$dir/data/postmaster.pid" ] || return 0
+	as_pg "$(pg_bindir)/pg_ctl" -D "$dir/data" -m fast -w stop >/dev/null 2>&1 || true
+}
+
+cluster_destroy() {
+	cluster_stop "$1"
+	rm -rf "$1"
+}
