@@ -1,0 +1,112 @@
+#!/usr/bin/env bash
+#
+# test/run.sh: the whole entitlock test suite, from a fresh machine.
+#
+#   bash test/run.sh            (as root, or as a user with sudo)
+#
+# Installs the Debian packages it needs when they are missing, builds with
+# -Werror, installs the extension, starts a throwaway cluster owned by the
+# postgres OS user on a private port and socket, runs the regression and
+# isolation suites (make installcheck), then every script under test/check
+# and test/stress, stops the cluster and prints one closing line:
+#
+#   N passed, N failed[, N skipped]
+#
+# It exits non-zero when anything failed.  Set ENTITLOCK_KEEP=1 to keep the
+# cluster's directory (logs, data) for a post-mortem.
+
+set -uo pipefail
+
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+cd "$ENTITLOCK_ROOT" || exit 1
+
+passed=0
+failed=0
+skipped=0
+failures=()
+
+pass() { passed=$((passed + 1)); printf 'ok      %s\n' "$1"; }
+fail() { failed=$((failed + 1)); failures+=("$1"); printf 'FAILED  %s\n' "$1"; }
+skip() { skipped=$((skipped + 1)); printf 'skipped %s\n' "$1"; }
+
+# Count pg_regress's per-test lines.  PostgreSQL 15 prints
+# "test name ... ok" ("... FAILED"); 16 and later print TAP-style
+# "ok 1 - name" ("not ok 1 - name").
+count_pg_regress() {
+	local label=$1 log=$2 line name found=0
+	while IFS= read -r line; do
+		if [[ $line =~ ^(test|\ +)\ *([^ ]+)\ +\.\.\.\ +(ok|FAILED|failed) ]]; then
+			name=${BASH_REMATCH[2]}
+			if [ "${BASH_REMATCH[3]}" = ok ]; then pass "$label/$name"; else fail "$label/$name"; fi
+			found=1
+		elif [[ $line =~ ^(not\ )?ok\ +[0-9]+\ +[-+]\ +([^ ]+) ]]; then
+			name=${BASH_REMATCH[2]}
+			if [ -z "${BASH_REMATCH[1]}" ]; then pass "$label/$name"; else fail "$label/$name"; fi
+			found=1
+		fi
+	done <"$log"
+	[ $found -eq 1 ] || fail "$label (no test ran; see $log)"
+}
+
+# Run one script; exit status 0 passes, 77 skips, anything else fails.
+run_script() {
+	local script=$1 name status started
+	name=${script#test/}
+	name=${name%.sh}
+	started=$SECONDS
+	printf -- '--- %s\n' "$name"
+	bash "$script"
+	status=$?
+	printf -- '--- %s: exit %d after %ds\n' "$name" "$status" $((SECONDS - started))
+	case $status in
+	0) pass "$name" ;;
+	77) skip "$name" ;;
+	*) fail "$name" ;;
+	esac
+}
+
+ensure_packages
+build_install
+
+workdir=$(mktemp -d /tmp/entitlock-test.XXXXXX)
+cleanup() {
+	if [ -n "${ENTITLOCK_KEEP:-}" ]; then
+		cluster_stop "$workdir"
+		log "kept $workdir"
+	else
+		cluster_destroy "$workdir"
+	fi
+}
+trap cleanup EXIT
+cluster_start "$workdir"
+log "throwaway cluster: $PGHOST port $PGPORT"
+export ENTITLOCK_SERVER_LOG=$workdir/server.log
+
+pgc="$(pg_bindir)/pg_config"
+
+make -s PG_CONFIG="$pgc" installcheck ISOLATION= >"$workdir/regress.log" 2>&1
+cat "$workdir/regress.log"
+count_pg_regress regress "$workdir/regress.log"
+[ -f regression.diffs ] && head -200 regression.diffs
+
+make -s PG_CONFIG="$pgc" installcheck REGRESS= >"$workdir/isolation.log" 2>&1
+cat "$workdir/isolation.log"
+count_pg_regress isolation "$workdir/isolation.log"
+[ -f output_iso/regression.diffs ] && head -200 output_iso/regression.diffs
+
+for script in test/check/*.sh test/stress/*.sh; do
+	[ -e "$script" ] || continue
+	run_script "$script"
+done
+
+if [ ${#failures[@]} -gt 0 ]; then
+	printf '\nfailed:\n'
+	printf '  %s\n' "${failures[@]}"
+fi
+echo
+if [ $skipped -gt 0 ]; then
+	echo "$passed passed, $failed failed, $skipped skipped"
+else
+	echo "$passed passed, $failed failed"
+fi
+[ $failed -eq 0 ]
