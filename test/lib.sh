@@ -25,7 +25,7 @@ as_pg() {
 # something is missing, so a warm machine does not touch the network.
 ensure_packages() {
 	local pkgs=(make gcc "postgresql-$PG_MAJOR" "postgresql-server-dev-$PG_MAJOR"
-		"postgresql-contrib" libipc-run-perl xxhash "$@")
+		libipc-run-perl xxhash "$@")
 	local missing=() p
 	for p in "${pkgs[@]}"; do
 		dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' ||

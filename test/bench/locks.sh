@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+#
+# test/bench/locks.sh: what a named lock costs, against the plain-SQL way.
+#
+#   bash test/bench/locks.sh              (starts its own throwaway cluster)
+#   BENCH_SECONDS=20 bash test/bench/locks.sh
+#
+# Each pgbench transaction locks one of 1,000 names (or one hot name) and
+# commits.  Compared in the same run, on the same server:
+#   builtin    pg_advisory_xact_lock(hashtextextended(name, 0))
+#   entitlock  entitlock.lock(name)
+#   entity     entitlock.lock_entity(realm, entity)  (two locks)
+#   timed      entitlock.lock(name, '1 s')
+# and prints TPS and the ratio to the builtin.  A benchmark, not a test:
+# it asserts nothing; the figures go in README.md.
+
+set -uo pipefail
+. "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
+
+SECS=${BENCH_SECONDS:-10}
+CLIENT_COUNTS=${BENCH_CLIENTS:-"1 8 32"}
+
+ensure_packages
+if [ -z "${PGHOST:-}" ]; then
+	build_install
+	dir=$(mktemp -d /tmp/entitlock-bench.XXXXXX)
+	trap 'cluster_destroy "$dir"; rm -rf "$scripts"' EXIT
+	cluster_start "$dir" "fsync = on" "synchronous_commit = off"
+fi
+scripts=$(mktemp -d)
+db=entitlock_bench_locks
+psql -X -q -c "DROP DATABASE IF EXISTS $db" -c "CREATE DATABASE $db" || exit 1
+psql -X -q -d "$db" -c "CREATE EXTENSION entitlock" || exit 1
+
+for keys in 1000 1; do
+	printf '\\set i random(1, %d)\nBEGIN;\nSELECT pg_advisory_xact_lock(hashtextextended(%s, 0));\nCOMMIT;\n' \
+		"$keys" "'name-' || :i" >"$scripts/builtin-$keys.sql"
+	printf '\\set i random(1, %d)\nBEGIN;\nSELECT entitlock.lock(%s);\nCOMMIT;\n' \
+		"$keys" "'name-' || :i" >"$scripts/entitlock-$keys.sql"
+	printf '\\set i random(1, %d)\nBEGIN;\nSELECT entitlock.lock_entity(%s, %s);\nCOMMIT;\n' \
+		"$keys" "'realm'" "'entity-' || :i" >"$scripts/entity-$keys.sql"
+	printf '\\set i random(1, %d)\nBEGIN;\nSELECT entitlock.lock(%s, %s);\nCOMMIT;\n' \
+		"$keys" "'name-' || :i" "'1 s'" >"$scripts/timed-$keys.sql"
+done
+
+tps() {
+	pgbench -n -d "$db" -c "$2" -j "$(($2 < 2 ? 1 : 2))" -T "$SECS" -f "$1" 2>&1 |
+		sed -n 's/^tps = \([0-9.]*\) .*/\1/p'
+}
+
+printf '%-6s %-8s %-10s %10s %8s\n' keys clients variant tps ratio
+for keys in 1000 1; do
+	for c in $CLIENT_COUNTS; do
+		base=$(tps "$scripts/builtin-$keys.sql" "$c")
+		printf '%-6s %-8s %-10s %10.0f %8s\n' "$keys" "$c" builtin "$base" 1.00
+		for v in entitlock entity timed; do
+			t=$(tps "$scripts/$v-$keys.sql" "$c")
+			printf '%-6s %-8s %-10s %10.0f %8.2f\n' "$keys" "$c" "$v" "$t" \
+				"$(awk -v a="$t" -v b="$base" 'BEGIN { print (b > 0 ? a / b : 0) }')"
+		done
+	done
+done
+psql -X -q -c "DROP DATABASE $db"

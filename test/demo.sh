@@ -1,0 +1,139 @@
+#!/usr/bin/env bash
+#
+# test/demo.sh: a throwaway PostgreSQL with entitlock, and a race to watch.
+#
+#   bash test/demo.sh          build, install, start, demonstrate; leave it running
+#   bash test/demo.sh stop     stop the demo cluster and delete it
+#
+# Installs what it needs (Debian packages, then the extension) like the test
+# suite.  The cluster belongs to the postgres OS user and lives in
+# /tmp/entitlock-demo with its own socket and port; the system cluster is
+# not touched.
+
+set -uo pipefail
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+DEMO_DIR=${ENTITLOCK_DEMO_DIR:-/tmp/entitlock-demo}
+CLIENTS=${DEMO_CLIENTS:-16}
+REQUESTS=${DEMO_REQUESTS:-150}
+SEATS=${DEMO_SEATS:-100}
+db=entitlock_demo
+
+if [ "${1:-}" = stop ]; then
+	cluster_destroy "$DEMO_DIR"
+	echo "demo cluster stopped and removed"
+	exit 0
+fi
+
+ensure_packages
+build_install
+cluster_destroy "$DEMO_DIR"
+PGPORT_BASE=54340 cluster_start "$DEMO_DIR"
+
+psql -X -q -c "CREATE DATABASE $db" || exit 1
+export PGDATABASE=$db
+psql -X -q -v ON_ERROR_STOP=1 <<EOF || exit 1
+CREATE EXTENSION entitlock;
+CREATE TABLE workspaces (
+    name         text PRIMARY KEY,
+    seat_limit   int NOT NULL,
+    member_count int NOT NULL DEFAULT 0
+);
+CREATE TABLE members (id bigserial PRIMARY KEY, workspace text NOT NULL);
+EOF
+
+scripts=$(mktemp -d)
+trap 'rm -rf "$scripts"' EXIT
+
+# The handler every app replica runs for "add a member": read the count,
+# compare with the plan, insert, write the count back.  Fine with one
+# request at a time; not with many.
+write_handler() {
+	local file=$1 lock_line=$2
+	cat >"$file" <<EOF
+BEGIN;
+$lock_line
+SELECT member_count AS used, seat_limit AS lim FROM workspaces WHERE name = 'acme' \\gset
+\\if :used < :lim
+INSERT INTO members (workspace) VALUES ('acme');
+UPDATE workspaces SET member_count = :used + 1 WHERE name = 'acme';
+\\endif
+COMMIT;
+EOF
+}
+write_handler "$scripts/unlocked.sql" "-- no lock"
+write_handler "$scripts/locked.sql" \
+	"SELECT entitlock.lock_entity('workspace:acme', 'members');"
+
+race() {
+	local label=$1 script=$2
+	psql -X -q -c "TRUNCATE members; DELETE FROM workspaces;
+		INSERT INTO workspaces VALUES ('acme', $SEATS, 0);" || exit 1
+	pgbench -n -c "$CLIENTS" -j 2 -t "$REQUESTS" -f "$script" >"$scripts/pgbench.log" 2>&1 ||
+		{ cat "$scripts/pgbench.log"; exit 1; }
+	psql -X -At -F ' ' -c "
+		SELECT count(*),
+			   (SELECT member_count FROM workspaces WHERE name = 'acme'),
+			   greatest(count(*) - $SEATS, 0),
+			   count(*) - (SELECT member_count FROM workspaces WHERE name = 'acme')
+		  FROM members WHERE workspace = 'acme'" |
+		while read -r added counter over lost; do
+			printf '  %-26s %13s %14s %16s %14s\n' "$label" "$added" "$counter" "$over" "$lost"
+		done
+}
+
+cat <<EOF
+
+== The race ==
+$CLIENTS clients send $((CLIENTS * REQUESTS)) "add a member" requests to workspace acme,
+whose plan allows $SEATS seats.  Each request reads member_count, compares it
+with the limit, inserts a member and writes member_count + 1.
+
+  $(printf '%-26s %13s %14s %16s %14s' "" "members added" "counter says" "over the limit" "lost updates")
+EOF
+race "without a lock" "$scripts/unlocked.sql"
+race "with entitlock.lock_entity" "$scripts/locked.sql"
+
+cat <<'EOF'
+
+Without a lock the requests interleave: several read the same count, all
+pass the limit check, and each writes back the same count + 1 (lost
+updates).  With SELECT entitlock.lock_entity('workspace:acme', 'members')
+as the first statement, requests for the same workspace take turns until
+COMMIT; other workspaces, and other entities of acme, are not held up.
+
+== Waiting with a limit ==
+EOF
+
+# Session A holds a lock for two seconds; session B tries, then waits with
+# a limit, then watches who holds it.
+psql -X -q -c "BEGIN; SELECT entitlock.lock('invoice:7'); SELECT pg_sleep(2); COMMIT;" \
+	>/dev/null 2>&1 &
+holder=$!
+for _ in $(seq 1 50); do
+	[ "$(psql -X -At -c "SELECT count(*) FROM entitlock.holders('invoice:7')")" = 1 ] && break
+	sleep 0.1
+done
+psql -X <<'EOF'
+-- session A holds invoice:7 for two seconds; this is session B
+SELECT pid, mode, granted, application_name FROM entitlock.holders('invoice:7');
+BEGIN;
+SELECT entitlock.try_lock('invoice:7') AS try_lock;
+SELECT entitlock.lock('invoice:7', '300 ms') AS waited_300ms;
+SELECT entitlock.lock('invoice:7', '10 s') AS waited_up_to_10s;
+COMMIT;
+EOF
+wait "$holder"
+
+cat <<EOF
+== Try it yourself ==
+The demo cluster is still running:
+
+  psql -h $PGHOST -p $PGPORT -U postgres $db
+
+  $db=# BEGIN;
+  $db=# SELECT entitlock.lock_entity('workspace:acme', 'members');
+  -- in a second psql, the same call waits until the first COMMITs
+
+Stop and delete it with:  bash test/demo.sh stop
+EOF
