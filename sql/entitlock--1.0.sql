@@ -96,8 +96,8 @@ COMMENT ON FUNCTION entitlock.try_lock_entity(text, text) IS
 
 --
 -- Who holds or waits for a lock.  PostgreSQL's own views already answer
--- this and apply their privilege rules (xact_start and application_name of
--- other roles' sessions show as NULL unless the caller may see them).
+-- this and apply their privilege rules (xact_start of other roles' sessions
+-- shows as NULL unless the caller may see it).
 --
 CREATE FUNCTION entitlock.holders(name text)
 RETURNS TABLE (pid integer, mode text, granted boolean,

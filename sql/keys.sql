@@ -78,6 +78,8 @@ DROP TABLE keyed;
 
 -- The key is defined over UTF-8: a LATIN1 database computes the same key
 -- for the same characters.
+SELECT current_database() AS regression_db \gset
+DROP DATABASE IF EXISTS entitlock_latin1;
 CREATE DATABASE entitlock_latin1 ENCODING 'LATIN1' LC_COLLATE 'C' LC_CTYPE 'C'
     TEMPLATE template0;
 \c entitlock_latin1
@@ -85,6 +87,6 @@ SET client_encoding = 'UTF8';
 CREATE EXTENSION entitlock;
 SELECT lpad(to_hex(entitlock.key('café')), 16, '0') = '9a40a9b974d85a6a' AS cafe_matches,
        lpad(to_hex(entitlock.key('café', 'crème')), 16, '0') AS pair_in_latin1;
-\c contrib_regression
+\c :regression_db
 DROP DATABASE entitlock_latin1;
 SELECT lpad(to_hex(entitlock.key('café', 'crème')), 16, '0') AS pair_in_utf8;

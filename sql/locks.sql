@@ -151,6 +151,9 @@ SELECT entitlock.lock_all(NULL);
 \echo :LAST_ERROR_SQLSTATE
 SELECT entitlock.lock_all(ARRAY['ok', '']);
 \echo :LAST_ERROR_SQLSTATE
+-- positions are reported as the array's own subscripts
+SELECT entitlock.lock_all('[0:2]={a,"",c}'::text[]);
+\echo :LAST_ERROR_SQLSTATE
 SELECT entitlock.lock_entity(NULL, 'e');
 \echo :LAST_ERROR_SQLSTATE
 SELECT entitlock.lock_entity('r', NULL);

@@ -30,6 +30,8 @@
 #include "utils/guc.h"
 #include "utils/memutils.h"
 #include "utils/resowner.h"
+#include "utils/timeout.h"
+#include "utils/timestamp.h"
 
 PG_FUNCTION_INFO_V1(entitlock_lock);
 PG_FUNCTION_INFO_V1(entitlock_lock_timeout);
@@ -112,7 +114,7 @@ interval_to_timeout_ms(Interval *span)
 	if (usecs < 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("lock timeout must not be negative")));
+				 errmsg("timeout must not be negative")));
 	ms = ceil(usecs / 1000.0);
 	if (ms > (double) INT_MAX)
 		return INT_MAX;
@@ -130,6 +132,16 @@ interval_to_timeout_ms(Interval *span)
  * try-lock instead would lose the queue position to newcomers and would
  * hide deadlocks from PostgreSQL's detector.  Any other error (deadlock,
  * statement_timeout, cancel) is re-raised unchanged.
+ *
+ * When the statement timer expires in the same interrupt check as the lock
+ * timer, ProcessInterrupts() reports only the lock timeout and clears the
+ * statement timeout's indicator.  Core can afford that, as either error
+ * ends the statement, but turning it into "false" would let the statement
+ * run on past statement_timeout.  So a lock timeout that arrives after the
+ * statement timer went off is reported as the statement timeout it also
+ * is.  (A user's cancel request landing in that same instant cannot be
+ * told apart from the lock timeout; PL/pgSQL's EXCEPTION WHEN
+ * lock_not_available has the same blind spot.)
  */
 static bool
 acquire_with_timeout(int64 key, LOCKMODE mode, int timeout_ms)
@@ -138,6 +150,7 @@ acquire_with_timeout(int64 key, LOCKMODE mode, int timeout_ms)
 	ResourceOwner oldowner = CurrentResourceOwner;
 	char		timeout_str[32];
 	volatile bool acquired = false;
+	bool		statement_timer_armed;
 
 	/* Most calls find the lock free; spare them the subtransaction. */
 	if (entitlock_acquire(key, mode, false))
@@ -147,6 +160,7 @@ acquire_with_timeout(int64 key, LOCKMODE mode, int timeout_ms)
 		return false;
 
 	snprintf(timeout_str, sizeof(timeout_str), "%d", timeout_ms);
+	statement_timer_armed = get_timeout_active(STATEMENT_TIMEOUT);
 
 	BeginInternalSubTransaction(NULL);
 	MemoryContextSwitchTo(oldcontext);
@@ -182,6 +196,12 @@ acquire_with_timeout(int64 key, LOCKMODE mode, int timeout_ms)
 		if (edata->sqlerrcode != ERRCODE_LOCK_NOT_AVAILABLE)
 			ReThrowError(edata);
 		FreeErrorData(edata);
+
+		/* An expired timer is no longer active; see above. */
+		if (statement_timer_armed && !get_timeout_active(STATEMENT_TIMEOUT))
+			ereport(ERROR,
+					(errcode(ERRCODE_QUERY_CANCELED),
+					 errmsg("canceling statement due to statement timeout")));
 	}
 	PG_END_TRY();
 
@@ -221,7 +241,7 @@ entitlock_lock_timeout(PG_FUNCTION_ARGS)
 	if (PG_ARGISNULL(1))
 		ereport(ERROR,
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("lock timeout must not be null")));
+				 errmsg("timeout must not be null")));
 	key = entitlock_name_key(name);
 	timeout_ms = interval_to_timeout_ms(PG_GETARG_INTERVAL_P(1));
 
@@ -296,6 +316,7 @@ entitlock_lock_all(PG_FUNCTION_ARGS)
 	int			nelems;
 	int64	   *keys;
 	int			nkeys = 0;
+	int			lbound;
 	int			i;
 
 	if (PG_ARGISNULL(0))
@@ -306,11 +327,16 @@ entitlock_lock_all(PG_FUNCTION_ARGS)
 	deconstruct_array(names, TEXTOID, -1, false, TYPALIGN_INT,
 					  &elems, &nulls, &nelems);
 
+	/* Report positions as subscripts when the array has one dimension. */
+	lbound = ARR_NDIM(names) == 1 ? ARR_LBOUND(names)[0] : 1;
+
 	keys = palloc(sizeof(int64) * Max(nelems, 1));
 	for (i = 0; i < nelems; i++)
 	{
 		text	   *name;
 
+		/* Hashing a very large array takes a while; let it be cancelled. */
+		CHECK_FOR_INTERRUPTS();
 		if (nulls[i])
 			continue;
 		name = DatumGetTextPP(elems[i]);
@@ -318,7 +344,8 @@ entitlock_lock_all(PG_FUNCTION_ARGS)
 			ereport(ERROR,
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 					 errmsg("lock name must not be empty"),
-					 errdetail("Array element %d is an empty string.", i + 1)));
+					 errdetail("Array element %d is an empty string.",
+							   lbound + i)));
 		keys[nkeys++] = entitlock_name_key(name);
 	}
 

@@ -29,7 +29,7 @@ if [ -z "${PGHOST:-}" ]; then
 fi
 scripts=$(mktemp -d)
 db=entitlock_bench_locks
-psql -X -q -c "DROP DATABASE IF EXISTS $db" -c "CREATE DATABASE $db" || exit 1
+psql -X -q -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" -c "CREATE DATABASE $db" || exit 1
 psql -X -q -d "$db" -c "CREATE EXTENSION entitlock" || exit 1
 
 for keys in 1000 1; do

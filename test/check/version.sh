@@ -33,7 +33,7 @@ semver=$version
 	{ log "META.json meta-spec version $spec_version, expected 1.0.0"; status=1; }
 
 db=entitlock_version_check
-psql -X -q -c "DROP DATABASE IF EXISTS $db" -c "CREATE DATABASE $db" || exit 1
+psql -X -q -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" -c "CREATE DATABASE $db" || exit 1
 installed=$(psql -X -At -d "$db" -c "CREATE EXTENSION entitlock" \
 	-c "SELECT extversion FROM pg_extension WHERE extname = 'entitlock'" | tail -1)
 psql -X -q -c "DROP DATABASE $db"

@@ -15,9 +15,9 @@ set -uo pipefail
 
 db=entitlock_stress_killed
 tmp=$(mktemp -d)
-trap '[ -f "$tmp/feeder.pid" ] && kill "$(cat "$tmp/feeder.pid")"; kill $(jobs -p) 2>/dev/null; rm -rf "$tmp"; psql -X -q -c "DROP DATABASE IF EXISTS $db" 2>/dev/null' EXIT
+trap '[ -f "$tmp/feeder.pid" ] && kill "$(cat "$tmp/feeder.pid")"; kill $(jobs -p) 2>/dev/null; rm -rf "$tmp"; psql -X -q -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" 2>/dev/null' EXIT
 
-psql -X -q -c "DROP DATABASE IF EXISTS $db" -c "CREATE DATABASE $db" || exit 1
+psql -X -q -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" -c "CREATE DATABASE $db" || exit 1
 psql -X -q -d "$db" -c "CREATE EXTENSION entitlock" || exit 1
 
 q() { psql -X -At -d "$db" -c "$1"; }
@@ -56,13 +56,14 @@ for how in terminate sigkill; do
 	wait_for "SELECT count(*) = 1 FROM entitlock.holders('job-1') WHERE granted" || exit 1
 	holder_pid=$(q "SELECT pid FROM entitlock.holders('job-1') WHERE granted")
 
-	# Two waiters, each with a generous limit, each timing its own wait.
-	psql -X -At -d "$db" -c "
+	# Two waiters, each timing its own wait; statement_timeout turns a
+	# stuck lock into a failure instead of a hang.
+	PGOPTIONS='-c statement_timeout=30s' psql -X -At -d "$db" -c "
 		SELECT entitlock.lock('job-1', '60 s'),
 			   extract(epoch FROM clock_timestamp() - statement_timestamp())" \
 		>"$tmp/w1.out" 2>&1 &
 	w1=$!
-	psql -X -At -d "$db" -c "
+	PGOPTIONS='-c statement_timeout=30s' psql -X -At -d "$db" -c "
 		SELECT entitlock.lock('acme'); SELECT 'realm acquired'" >"$tmp/w2.out" 2>&1 &
 	w2=$!
 	wait_for "SELECT count(*) = 1 FROM entitlock.holders('job-1') WHERE NOT granted" || exit 1
@@ -95,7 +96,8 @@ for how in terminate sigkill; do
 	rm -f "$tmp/feeder.pid"
 	wait "$holder_psql" 2>/dev/null
 
-	wait_for "SELECT count(*) = 0 FROM pg_locks WHERE locktype = 'advisory'" || status=1
+	wait_for "SELECT count(*) = 0 FROM pg_locks WHERE locktype = 'advisory'
+		AND database = (SELECT oid FROM pg_database WHERE datname = current_database())" || status=1
 	[ "$(q "SELECT entitlock.try_lock('job-1') AND entitlock.try_lock_entity('acme', 'e1')")" = t ] ||
 		{ log "$how: locks not free afterwards"; status=1; }
 done

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 #
 # Stress: many pgbench clients on few names, with lock_all (random, crossing
-# orders), lock_entity, try_lock_entity and exclusive realm locks.
+# orders), lock_entity, try_lock_entity, timed lock(name, timeout) and
+# exclusive realm locks.
 #
 # Every transaction does a read-modify-write of a counter (SELECT the value
 # into the client, UPDATE it to value + 1) and appends a ledger row.  The
@@ -21,9 +22,9 @@ CLIENTS=${STRESS_CLIENTS:-24}
 SECONDS_RUN=${STRESS_SECONDS:-15}
 db=entitlock_stress_locks
 scripts=$(mktemp -d)
-trap 'rm -rf "$scripts"; psql -X -q -c "DROP DATABASE IF EXISTS $db" 2>/dev/null' EXIT
+trap 'rm -rf "$scripts"; psql -X -q -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" 2>/dev/null' EXIT
 
-psql -X -q -c "DROP DATABASE IF EXISTS $db" -c "CREATE DATABASE $db" || exit 1
+psql -X -q -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" -c "CREATE DATABASE $db" || exit 1
 psql -X -q -v ON_ERROR_STOP=1 -d "$db" <<'EOF' || exit 1
 CREATE EXTENSION entitlock;
 CREATE TABLE counters (name text PRIMARY KEY, n bigint NOT NULL DEFAULT 0);
@@ -80,6 +81,20 @@ INSERT INTO ledger VALUES ('realm' || :r || '/e' || :e);
 COMMIT;
 EOF
 
+# Timed waits (the internal-subtransaction path): a short limit on a hot
+# name, so many calls return false; only a true may touch the counter.
+cat >"$scripts/timed.sql" <<'EOF'
+\set i random(1, 8)
+BEGIN;
+SELECT entitlock.lock('n' || :i, '5 ms')::int AS got \gset
+\if :got = 1
+SELECT n AS v FROM counters WHERE name = 'n' || :i \gset
+UPDATE counters SET n = :v + 1 WHERE name = 'n' || :i;
+INSERT INTO ledger VALUES ('n' || :i);
+\endif
+COMMIT;
+EOF
+
 # Whole-realm lock: nothing in the realm may change while it is held.
 cat >"$scripts/realm.sql" <<'EOF'
 \set r random(1, 2)
@@ -118,6 +133,7 @@ log "stress: $CLIENTS clients for $SECONDS_RUN s on 8 names and 2 realms x 4 ent
 pgbench -n -d "$db" -c "$CLIENTS" -j 2 -T "$SECONDS_RUN" \
 	-f "$scripts/lock_all.sql@4" -f "$scripts/lock_entity.sql@4" \
 	-f "$scripts/try_lock_entity.sql@2" -f "$scripts/realm.sql@1" \
+	-f "$scripts/timed.sql@3" \
 	>"$scripts/stress.log" 2>&1
 rc=$?
 grep -E 'transactions actually processed|failed transactions|tps|aborted|ERROR' "$scripts/stress.log" | head -20 >&2
@@ -144,7 +160,8 @@ log "realm reads: $realm_reads, changed under an exclusive realm lock: $realm_ch
 [ "${realm_changed:-1}" -eq 0 ] || status=1
 
 # Nothing is left locked once the clients are gone.
-left=$(psql -X -At -d "$db" -c "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'")
+left=$(psql -X -At -d "$db" -c "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'
+	AND database = (SELECT oid FROM pg_database WHERE datname = current_database())")
 log "advisory locks left after the run: $left"
 [ "$left" -eq 0 ] || status=1
 

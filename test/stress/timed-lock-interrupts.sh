@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+#
+# lock(name, timeout) must not swallow a statement_timeout.
+#
+# When the statement timer and the lock timer have both expired by the time
+# a backend checks for interrupts, PostgreSQL reports only the lock
+# timeout.  A timed lock that turned that into "false" would let the
+# statement run on past statement_timeout.  To make both expire together,
+# the waiting backend is frozen with SIGSTOP past both deadlines and then
+# resumed: the statement must end with 57014 at once, not return false and
+# carry on sleeping.
+#
+# Also: with a statement_timeout that has not expired, an expiring lock
+# wait still returns false.  Needs root (to signal the postgres backend).
+
+set -uo pipefail
+. "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
+
+[ "$(id -u)" -eq 0 ] || { log "needs root to stop a backend"; exit 77; }
+
+db=entitlock_stress_interrupts
+tmp=$(mktemp -d)
+trap 'kill $(jobs -p) 2>/dev/null; rm -rf "$tmp"; psql -X -q -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" 2>/dev/null' EXIT
+psql -X -q -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" -c "CREATE DATABASE $db" || exit 1
+psql -X -q -d "$db" -c "CREATE EXTENSION entitlock" || exit 1
+
+q() { psql -X -At -d "$db" -c "$1"; }
+wait_for() {
+	local i
+	for i in $(seq 1 200); do
+		[ "$(q "$1")" = t ] && return 0
+		sleep 0.05
+	done
+	log "timed out waiting for: $1"
+	return 1
+}
+
+status=0
+
+PGOPTIONS='-c statement_timeout=60s' psql -X -q -d "$db" \
+	-c "BEGIN; SELECT entitlock.lock('frozen'); SELECT pg_sleep(20);" >/dev/null 2>&1 &
+holder=$!
+wait_for "SELECT count(*) = 1 FROM entitlock.holders('frozen') WHERE granted" || exit 1
+
+# Case 1: both timers expire while the waiter is frozen.
+start=$(date +%s.%N)
+PGAPPNAME=frozen-waiter psql -X -q -At -d "$db" -c "SET statement_timeout = '2s'" \
+	-c "SELECT entitlock.lock('frozen', '1 s') AS got, pg_sleep(5) AS slept_on" \
+	>"$tmp/waiter.out" 2>&1 &
+waiter=$!
+wait_for "SELECT count(*) = 1 FROM entitlock.holders('frozen') WHERE NOT granted" || exit 1
+pid=$(q "SELECT pid FROM pg_stat_activity WHERE application_name = 'frozen-waiter'")
+kill -STOP "$pid"
+sleep 2.5
+kill -CONT "$pid"
+wait "$waiter"
+elapsed=$(awk -v a="$start" -v b="$(date +%s.%N)" 'BEGIN { printf "%.2f", b - a }')
+log "frozen waiter said: $(tr '\n' ' ' <"$tmp/waiter.out") after $elapsed s"
+grep -q 'canceling statement due to statement timeout' "$tmp/waiter.out" ||
+	{ log "the statement_timeout was swallowed"; status=1; }
+awk -v e="$elapsed" 'BEGIN { exit !(e < 5) }' ||
+	{ log "the statement ran on for $elapsed s"; status=1; }
+
+# Case 2: a statement_timeout that has not expired leaves "false" alone.
+out=$(psql -X -q -At -d "$db" -c "SET statement_timeout = '30s'" \
+	-c "SELECT entitlock.lock('frozen', '200 ms')" 2>&1)
+log "with statement_timeout not reached, timed lock said: $out"
+[ "$out" = f ] || status=1
+
+kill "$holder" 2>/dev/null
+wait "$holder" 2>/dev/null
+exit $status
