@@ -208,6 +208,13 @@ acquire_with_timeout(int64 key, LOCKMODE mode, int timeout_ms)
 	return acquired;
 }
 
+/* The key of the lock name in argument 0, which must be non-NULL. */
+static int64
+name_arg_key(FunctionCallInfo fcinfo)
+{
+	return entitlock_name_key(entitlock_text_arg(fcinfo, 0, "lock name"));
+}
+
 /*
  * entitlock.lock(name text) returns void
  *
@@ -217,9 +224,7 @@ acquire_with_timeout(int64 key, LOCKMODE mode, int timeout_ms)
 Datum
 entitlock_lock(PG_FUNCTION_ARGS)
 {
-	text	   *name = entitlock_text_arg(fcinfo, 0, "lock name");
-
-	(void) entitlock_acquire(entitlock_name_key(name), ExclusiveLock, true);
+	(void) entitlock_acquire(name_arg_key(fcinfo), ExclusiveLock, true);
 	PG_RETURN_VOID();
 }
 
@@ -234,15 +239,13 @@ entitlock_lock(PG_FUNCTION_ARGS)
 Datum
 entitlock_lock_timeout(PG_FUNCTION_ARGS)
 {
-	text	   *name = entitlock_text_arg(fcinfo, 0, "lock name");
-	int64		key;
+	int64		key = name_arg_key(fcinfo);
 	int			timeout_ms;
 
 	if (PG_ARGISNULL(1))
 		ereport(ERROR,
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 				 errmsg("timeout must not be null")));
-	key = entitlock_name_key(name);
 	timeout_ms = interval_to_timeout_ms(PG_GETARG_INTERVAL_P(1));
 
 	PG_RETURN_BOOL(acquire_with_timeout(key, ExclusiveLock, timeout_ms));
@@ -256,10 +259,7 @@ entitlock_lock_timeout(PG_FUNCTION_ARGS)
 Datum
 entitlock_try_lock(PG_FUNCTION_ARGS)
 {
-	text	   *name = entitlock_text_arg(fcinfo, 0, "lock name");
-
-	PG_RETURN_BOOL(entitlock_acquire(entitlock_name_key(name),
-									 ExclusiveLock, false));
+	PG_RETURN_BOOL(entitlock_acquire(name_arg_key(fcinfo), ExclusiveLock, false));
 }
 
 /*
@@ -271,9 +271,7 @@ entitlock_try_lock(PG_FUNCTION_ARGS)
 Datum
 entitlock_lock_shared(PG_FUNCTION_ARGS)
 {
-	text	   *name = entitlock_text_arg(fcinfo, 0, "lock name");
-
-	(void) entitlock_acquire(entitlock_name_key(name), ShareLock, true);
+	(void) entitlock_acquire(name_arg_key(fcinfo), ShareLock, true);
 	PG_RETURN_VOID();
 }
 
@@ -283,10 +281,7 @@ entitlock_lock_shared(PG_FUNCTION_ARGS)
 Datum
 entitlock_try_lock_shared(PG_FUNCTION_ARGS)
 {
-	text	   *name = entitlock_text_arg(fcinfo, 0, "lock name");
-
-	PG_RETURN_BOOL(entitlock_acquire(entitlock_name_key(name),
-									 ShareLock, false));
+	PG_RETURN_BOOL(entitlock_acquire(name_arg_key(fcinfo), ShareLock, false));
 }
 
 static int

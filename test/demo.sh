@@ -30,10 +30,9 @@ build_install
 cluster_destroy "$DEMO_DIR"
 PGPORT_BASE=54340 cluster_start "$DEMO_DIR"
 
-psql -X -q -c "CREATE DATABASE $db" || exit 1
+test_db_create "$db" || exit 1
 export PGDATABASE=$db
 psql -X -q -v ON_ERROR_STOP=1 <<EOF || exit 1
-CREATE EXTENSION entitlock;
 CREATE TABLE workspaces (
     name         text PRIMARY KEY,
     seat_limit   int NOT NULL,

@@ -106,3 +106,28 @@ cluster_destroy() {
 	cluster_stop "$1"
 	rm -rf "$1"
 }
+
+# test_db_create NAME: a fresh database NAME with the extension installed.
+# Scripts drop it again with test_db_drop, usually from an EXIT trap.
+test_db_create() {
+	test_db_drop "$1"
+	psql -X -q -c "CREATE DATABASE $1" &&
+		psql -X -q -d "$1" -c "CREATE EXTENSION entitlock"
+}
+
+# test_db_drop NAME: drop it even while sessions are still connected.
+test_db_drop() {
+	psql -X -q -c "SET client_min_messages = warning" \
+		-c "DROP DATABASE IF EXISTS $1 WITH (FORCE)"
+}
+
+# poll_until DB SQL: run SQL in DB until it returns t; fail after 20 s.
+poll_until() {
+	local i
+	for i in $(seq 1 400); do
+		[ "$(psql -X -At -d "$1" -c "$2")" = t ] && return 0
+		sleep 0.05
+	done
+	log "timed out waiting for: $2"
+	return 1
+}

@@ -29,8 +29,7 @@ if [ -z "${PGHOST:-}" ]; then
 fi
 scripts=$(mktemp -d)
 db=entitlock_bench_locks
-psql -X -q -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" -c "CREATE DATABASE $db" || exit 1
-psql -X -q -d "$db" -c "CREATE EXTENSION entitlock" || exit 1
+test_db_create "$db" || exit 1
 
 for keys in 1000 1; do
 	printf '\\set i random(1, %d)\nBEGIN;\nSELECT pg_advisory_xact_lock(hashtextextended(%s, 0));\nCOMMIT;\n' \
@@ -60,4 +59,4 @@ for keys in 1000 1; do
 		done
 	done
 done
-psql -X -q -c "DROP DATABASE $db"
+test_db_drop "$db"

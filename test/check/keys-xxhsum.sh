@@ -11,9 +11,8 @@ set -uo pipefail
 command -v xxhsum >/dev/null || { log "xxhsum not installed"; exit 77; }
 
 db=entitlock_keys_check
-psql -X -q -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" -c "CREATE DATABASE $db" || exit 1
-trap 'psql -X -q -c "DROP DATABASE IF EXISTS $db WITH (FORCE)"' EXIT
-psql -X -q -d "$db" -c "CREATE EXTENSION entitlock" || exit 1
+trap 'test_db_drop "$db"' EXIT
+test_db_create "$db" || exit 1
 
 xxh() { xxhsum -H1 | cut -c1-16; }
 

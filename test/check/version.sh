@@ -33,10 +33,10 @@ semver=$version
 	{ log "META.json meta-spec version $spec_version, expected 1.0.0"; status=1; }
 
 db=entitlock_version_check
-psql -X -q -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" -c "CREATE DATABASE $db" || exit 1
-installed=$(psql -X -At -d "$db" -c "CREATE EXTENSION entitlock" \
-	-c "SELECT extversion FROM pg_extension WHERE extname = 'entitlock'" | tail -1)
-psql -X -q -c "DROP DATABASE $db"
+test_db_create "$db" || exit 1
+installed=$(psql -X -At -d "$db" \
+	-c "SELECT extversion FROM pg_extension WHERE extname = 'entitlock'")
+test_db_drop "$db"
 [ "$installed" = "$version" ] ||
 	{ log "server installed version $installed, control file $version"; status=1; }
 

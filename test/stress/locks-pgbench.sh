@@ -22,11 +22,10 @@ CLIENTS=${STRESS_CLIENTS:-24}
 SECONDS_RUN=${STRESS_SECONDS:-15}
 db=entitlock_stress_locks
 scripts=$(mktemp -d)
-trap 'rm -rf "$scripts"; psql -X -q -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" 2>/dev/null' EXIT
+trap 'rm -rf "$scripts"; test_db_drop "$db"' EXIT
 
-psql -X -q -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" -c "CREATE DATABASE $db" || exit 1
+test_db_create "$db" || exit 1
 psql -X -q -v ON_ERROR_STOP=1 -d "$db" <<'EOF' || exit 1
-CREATE EXTENSION entitlock;
 CREATE TABLE counters (name text PRIMARY KEY, n bigint NOT NULL DEFAULT 0);
 CREATE TABLE ledger (name text NOT NULL);
 CREATE TABLE realm_reads (realm text NOT NULL, unchanged boolean NOT NULL);

@@ -20,20 +20,11 @@ set -uo pipefail
 
 db=entitlock_stress_interrupts
 tmp=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null; rm -rf "$tmp"; psql -X -q -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" 2>/dev/null' EXIT
-psql -X -q -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" -c "CREATE DATABASE $db" || exit 1
-psql -X -q -d "$db" -c "CREATE EXTENSION entitlock" || exit 1
+trap 'kill $(jobs -p) 2>/dev/null; rm -rf "$tmp"; test_db_drop "$db"' EXIT
+test_db_create "$db" || exit 1
 
 q() { psql -X -At -d "$db" -c "$1"; }
-wait_for() {
-	local i
-	for i in $(seq 1 200); do
-		[ "$(q "$1")" = t ] && return 0
-		sleep 0.05
-	done
-	log "timed out waiting for: $1"
-	return 1
-}
+wait_for() { poll_until "$db" "$1"; }
 
 status=0
 
