@@ -355,6 +355,18 @@ entitlock_lock_all(PG_FUNCTION_ARGS)
 	PG_RETURN_VOID();
 }
 
+/* The realm's key and the pair's key from arguments 0 and 1. */
+static void
+entity_arg_keys(FunctionCallInfo fcinfo, int64 *realm_key, int64 *pair_key)
+{
+	text	   *realm = entitlock_text_arg(fcinfo, 0, "realm");
+	text	   *entity = entitlock_text_arg(fcinfo, 1, "entity");
+
+	/* The pair first: its checks name the empty part. */
+	*pair_key = entitlock_pair_key(realm, entity);
+	*realm_key = entitlock_name_key(realm);
+}
+
 /*
  * entitlock.lock_entity(realm text, entity text) returns void
  *
@@ -366,11 +378,10 @@ entitlock_lock_all(PG_FUNCTION_ARGS)
 Datum
 entitlock_lock_entity(PG_FUNCTION_ARGS)
 {
-	text	   *realm = entitlock_text_arg(fcinfo, 0, "realm");
-	text	   *entity = entitlock_text_arg(fcinfo, 1, "entity");
-	/* The pair first: its checks name the empty part. */
-	int64		pair_key = entitlock_pair_key(realm, entity);
-	int64		realm_key = entitlock_name_key(realm);
+	int64		realm_key;
+	int64		pair_key;
+
+	entity_arg_keys(fcinfo, &realm_key, &pair_key);
 
 	(void) entitlock_acquire(realm_key, ShareLock, true);
 	(void) entitlock_acquire(pair_key, ExclusiveLock, true);
@@ -386,11 +397,10 @@ entitlock_lock_entity(PG_FUNCTION_ARGS)
 Datum
 entitlock_try_lock_entity(PG_FUNCTION_ARGS)
 {
-	text	   *realm = entitlock_text_arg(fcinfo, 0, "realm");
-	text	   *entity = entitlock_text_arg(fcinfo, 1, "entity");
-	/* The pair first: its checks name the empty part. */
-	int64		pair_key = entitlock_pair_key(realm, entity);
-	int64		realm_key = entitlock_name_key(realm);
+	int64		realm_key;
+	int64		pair_key;
+
+	entity_arg_keys(fcinfo, &realm_key, &pair_key);
 
 	if (!entitlock_acquire(realm_key, ShareLock, false))
 		PG_RETURN_BOOL(false);
