@@ -16,7 +16,6 @@
 #include "storage/lockdefs.h"
 
 /* keys.c */
-extern uint64 entitlock_xxh64(const char *data, size_t len, uint64 seed);
 extern int64 entitlock_name_key(text *name);
 extern int64 entitlock_pair_key(text *realm, text *entity);
 extern text *entitlock_text_arg(FunctionCallInfo fcinfo, int argno,
@@ -24,6 +23,5 @@ extern text *entitlock_text_arg(FunctionCallInfo fcinfo, int argno,
 
 /* locks.c */
 extern bool entitlock_acquire(int64 key, LOCKMODE mode, bool wait);
-extern void entitlock_release(int64 key, LOCKMODE mode);
 
 #endif							/* ENTITLOCK_H */

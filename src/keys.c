@@ -89,8 +89,8 @@ xxh64_merge_round(uint64 acc, uint64 val)
  * (version 0.8): four accumulators over 32-byte stripes, then the tail in
  * 8-, 4- and 1-byte steps, then the avalanche.
  */
-uint64
-entitlock_xxh64(const char *data, size_t len, uint64 seed)
+static uint64
+xxh64(const char *data, size_t len, uint64 seed)
 {
 	const unsigned char *p = (const unsigned char *) data;
 	const unsigned char *end = p + len;
@@ -188,7 +188,7 @@ entitlock_name_key(text *name)
 
 	check_not_empty(name, "lock name");
 	bytes = text_utf8(name, &len);
-	return (int64) entitlock_xxh64(bytes, len, 0);
+	return (int64) xxh64(bytes, len, 0);
 }
 
 int64
@@ -210,7 +210,7 @@ entitlock_pair_key(text *realm, text *entity)
 	memcpy(buf, rbytes, rlen);
 	buf[rlen] = '\0';
 	memcpy(buf + rlen + 1, ebytes, elen);
-	key = (int64) entitlock_xxh64(buf, rlen + 1 + elen, 0);
+	key = (int64) xxh64(buf, rlen + 1 + elen, 0);
 	pfree(buf);
 	return key;
 }

@@ -85,8 +85,8 @@ entitlock_acquire(int64 key, LOCKMODE mode, bool wait)
  * to back out of a half-taken pair of locks; a lock taken earlier in the
  * transaction stays held, as its count only drops by one.
  */
-void
-entitlock_release(int64 key, LOCKMODE mode)
+static void
+release_key(int64 key, LOCKMODE mode)
 {
 	LOCKTAG		tag;
 
@@ -406,7 +406,7 @@ entitlock_try_lock_entity(PG_FUNCTION_ARGS)
 		PG_RETURN_BOOL(false);
 	if (!entitlock_acquire(pair_key, ExclusiveLock, false))
 	{
-		entitlock_release(realm_key, ShareLock);
+		release_key(realm_key, ShareLock);
 		PG_RETURN_BOOL(false);
 	}
 	PG_RETURN_BOOL(true);

@@ -31,13 +31,17 @@ SELECT string_agg(
 checked=0
 mismatches=0
 
-while IFS=$'\t' read -r name key; do
-	want=$(printf '%s' "$name" | xxh)
-	if [ "$want" != "$key" ]; then
+# compare WHAT ENTITLOCK_HEX XXHSUM_HEX
+compare() {
+	if [ "$3" != "$2" ]; then
 		mismatches=$((mismatches + 1))
-		log "key mismatch for '$name': entitlock $key, xxhsum $want"
+		log "key mismatch for $1: entitlock $2, xxhsum $3"
 	fi
 	checked=$((checked + 1))
+}
+
+while IFS=$'\t' read -r name key; do
+	compare "'$name'" "$key" "$(printf '%s' "$name" | xxh)"
 done < <(psql -X -At -F $'\t' -d "$db" -c "
 	WITH n AS (
 		SELECT repeat('k', len) AS name FROM generate_series(1, 300) AS len
@@ -46,12 +50,8 @@ done < <(psql -X -At -F $'\t' -d "$db" -c "
 	SELECT name, lpad(to_hex(entitlock.key(name)), 16, '0') FROM n")
 
 while IFS=$'\t' read -r realm entity key; do
-	want=$( (printf '%s' "$realm"; printf '\0'; printf '%s' "$entity") | xxh)
-	if [ "$want" != "$key" ]; then
-		mismatches=$((mismatches + 1))
-		log "pair key mismatch for ('$realm', '$entity'): entitlock $key, xxhsum $want"
-	fi
-	checked=$((checked + 1))
+	compare "('$realm', '$entity')" "$key" \
+		"$( (printf '%s' "$realm"; printf '\0'; printf '%s' "$entity") | xxh)"
 done < <(psql -X -At -F $'\t' -d "$db" -c "
 	WITH p AS (
 		SELECT ($names_sql) AS realm, (SELECT ($names_sql) FROM (SELECT len % 50 + 1 AS len) AS l) AS entity
