@@ -11,14 +11,16 @@ EXTVERSION = $(shell sed -n "s/^default_version *= *'\([^']*\)'.*/\1/p" $(EXTENS
 
 OBJS = \
 	src/keys.o \
-	src/locks.o
+	src/locks.o \
+	src/usage.o
 
 DATA = $(wildcard sql/$(EXTENSION)--*.sql)
 PGFILEDESC = "entitlock - named locks, usage limits, idempotency and leases"
 
 REGRESS = \
 	keys \
-	locks
+	locks \
+	usage
 
 ISOLATION = \
 	lock-exclusive \

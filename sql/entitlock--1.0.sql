@@ -139,3 +139,132 @@ $$;
 
 COMMENT ON FUNCTION entitlock.holders(text) IS
 'sessions that hold or wait for the lock on a name, from pg_locks and pg_stat_activity';
+
+--
+-- Usage limits
+--
+-- A meter is (subject, feature, period kind); each calendar period of it is
+-- one counter row, so deciding is one index probe and one update.  Names
+-- use the "C" collation: meters are told apart byte by byte, and lookups
+-- skip locale-aware comparison.  The counter is rewritten on every call,
+-- so pages keep room for HOT updates.
+--
+CREATE TABLE entitlock.usage_counter (
+	subject text COLLATE pg_catalog."C" NOT NULL,
+	feature text COLLATE pg_catalog."C" NOT NULL,
+	period text COLLATE pg_catalog."C" NOT NULL,
+	period_start timestamptz NOT NULL,
+	period_end timestamptz,
+	used bigint NOT NULL,
+	CONSTRAINT usage_counter_pkey
+		PRIMARY KEY (subject, feature, period, period_start),
+	CONSTRAINT usage_counter_used_check CHECK (used >= 0),
+	CONSTRAINT usage_counter_period_check
+		CHECK (period IN ('lifetime', 'minute', 'hour', 'day', 'week',
+						  'month', 'year'))
+) USING heap WITH (fillfactor = 50);
+
+COMMENT ON TABLE entitlock.usage_counter IS
+'usage recorded per (subject, feature, period kind) and calendar period; period_start is -infinity for lifetime; written only by entitlock''s functions';
+
+CREATE TABLE entitlock.usage_idempotency (
+	subject text COLLATE pg_catalog."C" NOT NULL,
+	feature text COLLATE pg_catalog."C" NOT NULL,
+	idempotency_key text COLLATE pg_catalog."C" NOT NULL,
+	period text COLLATE pg_catalog."C" NOT NULL,
+	amount bigint NOT NULL,
+	allowed boolean NOT NULL,
+	used bigint NOT NULL,
+	period_end timestamptz,
+	recorded_at timestamptz NOT NULL,
+	CONSTRAINT usage_idempotency_pkey
+		PRIMARY KEY (subject, feature, idempotency_key)
+) USING heap;
+
+COMMENT ON TABLE entitlock.usage_idempotency IS
+'the first outcome of each usage call made with an idempotency key, returned again to its retries';
+
+-- pg_dump keeps their rows (CREATE EXTENSION recreates the tables).
+SELECT pg_catalog.pg_extension_config_dump('entitlock.usage_counter', '');
+SELECT pg_catalog.pg_extension_config_dump('entitlock.usage_idempotency', '');
+
+CREATE FUNCTION entitlock.record_usage_if_under_limit(
+	subject text,
+	feature text,
+	amount bigint,
+	usage_limit bigint,
+	period text DEFAULT 'lifetime',
+	idempotency_key text DEFAULT NULL)
+RETURNS TABLE (allowed boolean, used bigint, remaining bigint,
+			   period_end timestamptz)
+AS 'MODULE_PATHNAME', 'entitlock_record_usage_if_under_limit'
+LANGUAGE C VOLATILE PARALLEL UNSAFE ROWS 1;
+
+COMMENT ON FUNCTION entitlock.record_usage_if_under_limit(text, text, bigint, bigint, text, text) IS
+'records amount in the current period only if usage stays within usage_limit; atomic per (subject, feature)';
+
+CREATE FUNCTION entitlock.record_usage(
+	subject text,
+	feature text,
+	amount bigint,
+	period text DEFAULT 'lifetime',
+	idempotency_key text DEFAULT NULL)
+RETURNS bigint
+AS 'MODULE_PATHNAME', 'entitlock_record_usage'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+
+COMMENT ON FUNCTION entitlock.record_usage(text, text, bigint, text, text) IS
+'records amount (negative: a refund, never below zero) in the current period; returns the usage after it';
+
+CREATE FUNCTION entitlock.usage(
+	subject text,
+	feature text,
+	period text DEFAULT 'lifetime')
+RETURNS bigint
+AS 'MODULE_PATHNAME', 'entitlock_usage'
+LANGUAGE C STABLE PARALLEL RESTRICTED;
+
+COMMENT ON FUNCTION entitlock.usage(text, text, text) IS
+'usage of (subject, feature) in the current period, 0 if none';
+
+CREATE FUNCTION entitlock.usage_period(
+	period text,
+	at timestamptz DEFAULT pg_catalog.now())
+RETURNS TABLE (period_start timestamptz, period_end timestamptz)
+AS 'MODULE_PATHNAME', 'entitlock_usage_period'
+LANGUAGE C IMMUTABLE PARALLEL SAFE ROWS 1;
+
+COMMENT ON FUNCTION entitlock.usage_period(text, timestamptz) IS
+'the UTC calendar period holding a moment, as the usage functions count it';
+
+--
+-- Forgetting old periods: counters of periods that ended by "before", and
+-- idempotency keys recorded before it (a retry of one after that records
+-- again).  Runs as the tables' owner, like the other usage functions.
+--
+CREATE FUNCTION entitlock.prune_usage(before timestamptz)
+RETURNS bigint
+LANGUAGE sql VOLATILE STRICT PARALLEL UNSAFE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+	WITH counters AS (
+		DELETE FROM entitlock.usage_counter
+		 WHERE period_end OPERATOR(pg_catalog.<=) $1
+		RETURNING 1
+	), idempotency AS (
+		DELETE FROM entitlock.usage_idempotency
+		 WHERE recorded_at OPERATOR(pg_catalog.<) $1
+		RETURNING 1
+	)
+	SELECT (SELECT pg_catalog.count(*) FROM counters) OPERATOR(pg_catalog.+)
+		   (SELECT pg_catalog.count(*) FROM idempotency)
+$$;
+
+COMMENT ON FUNCTION entitlock.prune_usage(timestamptz) IS
+'deletes usage counters of periods that ended by before and usage idempotency keys recorded before it; returns how many rows';
+
+-- Reading or writing usage is granted explicitly; see README, Privileges.
+REVOKE ALL ON FUNCTION entitlock.record_usage_if_under_limit(text, text, bigint, bigint, text, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION entitlock.record_usage(text, text, bigint, text, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION entitlock.usage(text, text, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION entitlock.prune_usage(timestamptz) FROM PUBLIC;
