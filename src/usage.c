@@ -44,6 +44,7 @@
 #include "utils/builtins.h"
 #include "utils/datetime.h"
 #include "utils/fmgroids.h"
+#include "utils/inval.h"
 #include "utils/lsyscache.h"
 #include "utils/rel.h"
 #include "utils/snapmgr.h"
@@ -345,6 +346,36 @@ typedef struct UsageTable
 	TupleTableSlot *slot;
 } UsageTable;
 
+/*
+ * Where a usage table and its primary key are: looked up once per backend,
+ * forgotten when either is invalidated (altered, dropped, or the extension
+ * recreated).
+ */
+typedef struct UsageTableIds
+{
+	const char *relname;
+	const char *indexname;
+	Oid			relid;
+	Oid			indexid;
+} UsageTableIds;
+
+static UsageTableIds counter_ids = {"usage_counter", "usage_counter_pkey"};
+static UsageTableIds idem_ids = {"usage_idempotency", "usage_idempotency_pkey"};
+
+static void
+forget_table_ids(Datum arg, Oid relid)
+{
+	UsageTableIds *all[] = {&counter_ids, &idem_ids};
+	int			i;
+
+	for (i = 0; i < (int) lengthof(all); i++)
+	{
+		if (!OidIsValid(relid) || relid == all[i]->relid ||
+			relid == all[i]->indexid)
+			all[i]->relid = all[i]->indexid = InvalidOid;
+	}
+}
+
 static void
 table_layout_error(const char *relname)
 {
@@ -356,26 +387,39 @@ table_layout_error(const char *relname)
 }
 
 /*
- * Open entitlock.relname and its primary key indexname, checking that both
- * still have the layout the code below writes: it forms heap tuples and
- * index entries itself, so a column added or retyped behind its back must
- * stop it rather than be written wrongly.
+ * Open a usage table and its primary key, checking that both still have
+ * the layout the code below writes: it forms heap tuples and index entries
+ * itself, so a column added or retyped behind its back must stop it rather
+ * than be written wrongly.
  */
 static void
-usage_table_open(UsageTable *t, const char *relname, const char *indexname,
+usage_table_open(UsageTable *t, UsageTableIds *ids,
 				 const Oid *types, int natts, int nkeys, LOCKMODE lockmode)
 {
-	Oid			nspid = get_namespace_oid("entitlock", false);
-	Oid			relid = get_relname_relid(relname, nspid);
-	Oid			indexid = get_relname_relid(indexname, nspid);
+	static bool callback_registered = false;
+	const char *relname = ids->relname;
+	Oid			relid;
 	TupleDesc	desc;
 	Form_pg_index index;
 	int			i;
 
-	if (!OidIsValid(relid) || !OidIsValid(indexid))
-		table_layout_error(relname);
+	if (!callback_registered)
+	{
+		CacheRegisterRelcacheCallback(forget_table_ids, (Datum) 0);
+		callback_registered = true;
+	}
+	if (!OidIsValid(ids->relid) || !OidIsValid(ids->indexid))
+	{
+		Oid			nspid = get_namespace_oid("entitlock", false);
+
+		ids->relid = get_relname_relid(ids->relname, nspid);
+		ids->indexid = get_relname_relid(ids->indexname, nspid);
+		if (!OidIsValid(ids->relid) || !OidIsValid(ids->indexid))
+			table_layout_error(relname);
+	}
+	relid = ids->relid;
 	t->heap = table_open(relid, lockmode);
-	t->index = index_open(indexid, lockmode);
+	t->index = index_open(ids->indexid, lockmode);
 	t->nkeys = nkeys;
 
 	desc = RelationGetDescr(t->heap);
@@ -417,7 +461,8 @@ usage_table_close(UsageTable *t)
 
 /*
  * Find the row whose key columns equal keyvals, as snapshot sees it, and
- * leave it in t->slot with all its columns extracted.
+ * leave it in t->slot with all its columns extracted.  The snapshot is only
+ * used during the call, so GetLatestSnapshot()'s needs no registering.
  */
 static bool
 usage_table_probe(UsageTable *t, Snapshot snapshot, const Datum *keyvals)
@@ -565,13 +610,10 @@ idempotent_lookup(UsageTable *idem, const UsageMeter *meter, text *key)
 	IdempotentRecord rec = {0};
 	Datum		values[IDEM_NATTS];
 	bool		nulls[IDEM_NATTS];
-	Snapshot	snapshot;
 
 	idempotency_values(meter, key, values, nulls);
 
-	snapshot = RegisterSnapshot(GetLatestSnapshot());
-	rec.found = usage_table_probe(idem, snapshot, values);
-	UnregisterSnapshot(snapshot);
+	rec.found = usage_table_probe(idem, GetLatestSnapshot(), values);
 
 	if (rec.found)
 	{
@@ -664,11 +706,11 @@ record(const UsageMeter *meter, int64 amount, bool conditional, int64 limit,
 	 */
 	subject_key = entitlock_name_key(meter->subject);
 	pair_key = entitlock_pair_key(meter->subject, meter->feature);
-	usage_table_open(&counter, "usage_counter", "usage_counter_pkey",
+	usage_table_open(&counter, &counter_ids,
 					 counter_types, COUNTER_NATTS, COUNTER_NKEYS,
 					 RowExclusiveLock);
 	if (key != NULL)
-		usage_table_open(&idem, "usage_idempotency", "usage_idempotency_pkey",
+		usage_table_open(&idem, &idem_ids,
 						 idem_types, IDEM_NATTS, IDEM_NKEYS, RowExclusiveLock);
 	counter_values(meter, 0, values, nulls);
 
@@ -697,13 +739,12 @@ record(const UsageMeter *meter, int64 amount, bool conditional, int64 limit,
 
 	for (;;)
 	{
-		Snapshot	snapshot = RegisterSnapshot(GetLatestSnapshot());
-		bool		found = usage_table_probe(&counter, snapshot, values);
+		bool		found = usage_table_probe(&counter, GetLatestSnapshot(),
+											  values);
 		int64		used = 0;
 		int64		new_used;
 		ItemPointerData otid;
 
-		UnregisterSnapshot(snapshot);
 		if (found)
 		{
 			check_visible_to_transaction(&counter);
@@ -773,7 +814,7 @@ read_usage(const UsageMeter *meter)
 	bool		nulls[COUNTER_NATTS];
 	int64		used = 0;
 
-	usage_table_open(&counter, "usage_counter", "usage_counter_pkey",
+	usage_table_open(&counter, &counter_ids,
 					 counter_types, COUNTER_NATTS, COUNTER_NKEYS,
 					 AccessShareLock);
 	counter_values(meter, 0, values, nulls);
