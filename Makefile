@@ -30,7 +30,11 @@ ISOLATION = \
 	lock-release \
 	lock-entity-hierarchy \
 	lock-all-crossing-order \
-	lock-deadlock
+	lock-deadlock \
+	usage-race-at-limit \
+	usage-rollback-lets-waiter-in \
+	usage-idempotency-concurrent \
+	usage-features-independent
 
 # Isolation specs live under test/; pg_isolation_regress takes the last
 # --inputdir it is given.

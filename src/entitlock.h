@@ -23,6 +23,5 @@ extern text *entitlock_text_arg(FunctionCallInfo fcinfo, int argno,
 
 /* locks.c */
 extern bool entitlock_acquire(int64 key, LOCKMODE mode, bool wait);
-extern void entitlock_acquire_contended(int64 key, LOCKMODE mode);
 
 #endif							/* ENTITLOCK_H */

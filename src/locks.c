@@ -25,7 +25,6 @@
 #include "datatype/timestamp.h"
 #include "entitlock.h"
 #include "miscadmin.h"
-#include "storage/lmgr.h"
 #include "storage/lock.h"
 #include "utils/array.h"
 #include "utils/guc.h"
@@ -79,51 +78,6 @@ entitlock_acquire(int64 key, LOCKMODE mode, bool wait)
 	check_not_parallel();
 	set_key_locktag(&tag, key);
 	return LockAcquire(&tag, mode, false, !wait) != LOCKACQUIRE_NOT_AVAIL;
-}
-
-/*
- * Like entitlock_acquire(key, mode, true), tuned for keys many sessions
- * take in quick succession.
- *
- * A waiter in the lock's queue is handed the lock when it is released,
- * while still asleep, so a hot key advances one context switch at a time
- * and nobody else may take it meanwhile (a lock convoy).  Instead this
- * waits for the holders' transactions to end, as a row lock's waiters do,
- * then tries again: whichever contender runs first takes the key.  Waiting
- * on a transaction is an ordinary lock wait, so lock_timeout,
- * statement_timeout and deadlock detection still apply.  After a few lost
- * races the caller joins the queue after all, which bounds how often one
- * caller can be overtaken and covers a holder whose lock outlives its
- * transaction (a session-level pg_advisory_lock on the same key).
- */
-void
-entitlock_acquire_contended(int64 key, LOCKMODE mode)
-{
-	LOCKTAG		tag;
-	LOCKTAG		queue_tag;
-	int			attempt;
-
-	check_not_parallel();
-	set_key_locktag(&tag, key);
-	if (LockAcquire(&tag, mode, false, true) != LOCKACQUIRE_NOT_AVAIL)
-		return;
-
-	SET_LOCKTAG_ADVISORY(queue_tag, MyDatabaseId,
-						 (uint32) (key >> 32), (uint32) key, 3);
-	(void) LockAcquire(&queue_tag, ExclusiveLock, false, false);
-	for (attempt = 0;; attempt++)
-	{
-		if (attempt == 4)
-		{
-			(void) LockAcquire(&tag, mode, false, false);
-			break;
-		}
-		WaitForLockers(tag, mode, false);
-		if (LockAcquire(&tag, mode, false, true) != LOCKACQUIRE_NOT_AVAIL)
-			break;
-	}
-	if (!LockRelease(&queue_tag, ExclusiveLock, false))
-		elog(ERROR, "entitlock queue lock was not held");
 }
 
 /*

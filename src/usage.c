@@ -716,7 +716,7 @@ record(const UsageMeter *meter, int64 amount, bool conditional, int64 limit,
 
 	/* lock_entity(subject, feature), before anything is read */
 	(void) entitlock_acquire(subject_key, ShareLock, true);
-	entitlock_acquire_contended(pair_key, ExclusiveLock);
+	(void) entitlock_acquire(pair_key, ExclusiveLock, true);
 
 	/*
 	 * Make the transaction's own earlier writes, including those of an
