@@ -123,7 +123,8 @@ RESET search_path;
 SELECT p.oid::regprocedure AS function, p.provolatile, p.proisstrict, p.proparallel,
        pg_get_function_result(p.oid) AS result
   FROM pg_proc AS p
- WHERE p.pronamespace = 'entitlock'::regnamespace AND p.proname <> 'key'
+ WHERE p.pronamespace = 'entitlock'::regnamespace
+   AND (p.proname LIKE '%lock%' OR p.proname = 'holders')
  ORDER BY 1::text;
 
 -- Errors: NULL is 22004, empty or negative is 22023; none takes a lock.

@@ -406,3 +406,10 @@ DROP EXTENSION entitlock;
 CREATE EXTENSION entitlock;
 -- (and this backend notices the new tables)
 SELECT * FROM entitlock.record_usage_if_under_limit('ws:15', 'api', 1, 5);
+
+-- How the usage functions are declared.
+SELECT p.oid::regprocedure AS function, p.provolatile, p.proisstrict,
+       p.proparallel, p.prosecdef, pg_get_function_result(p.oid) AS result
+  FROM pg_proc AS p
+ WHERE p.pronamespace = 'entitlock'::regnamespace AND p.proname LIKE '%usage%'
+ ORDER BY 1::text;
