@@ -701,8 +701,8 @@ record(const UsageMeter *meter, int64 amount, bool conditional, int64 limit,
 		limit = PG_INT64_MAX;
 
 	/*
-	 * Everything that can be prepared without the pair lock is, so that a
-	 * hot pair's lock is held no longer than the decision takes.
+	 * Everything that can be prepared without the pair lock is, so that a hot
+	 * pair's lock is held no longer than the decision takes.
 	 */
 	subject_key = entitlock_name_key(meter->subject);
 	pair_key = entitlock_pair_key(meter->subject, meter->feature);
@@ -786,9 +786,9 @@ record(const UsageMeter *meter, int64 amount, bool conditional, int64 limit,
 			break;
 
 		/*
-		 * prune_usage() deleted the row meanwhile.  Under READ COMMITTED
-		 * look again; otherwise this is the concurrent update that
-		 * REPEATABLE READ cannot see past.
+		 * prune_usage() deleted the row meanwhile.  Under READ COMMITTED look
+		 * again; otherwise this is the concurrent update that REPEATABLE READ
+		 * cannot see past.
 		 */
 		if (IsolationUsesXactSnapshot())
 			ereport(ERROR,
@@ -858,6 +858,7 @@ return_one_row(FunctionCallInfo fcinfo, ReturnSetInfo *rsinfo,
 	MemoryContext oldcontext;
 
 	oldcontext = MemoryContextSwitchTo(rsinfo->econtext->ecxt_per_query_memory);
+
 	/*
 	 * The caller's expected row type, when it has one, spares a look at
 	 * pg_proc.  The executor frees setDesc, so it gets a copy.

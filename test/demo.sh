@@ -101,6 +101,50 @@ updates).  With SELECT entitlock.lock_entity('workspace:acme', 'members')
 as the first statement, requests for the same workspace take turns until
 COMMIT; other workspaces, and other entities of acme, are not held up.
 
+== A usage limit ==
+EOF
+
+# The same race on an API quota, as applications write it by hand (read
+# the usage, compare, record) and with record_usage_if_under_limit.  Request
+# ids repeat, as retries do.
+cat >"$scripts/quota-naive.sql" <<'EOF'
+\set req random(1, 1500)
+BEGIN;
+SELECT coalesce(sum(amount), 0) AS used FROM naive_log WHERE workspace = 'acme' \gset
+\if :used < 1000
+INSERT INTO naive_log VALUES ('acme', :req, 1);
+\endif
+COMMIT;
+EOF
+cat >"$scripts/quota-entitlock.sql" <<'EOF'
+\set req random(1, 1500)
+BEGIN;
+SELECT allowed::int AS allowed FROM entitlock.record_usage_if_under_limit('workspace:acme', 'api_calls', 1, 1000, 'month', 'req-' || :req) \gset
+\if :allowed
+INSERT INTO api_log VALUES ('acme', :req, 1) ON CONFLICT DO NOTHING;
+\endif
+COMMIT;
+EOF
+psql -X -q -c "CREATE TABLE IF NOT EXISTS naive_log (workspace text, request int, amount int);
+	CREATE TABLE IF NOT EXISTS api_log (workspace text, request int, amount int,
+										UNIQUE (workspace, request));
+	TRUNCATE naive_log, api_log, entitlock.usage_counter, entitlock.usage_idempotency;" || exit 1
+pgbench -n -c "$CLIENTS" -j 2 -t 125 -f "$scripts/quota-naive.sql" >/dev/null 2>&1
+naive=$(psql -X -At -c "SELECT count(*) FROM naive_log")
+pgbench -n -c "$CLIENTS" -j 2 -t 125 -f "$scripts/quota-entitlock.sql" >/dev/null 2>&1
+cat <<EOF
+$CLIENTS clients send $((CLIENTS * 125)) API requests (ids drawn from 1,500, so some are retries)
+against a quota of 1000 calls a month.
+
+  by hand (read, compare, insert):          $naive calls logged
+  record_usage_if_under_limit:              $(psql -X -At -c "SELECT count(*) FROM api_log") calls logged, usage $(psql -X -At -c "SELECT entitlock.usage('workspace:acme', 'api_calls', 'month')"), retries not counted twice
+
+EOF
+psql -X <<'EOF'
+SELECT * FROM entitlock.record_usage_if_under_limit('workspace:acme', 'api_calls', 1, 1000, 'month');
+EOF
+
+cat <<'EOF'
 == Waiting with a limit ==
 EOF
 

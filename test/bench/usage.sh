@@ -4,7 +4,8 @@
 # write "check the limit, then record" by hand.
 #
 #   bash test/bench/usage.sh              (starts its own throwaway cluster)
-#   BENCH_SECONDS=20 BENCH_CLIENTS="8" bash test/bench/usage.sh
+#   BENCH_SECONDS=10 BENCH_ROUNDS=5 BENCH_CLIENTS="8" bash test/bench/usage.sh
+#   BENCH_PROTOCOL=simple bash test/bench/usage.sh   (pgbench -M; default prepared)
 #
 # Each pgbench transaction records 1 unit for one of 1,000 subjects (or one
 # hot subject) against a limit it never reaches, so every variant does the
@@ -26,7 +27,8 @@
 set -uo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
 
-SECS=${BENCH_SECONDS:-10}
+SECS=${BENCH_SECONDS:-5}
+ROUNDS=${BENCH_ROUNDS:-3}
 CLIENT_COUNTS=${BENCH_CLIENTS:-"1 8 32"}
 PROTOCOL=${BENCH_PROTOCOL:-prepared}
 VARIANTS="upsert entitlock forupdate ledger naive"
@@ -95,13 +97,15 @@ write_scripts() {
 		>"$scripts/naive.sql"
 }
 
-# reset KEYS: empty every variant's tables; FOR UPDATE needs its rows
+# reset KEYS: empty every variant's tables; FOR UPDATE needs its rows.  No
+# ANALYZE: statistics of an empty ledger would make PL/pgSQL's cached plan
+# scan the whole ledger as it grows.
 reset() {
 	psql -X -q -v ON_ERROR_STOP=1 -d "$db" <<EOF >/dev/null || die "reset failed"
 TRUNCATE plain_usage, forupdate_usage, ledger, naive_ledger,
 		 entitlock.usage_counter, entitlock.usage_idempotency;
 INSERT INTO forupdate_usage SELECT 's-' || i, 'api', 0 FROM generate_series(1, $1) i;
-VACUUM ANALYZE;
+VACUUM;
 CHECKPOINT;
 EOF
 }
@@ -112,17 +116,26 @@ tps() {
 		sed -n 's/^tps = \([0-9.]*\) .*/\1/p'
 }
 
-echo "TPS, $SECS s per cell, pgbench -M $PROTOCOL; ratio = variant / upsert"
+# median TPS of ROUNDS runs; the variants take turns within each round so
+# that a slow moment of the machine does not land on one variant only
+median() { sort -n | awk '{ a[NR] = $1 } END { print (NR ? a[int((NR + 1) / 2)] : 0) }'; }
+
+echo "TPS (median of $ROUNDS rounds of $SECS s), pgbench -M $PROTOCOL; ratio = variant / upsert"
 printf '%-6s %-8s %-10s %10s %8s\n' keys clients variant tps ratio
 for keys in 1000 1; do
 	write_scripts "$keys" 1000000000000
 	for c in $CLIENT_COUNTS; do
-		base=
+		for v in $VARIANTS; do : >"$scripts/tps-$v"; done
+		for r in $(seq "$ROUNDS"); do
+			for v in $VARIANTS; do
+				reset "$keys"
+				t=$(tps "$scripts/$v.sql" "$c")
+				echo "${t:-0}" >>"$scripts/tps-$v"
+			done
+		done
+		base=$(median <"$scripts/tps-upsert")
 		for v in $VARIANTS; do
-			reset "$keys"
-			t=$(tps "$scripts/$v.sql" "$c")
-			t=${t:-0}
-			base=${base:-$t}
+			t=$(median <"$scripts/tps-$v")
 			printf '%-6s %-8s %-10s %10.0f %8.2f\n' "$keys" "$c" "$v" "$t" \
 				"$(awk -v a="$t" -v b="$base" 'BEGIN { print (b > 0 ? a / b : 0) }')"
 		done
