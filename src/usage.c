@@ -818,7 +818,10 @@ read_usage(const UsageMeter *meter)
 					 counter_types, COUNTER_NATTS, COUNTER_NKEYS,
 					 AccessShareLock);
 	counter_values(meter, 0, values, nulls);
-	if (usage_table_probe(&counter, GetActiveSnapshot(), values))
+	if (usage_table_probe(&counter,
+						  ActiveSnapshotSet() ? GetActiveSnapshot() :
+						  GetTransactionSnapshot(),
+						  values))
 		used = DatumGetInt64(counter.slot->tts_values[COUNTER_USED]);
 	usage_table_close(&counter);
 	return used;
