@@ -794,6 +794,7 @@ record(const UsageMeter *meter, int64 amount, bool conditional, int64 limit,
 			ereport(ERROR,
 					(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
 					 errmsg("could not serialize access due to concurrent update")));
+		CHECK_FOR_INTERRUPTS();
 	}
 	usage_table_close(&counter);
 
