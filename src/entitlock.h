@@ -18,6 +18,8 @@
 /* keys.c */
 extern int64 entitlock_name_key(text *name);
 extern int64 entitlock_pair_key(text *realm, text *entity);
+extern void entitlock_require_arg(FunctionCallInfo fcinfo, int argno,
+								  const char *what);
 extern text *entitlock_text_arg(FunctionCallInfo fcinfo, int argno,
 								const char *what);
 

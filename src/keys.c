@@ -216,17 +216,25 @@ entitlock_pair_key(text *realm, text *entity)
 }
 
 /*
- * Fetch a text argument that must be present.  Lock functions are not
- * STRICT: a NULL name silently returning NULL would let a caller believe it
- * holds a lock it never took, so NULL is an error instead.
+ * Raise null_value_not_allowed, naming what, when argument argno is NULL.
+ * entitlock's functions are not STRICT: a NULL name silently returning NULL
+ * would let a caller believe it holds a lock (or recorded usage) it never
+ * did, so NULL is an error instead.
  */
-text *
-entitlock_text_arg(FunctionCallInfo fcinfo, int argno, const char *what)
+void
+entitlock_require_arg(FunctionCallInfo fcinfo, int argno, const char *what)
 {
 	if (PG_ARGISNULL(argno))
 		ereport(ERROR,
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 				 errmsg("%s must not be null", what)));
+}
+
+/* Fetch a text argument that must be present. */
+text *
+entitlock_text_arg(FunctionCallInfo fcinfo, int argno, const char *what)
+{
+	entitlock_require_arg(fcinfo, argno, what);
 	return PG_GETARG_TEXT_PP(argno);
 }
 

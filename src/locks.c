@@ -242,10 +242,7 @@ entitlock_lock_timeout(PG_FUNCTION_ARGS)
 	int64		key = name_arg_key(fcinfo);
 	int			timeout_ms;
 
-	if (PG_ARGISNULL(1))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("timeout must not be null")));
+	entitlock_require_arg(fcinfo, 1, "timeout");
 	timeout_ms = interval_to_timeout_ms(PG_GETARG_INTERVAL_P(1));
 
 	PG_RETURN_BOOL(acquire_with_timeout(key, ExclusiveLock, timeout_ms));
@@ -314,10 +311,7 @@ entitlock_lock_all(PG_FUNCTION_ARGS)
 	int			lbound;
 	int			i;
 
-	if (PG_ARGISNULL(0))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("lock name array must not be null")));
+	entitlock_require_arg(fcinfo, 0, "lock name array");
 	names = PG_GETARG_ARRAYTYPE_P(0);
 	deconstruct_array(names, TEXTOID, -1, false, TYPALIGN_INT,
 					  &elems, &nulls, &nelems);

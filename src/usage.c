@@ -130,10 +130,7 @@ name_arg(FunctionCallInfo fcinfo, int argno, const char *what)
 static int64
 int8_arg(FunctionCallInfo fcinfo, int argno, const char *what)
 {
-	if (PG_ARGISNULL(argno))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("%s must not be null", what)));
+	entitlock_require_arg(fcinfo, argno, what);
 	return PG_GETARG_INT64(argno);
 }
 
@@ -158,10 +155,7 @@ period_arg(FunctionCallInfo fcinfo, int argno)
 	char	   *name;
 	int			period;
 
-	if (PG_ARGISNULL(argno))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("period must not be null")));
+	entitlock_require_arg(fcinfo, argno, "period");
 	name = text_to_cstring(PG_GETARG_TEXT_PP(argno));
 	period = period_lookup(name);
 	if (period >= 0)
@@ -347,25 +341,35 @@ typedef struct UsageTable
 } UsageTable;
 
 /*
- * Where a usage table and its primary key are: looked up once per backend,
- * forgotten when either is invalidated (altered, dropped, or the extension
- * recreated).
+ * A usage table as this code writes it: names, column types, how many
+ * leading columns its primary key covers, and where table and key are
+ * (looked up once per backend, forgotten when either is invalidated:
+ * altered, dropped, or the extension recreated).
  */
-typedef struct UsageTableIds
+typedef struct UsageTableDef
 {
 	const char *relname;
 	const char *indexname;
+	const Oid  *types;
+	int			natts;
+	int			nkeys;
 	Oid			relid;
 	Oid			indexid;
-} UsageTableIds;
+} UsageTableDef;
 
-static UsageTableIds counter_ids = {"usage_counter", "usage_counter_pkey"};
-static UsageTableIds idem_ids = {"usage_idempotency", "usage_idempotency_pkey"};
+static UsageTableDef counter_def = {
+	"usage_counter", "usage_counter_pkey",
+	counter_types, COUNTER_NATTS, COUNTER_NKEYS
+};
+static UsageTableDef idem_def = {
+	"usage_idempotency", "usage_idempotency_pkey",
+	idem_types, IDEM_NATTS, IDEM_NKEYS
+};
 
 static void
 forget_table_ids(Datum arg, Oid relid)
 {
-	UsageTableIds *all[] = {&counter_ids, &idem_ids};
+	UsageTableDef *all[] = {&counter_def, &idem_def};
 	int			i;
 
 	for (i = 0; i < (int) lengthof(all); i++)
@@ -393,11 +397,13 @@ table_layout_error(const char *relname)
  * than be written wrongly.
  */
 static void
-usage_table_open(UsageTable *t, UsageTableIds *ids,
-				 const Oid *types, int natts, int nkeys, LOCKMODE lockmode)
+usage_table_open(UsageTable *t, UsageTableDef *def, LOCKMODE lockmode)
 {
 	static bool callback_registered = false;
-	const char *relname = ids->relname;
+	const char *relname = def->relname;
+	const Oid  *types = def->types;
+	int			natts = def->natts;
+	int			nkeys = def->nkeys;
 	Oid			relid;
 	TupleDesc	desc;
 	Form_pg_index index;
@@ -408,18 +414,18 @@ usage_table_open(UsageTable *t, UsageTableIds *ids,
 		CacheRegisterRelcacheCallback(forget_table_ids, (Datum) 0);
 		callback_registered = true;
 	}
-	if (!OidIsValid(ids->relid) || !OidIsValid(ids->indexid))
+	if (!OidIsValid(def->relid) || !OidIsValid(def->indexid))
 	{
 		Oid			nspid = get_namespace_oid("entitlock", false);
 
-		ids->relid = get_relname_relid(ids->relname, nspid);
-		ids->indexid = get_relname_relid(ids->indexname, nspid);
-		if (!OidIsValid(ids->relid) || !OidIsValid(ids->indexid))
+		def->relid = get_relname_relid(def->relname, nspid);
+		def->indexid = get_relname_relid(def->indexname, nspid);
+		if (!OidIsValid(def->relid) || !OidIsValid(def->indexid))
 			table_layout_error(relname);
 	}
-	relid = ids->relid;
+	relid = def->relid;
 	t->heap = table_open(relid, lockmode);
-	t->index = index_open(ids->indexid, lockmode);
+	t->index = index_open(def->indexid, lockmode);
 	t->nkeys = nkeys;
 
 	desc = RelationGetDescr(t->heap);
@@ -579,16 +585,16 @@ usage_table_update(UsageTable *t, ItemPointer otid, Datum *values,
  * Recording
  */
 
-/* Key columns of the meter's counter, and the rest for inserting it. */
+/* The meter's counter row, with used = 0 for the caller to set. */
 static void
-counter_values(const UsageMeter *meter, int64 used, Datum *values, bool *nulls)
+counter_values(const UsageMeter *meter, Datum *values, bool *nulls)
 {
 	values[0] = PointerGetDatum(meter->subject);
 	values[1] = PointerGetDatum(meter->feature);
 	values[2] = CStringGetTextDatum(period_names[meter->period]);
 	values[3] = TimestampTzGetDatum(meter->period_start);
 	values[4] = TimestampTzGetDatum(meter->period_end);
-	values[COUNTER_USED] = Int64GetDatum(used);
+	values[COUNTER_USED] = Int64GetDatum(0);
 	memset(nulls, 0, sizeof(bool) * COUNTER_NATTS);
 	nulls[4] = !meter->has_end;
 }
@@ -679,7 +685,7 @@ idempotent_store(UsageTable *idem, const UsageMeter *meter, text *key,
  * the pair, answer a retry from its first outcome, otherwise decide and
  * record.  With conditional, record only when used + amount <= limit;
  * without, record amount (negative refunds), keeping usage at zero or more
- * and refusing a total beyond bigint.
+ * and refusing a total beyond limit (bigint's largest, from record_usage).
  */
 static UsageOutcome
 record(const UsageMeter *meter, int64 amount, bool conditional, int64 limit,
@@ -696,23 +702,16 @@ record(const UsageMeter *meter, int64 amount, bool conditional, int64 limit,
 	PreventCommandIfReadOnly(cmdname);
 	PreventCommandDuringRecovery(cmdname);
 
-	/* Unconditional usage is only bounded by what bigint can hold. */
-	if (!conditional)
-		limit = PG_INT64_MAX;
-
 	/*
 	 * Everything that can be prepared without the pair lock is, so that a hot
 	 * pair's lock is held no longer than the decision takes.
 	 */
 	subject_key = entitlock_name_key(meter->subject);
 	pair_key = entitlock_pair_key(meter->subject, meter->feature);
-	usage_table_open(&counter, &counter_ids,
-					 counter_types, COUNTER_NATTS, COUNTER_NKEYS,
-					 RowExclusiveLock);
+	usage_table_open(&counter, &counter_def, RowExclusiveLock);
 	if (key != NULL)
-		usage_table_open(&idem, &idem_ids,
-						 idem_types, IDEM_NATTS, IDEM_NKEYS, RowExclusiveLock);
-	counter_values(meter, 0, values, nulls);
+		usage_table_open(&idem, &idem_def, RowExclusiveLock);
+	counter_values(meter, values, nulls);
 
 	/* lock_entity(subject, feature), before anything is read */
 	(void) entitlock_acquire(subject_key, ShareLock, true);
@@ -815,10 +814,8 @@ read_usage(const UsageMeter *meter)
 	bool		nulls[COUNTER_NATTS];
 	int64		used = 0;
 
-	usage_table_open(&counter, &counter_ids,
-					 counter_types, COUNTER_NATTS, COUNTER_NKEYS,
-					 AccessShareLock);
-	counter_values(meter, 0, values, nulls);
+	usage_table_open(&counter, &counter_def, AccessShareLock);
+	counter_values(meter, values, nulls);
 	if (usage_table_probe(&counter,
 						  ActiveSnapshotSet() ? GetActiveSnapshot() :
 						  GetTransactionSnapshot(),
@@ -956,7 +953,8 @@ entitlock_record_usage(PG_FUNCTION_ARGS)
 	amount = int8_arg(fcinfo, 2, "amount");
 	key = idempotency_key_arg(fcinfo, 4);
 
-	outcome = record(&meter, amount, false, 0, key,
+	/* Unconditional usage is only bounded by what bigint can hold. */
+	outcome = record(&meter, amount, false, PG_INT64_MAX, key,
 					 "record_usage()");
 	PG_RETURN_INT64(outcome.used);
 }
@@ -994,10 +992,7 @@ entitlock_usage_period(PG_FUNCTION_ARGS)
 	Datum		values[2];
 	bool		nulls[2];
 
-	if (PG_ARGISNULL(1))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("timestamp must not be null")));
+	entitlock_require_arg(fcinfo, 1, "timestamp");
 	compute_period(&meter, period, PG_GETARG_TIMESTAMPTZ(1));
 
 	values[0] = TimestampTzGetDatum(meter.period_start);
