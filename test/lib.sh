@@ -131,3 +131,21 @@ poll_until() {
 	log "timed out waiting for: $2"
 	return 1
 }
+
+# bench_start DB: what every benchmark needs.  Uses the cluster PGHOST
+# points at, if any; otherwise builds, installs and starts a throwaway one
+# (fsync on, synchronous_commit off, so that commits do not hide the
+# difference being measured).  Creates DB with the extension and sets
+# $scripts to a scratch directory; both are removed at exit.
+bench_start() {
+	ensure_packages
+	scripts=$(mktemp -d)
+	bench_dir=
+	trap 'rm -rf "$scripts"; [ -n "$bench_dir" ] && cluster_destroy "$bench_dir"' EXIT
+	if [ -z "${PGHOST:-}" ]; then
+		build_install
+		bench_dir=$(mktemp -d /tmp/entitlock-bench.XXXXXX)
+		cluster_start "$bench_dir" "fsync = on" "synchronous_commit = off"
+	fi
+	test_db_create "$1" || exit 1
+}

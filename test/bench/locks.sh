@@ -20,16 +20,8 @@ set -uo pipefail
 SECS=${BENCH_SECONDS:-10}
 CLIENT_COUNTS=${BENCH_CLIENTS:-"1 8 32"}
 
-ensure_packages
-if [ -z "${PGHOST:-}" ]; then
-	build_install
-	dir=$(mktemp -d /tmp/entitlock-bench.XXXXXX)
-	trap 'cluster_destroy "$dir"; rm -rf "$scripts"' EXIT
-	cluster_start "$dir" "fsync = on" "synchronous_commit = off"
-fi
-scripts=$(mktemp -d)
 db=entitlock_bench_locks
-test_db_create "$db" || exit 1
+bench_start "$db"
 
 for keys in 1000 1; do
 	printf '\\set i random(1, %d)\nBEGIN;\nSELECT pg_advisory_xact_lock(hashtextextended(%s, 0));\nCOMMIT;\n' \

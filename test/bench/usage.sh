@@ -33,16 +33,8 @@ CLIENT_COUNTS=${BENCH_CLIENTS:-"1 8 32"}
 PROTOCOL=${BENCH_PROTOCOL:-prepared}
 VARIANTS="upsert entitlock forupdate ledger naive"
 
-ensure_packages
-if [ -z "${PGHOST:-}" ]; then
-	build_install
-	dir=$(mktemp -d /tmp/entitlock-bench.XXXXXX)
-	trap 'cluster_destroy "$dir"; rm -rf "$scripts"' EXIT
-	cluster_start "$dir" "fsync = on" "synchronous_commit = off"
-fi
-scripts=$(mktemp -d)
 db=entitlock_bench_usage
-test_db_create "$db" || exit 1
+bench_start "$db"
 
 psql -X -q -v ON_ERROR_STOP=1 -d "$db" <<'EOF' || die "could not set up $db"
 CREATE TABLE plain_usage (subject text, feature text, used bigint NOT NULL,
