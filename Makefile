@@ -12,7 +12,9 @@ EXTVERSION = $(shell sed -n "s/^default_version *= *'\([^']*\)'.*/\1/p" $(EXTENS
 OBJS = \
 	src/keys.o \
 	src/locks.o \
-	src/usage.o
+	src/table.o \
+	src/usage.o \
+	src/idempotency.o
 
 DATA = $(wildcard sql/$(EXTENSION)--*.sql)
 PGFILEDESC = "entitlock - named locks, usage limits, idempotency and leases"
@@ -20,7 +22,8 @@ PGFILEDESC = "entitlock - named locks, usage limits, idempotency and leases"
 REGRESS = \
 	keys \
 	locks \
-	usage
+	usage \
+	idempotency
 
 ISOLATION = \
 	lock-exclusive \

@@ -268,3 +268,78 @@ REVOKE ALL ON FUNCTION entitlock.record_usage_if_under_limit(text, text, bigint,
 REVOKE ALL ON FUNCTION entitlock.record_usage(text, text, bigint, text, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION entitlock.usage(text, text, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION entitlock.prune_usage(timestamptz) FROM PUBLIC;
+
+--
+-- Idempotent writes (src/idempotency.c)
+--
+-- A claim is a row written in the caller's transaction under the key's
+-- transaction lock, so it commits or rolls back with the caller's write.
+-- Keys are stored in full and compared in full; only a 64-bit hash of the
+-- key is indexed, so a key of any length fits.  The hash index is not
+-- unique (two keys may share a hash); the key's lock keeps one claim per
+-- key.
+--
+CREATE TABLE entitlock.idempotency_key (
+	key_hash bigint NOT NULL,
+	key text COLLATE pg_catalog."C" NOT NULL,
+	fingerprint text COLLATE pg_catalog."C",
+	response jsonb,
+	claimed_at timestamptz NOT NULL,
+	expires_at timestamptz NOT NULL,
+	completed_at timestamptz
+) USING heap;
+
+CREATE INDEX idempotency_key_hash_idx
+	ON entitlock.idempotency_key USING btree (key_hash);
+CREATE INDEX idempotency_key_expires_at_idx
+	ON entitlock.idempotency_key USING btree (expires_at);
+
+COMMENT ON TABLE entitlock.idempotency_key IS
+'idempotency keys claimed by committed transactions, with the response to replay; written only by entitlock''s functions';
+
+SELECT pg_catalog.pg_extension_config_dump('entitlock.idempotency_key', '');
+
+CREATE FUNCTION entitlock.idempotency_begin(
+	key text,
+	fingerprint text DEFAULT NULL,
+	ttl interval DEFAULT '24 hours')
+RETURNS TABLE (status text, response jsonb)
+AS 'MODULE_PATHNAME', 'entitlock_idempotency_begin'
+LANGUAGE C VOLATILE PARALLEL UNSAFE ROWS 1;
+
+COMMENT ON FUNCTION entitlock.idempotency_begin(text, text, interval) IS
+'claims key for this transaction (status new), or returns the stored response of the transaction that did (status replay); waits while another transaction holds key';
+
+CREATE FUNCTION entitlock.idempotency_complete(
+	key text,
+	response jsonb DEFAULT NULL)
+RETURNS void
+AS 'MODULE_PATHNAME', 'entitlock_idempotency_complete'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+
+COMMENT ON FUNCTION entitlock.idempotency_complete(text, jsonb) IS
+'stores the response replayed for key; key must have been claimed by this transaction';
+
+CREATE FUNCTION entitlock.first_time(
+	key text,
+	ttl interval DEFAULT '24 hours')
+RETURNS boolean
+AS 'MODULE_PATHNAME', 'entitlock_first_time'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+
+COMMENT ON FUNCTION entitlock.first_time(text, interval) IS
+'true for the one transaction that claims key until it expires, false for every other';
+
+CREATE FUNCTION entitlock.purge_expired(max_rows bigint DEFAULT NULL)
+RETURNS bigint
+AS 'MODULE_PATHNAME', 'entitlock_purge_expired'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+
+COMMENT ON FUNCTION entitlock.purge_expired(bigint) IS
+'deletes expired idempotency keys (at most max_rows, all when NULL); returns how many';
+
+-- Granted explicitly, like the usage functions; see README, Privileges.
+REVOKE ALL ON FUNCTION entitlock.idempotency_begin(text, text, interval) FROM PUBLIC;
+REVOKE ALL ON FUNCTION entitlock.idempotency_complete(text, jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION entitlock.first_time(text, interval) FROM PUBLIC;
+REVOKE ALL ON FUNCTION entitlock.purge_expired(bigint) FROM PUBLIC;

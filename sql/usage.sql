@@ -412,4 +412,4 @@ SELECT p.oid::regprocedure AS function, p.provolatile, p.proisstrict,
        p.proparallel, p.prosecdef, pg_get_function_result(p.oid) AS result
   FROM pg_proc AS p
  WHERE p.pronamespace = 'entitlock'::regnamespace AND p.proname LIKE '%usage%'
- ORDER BY 1::text;
+ ORDER BY p.oid::regprocedure::text;

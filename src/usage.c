@@ -15,38 +15,22 @@
  * the calls of one meter (and lets an exclusive lock(subject) freeze all of
  * a subject's usage) while other pairs run in parallel.  Only after the
  * lock is granted are the tables read, with a snapshot taken then; see
- * check_visible_to_transaction() for REPEATABLE READ and SERIALIZABLE.
+ * entitlock_check_visible_to_transaction() for REPEATABLE READ and
+ * SERIALIZABLE.
  *
- * The tables are not granted to anyone and are accessed beneath SQL; see
- * "Table access" below.
+ * The tables are not granted to anyone and are accessed beneath SQL, by
+ * table.c.
  *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
 
-#include "access/genam.h"
-#include "access/heapam.h"
-#include "access/htup_details.h"
-#include "access/stratnum.h"
-#include "access/table.h"
-#include "access/tableam.h"
 #include "access/xact.h"
-#include "catalog/index.h"
-#include "catalog/namespace.h"
-#include "catalog/pg_am.h"
-#include "catalog/pg_collation.h"
 #include "catalog/pg_type.h"
 #include "entitlock.h"
-#include "executor/tuptable.h"
-#include "funcapi.h"
 #include "miscadmin.h"
-#include "nodes/execnodes.h"
 #include "utils/builtins.h"
 #include "utils/datetime.h"
-#include "utils/fmgroids.h"
-#include "utils/inval.h"
-#include "utils/lsyscache.h"
-#include "utils/rel.h"
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
@@ -290,25 +274,15 @@ meter_args(FunctionCallInfo fcinfo, UsageMeter *meter, int period_argno)
 }
 
 /*
- * Table access
+ * Tables
  *
- * The tables are read and written through the heap and btree access
- * methods directly, not through SQL: a decision is then one index probe and
- * one heap update, with nothing to parse, plan or start up, and a hot
- * pair's lock is held for as short a time as possible.  Working beneath the
- * executor means doing here what it would do: lock the relations, add
- * index entries when an update cannot be HOT, and fail with
- * serialization_failure where it would.  It also means no privilege checks
- * apply, which is the intent: EXECUTE on a function is the permission, and
- * no role needs or gets rights on the tables themselves.
+ * Written beneath SQL through table.c; see there.
  */
 
 #define COUNTER_NATTS 6
-#define COUNTER_NKEYS 4
 #define COUNTER_USED 5			/* 0-based column numbers */
 
 #define IDEM_NATTS 9
-#define IDEM_NKEYS 3
 
 static const Oid counter_types[COUNTER_NATTS] = {
 	TEXTOID,					/* subject */
@@ -331,255 +305,14 @@ static const Oid idem_types[IDEM_NATTS] = {
 	TIMESTAMPTZOID				/* recorded_at */
 };
 
-/* A usage table, its primary key (over its leading columns) and a slot. */
-typedef struct UsageTable
-{
-	Relation	heap;
-	Relation	index;
-	int			nkeys;
-	TupleTableSlot *slot;
-} UsageTable;
-
-/*
- * A usage table as this code writes it: names, column types, how many
- * leading columns its primary key covers, and where table and key are
- * (looked up once per backend, forgotten when either is invalidated:
- * altered, dropped, or the extension recreated).
- */
-typedef struct UsageTableDef
-{
-	const char *relname;
-	const char *indexname;
-	const Oid  *types;
-	int			natts;
-	int			nkeys;
-	Oid			relid;
-	Oid			indexid;
-} UsageTableDef;
-
-static UsageTableDef counter_def = {
-	"usage_counter", "usage_counter_pkey",
-	counter_types, COUNTER_NATTS, COUNTER_NKEYS
+static EntitlockTableDef counter_def = {
+	"usage_counter", counter_types, COUNTER_NATTS, 1,
+	{{"usage_counter_pkey", true, 4, {1, 2, 3, 4}}}
 };
-static UsageTableDef idem_def = {
-	"usage_idempotency", "usage_idempotency_pkey",
-	idem_types, IDEM_NATTS, IDEM_NKEYS
+static EntitlockTableDef idem_def = {
+	"usage_idempotency", idem_types, IDEM_NATTS, 1,
+	{{"usage_idempotency_pkey", true, 3, {1, 2, 3}}}
 };
-
-static void
-forget_table_ids(Datum arg, Oid relid)
-{
-	UsageTableDef *all[] = {&counter_def, &idem_def};
-	int			i;
-
-	for (i = 0; i < (int) lengthof(all); i++)
-	{
-		if (!OidIsValid(relid) || relid == all[i]->relid ||
-			relid == all[i]->indexid)
-			all[i]->relid = all[i]->indexid = InvalidOid;
-	}
-}
-
-static void
-table_layout_error(const char *relname)
-{
-	ereport(ERROR,
-			(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-			 errmsg("table \"entitlock.%s\" is not as this version of entitlock created it",
-					relname),
-			 errhint("Update the extension with ALTER EXTENSION entitlock UPDATE, or reinstall it.")));
-}
-
-/*
- * Open a usage table and its primary key, checking that both still have
- * the layout the code below writes: it forms heap tuples and index entries
- * itself, so a column added or retyped behind its back must stop it rather
- * than be written wrongly.
- */
-static void
-usage_table_open(UsageTable *t, UsageTableDef *def, LOCKMODE lockmode)
-{
-	static bool callback_registered = false;
-	const char *relname = def->relname;
-	const Oid  *types = def->types;
-	int			natts = def->natts;
-	int			nkeys = def->nkeys;
-	Oid			relid;
-	TupleDesc	desc;
-	Form_pg_index index;
-	int			i;
-
-	if (!callback_registered)
-	{
-		CacheRegisterRelcacheCallback(forget_table_ids, (Datum) 0);
-		callback_registered = true;
-	}
-	if (!OidIsValid(def->relid) || !OidIsValid(def->indexid))
-	{
-		Oid			nspid = get_namespace_oid("entitlock", false);
-
-		def->relid = get_relname_relid(def->relname, nspid);
-		def->indexid = get_relname_relid(def->indexname, nspid);
-		if (!OidIsValid(def->relid) || !OidIsValid(def->indexid))
-			table_layout_error(relname);
-	}
-	relid = def->relid;
-	t->heap = table_open(relid, lockmode);
-	t->index = index_open(def->indexid, lockmode);
-	t->nkeys = nkeys;
-
-	desc = RelationGetDescr(t->heap);
-	if (t->heap->rd_rel->relkind != RELKIND_RELATION ||
-		t->heap->rd_rel->relam != HEAP_TABLE_AM_OID ||
-		desc->natts != natts)
-		table_layout_error(relname);
-	for (i = 0; i < natts; i++)
-	{
-		Form_pg_attribute att = TupleDescAttr(desc, i);
-
-		if (att->attisdropped || att->atttypid != types[i] ||
-			(types[i] == TEXTOID && att->attcollation != C_COLLATION_OID))
-			table_layout_error(relname);
-	}
-
-	index = t->index->rd_index;
-	if (index->indrelid != relid || !index->indisunique ||
-		!index->indisvalid || index->indnatts != nkeys ||
-		t->index->rd_rel->relam != BTREE_AM_OID)
-		table_layout_error(relname);
-	for (i = 0; i < nkeys; i++)
-	{
-		if (index->indkey.values[i] != i + 1)
-			table_layout_error(relname);
-	}
-
-	t->slot = table_slot_create(t->heap, NULL);
-}
-
-/* Locks stay until the end of the transaction, as the executor's do. */
-static void
-usage_table_close(UsageTable *t)
-{
-	ExecDropSingleTupleTableSlot(t->slot);
-	index_close(t->index, NoLock);
-	table_close(t->heap, NoLock);
-}
-
-/*
- * Find the row whose key columns equal keyvals, as snapshot sees it, and
- * leave it in t->slot with all its columns extracted.  The snapshot is only
- * used during the call, so GetLatestSnapshot()'s needs no registering.
- */
-static bool
-usage_table_probe(UsageTable *t, Snapshot snapshot, const Datum *keyvals)
-{
-	TupleDesc	desc = RelationGetDescr(t->heap);
-	ScanKeyData skey[INDEX_MAX_KEYS];
-	IndexScanDesc scan;
-	bool		found;
-	int			i;
-
-	for (i = 0; i < t->nkeys; i++)
-	{
-		bool		is_text = TupleDescAttr(desc, i)->atttypid == TEXTOID;
-
-		ScanKeyEntryInitialize(&skey[i], 0, i + 1, BTEqualStrategyNumber,
-							   InvalidOid,
-							   is_text ? C_COLLATION_OID : InvalidOid,
-							   is_text ? F_TEXTEQ : F_TIMESTAMPTZ_EQ,
-							   keyvals[i]);
-	}
-
-	scan = index_beginscan(t->heap, t->index, snapshot, t->nkeys, 0);
-	index_rescan(scan, skey, t->nkeys, NULL, 0);
-	found = index_getnext_slot(scan, ForwardScanDirection, t->slot);
-	index_endscan(scan);
-
-	if (found)
-		slot_getallattrs(t->slot);
-	return found;
-}
-
-/*
- * The probes read with a snapshot taken after the pair lock was granted,
- * which is what READ COMMITTED wants.  REPEATABLE READ and SERIALIZABLE
- * promise the transaction a single older snapshot; a row that snapshot
- * cannot see was committed since, and deciding on it would mix the two.
- * Fail the way UPDATE does on a row changed since the snapshot, so the
- * caller retries the transaction.
- */
-static void
-check_visible_to_transaction(UsageTable *t)
-{
-	HeapTuple	tuple;
-	TransactionId xmin;
-	bool		should_free;
-
-	if (!IsolationUsesXactSnapshot())
-		return;
-
-	tuple = ExecFetchSlotHeapTuple(t->slot, false, &should_free);
-	xmin = HeapTupleHeaderGetXmin(tuple->t_data);
-	if (!TransactionIdIsCurrentTransactionId(xmin) &&
-		XidInMVCCSnapshot(xmin, GetTransactionSnapshot()))
-		ereport(ERROR,
-				(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
-				 errmsg("could not serialize access due to concurrent update")));
-}
-
-/* Add the index entry for a heap tuple at tid with the given columns. */
-static void
-usage_table_index(UsageTable *t, Datum *values, bool *nulls, ItemPointer tid,
-				  bool update)
-{
-	(void) index_insert(t->index, values, nulls, tid, t->heap,
-						UNIQUE_CHECK_YES,
-#if PG_VERSION_NUM >= 140000
-						update,
-#endif
-						BuildIndexInfo(t->index));
-}
-
-static void
-usage_table_insert(UsageTable *t, Datum *values, bool *nulls)
-{
-	HeapTuple	tuple = heap_form_tuple(RelationGetDescr(t->heap), values, nulls);
-
-	heap_insert(t->heap, tuple, GetCurrentCommandId(true), 0, NULL);
-	usage_table_index(t, values, nulls, &tuple->t_self, false);
-}
-
-/*
- * Replace the row at otid.  Waits for a transaction still changing it
- * (only prune_usage() can be, as writers of a row hold its pair lock).
- */
-static TM_Result
-usage_table_update(UsageTable *t, ItemPointer otid, Datum *values,
-				   bool *nulls)
-{
-	HeapTuple	tuple = heap_form_tuple(RelationGetDescr(t->heap), values, nulls);
-	TM_FailureData tmfd;
-	LockTupleMode lockmode;
-	TM_Result	result;
-	bool		new_index_entry;
-
-#if PG_VERSION_NUM >= 160000
-	TU_UpdateIndexes update_indexes;
-
-	result = heap_update(t->heap, otid, tuple, GetCurrentCommandId(true),
-						 InvalidSnapshot, true, &tmfd, &lockmode,
-						 &update_indexes);
-	new_index_entry = result == TM_Ok && update_indexes != TU_None;
-#else
-	result = heap_update(t->heap, otid, tuple, GetCurrentCommandId(true),
-						 InvalidSnapshot, true, &tmfd, &lockmode);
-	new_index_entry = result == TM_Ok && !HeapTupleIsHeapOnly(tuple);
-#endif
-
-	if (new_index_entry)
-		usage_table_index(t, values, nulls, &tuple->t_self, true);
-	return result;
-}
 
 /*
  * Recording
@@ -611,7 +344,7 @@ idempotency_values(const UsageMeter *meter, text *key, Datum *values,
 
 /* What an earlier call with this idempotency key recorded, if any. */
 static IdempotentRecord
-idempotent_lookup(UsageTable *idem, const UsageMeter *meter, text *key)
+idempotent_lookup(EntitlockTable *idem, const UsageMeter *meter, text *key)
 {
 	IdempotentRecord rec = {0};
 	Datum		values[IDEM_NATTS];
@@ -619,14 +352,14 @@ idempotent_lookup(UsageTable *idem, const UsageMeter *meter, text *key)
 
 	idempotency_values(meter, key, values, nulls);
 
-	rec.found = usage_table_probe(idem, GetLatestSnapshot(), values);
+	rec.found = entitlock_table_probe(idem, GetLatestSnapshot(), values);
 
 	if (rec.found)
 	{
 		Datum	   *cols = idem->slot->tts_values;
 		int			period;
 
-		check_visible_to_transaction(idem);
+		entitlock_check_visible_to_transaction(idem->slot);
 		period = period_lookup(TextDatumGetCString(cols[3]));
 		if (period < 0)
 			elog(ERROR, "unexpected period in entitlock.usage_idempotency");
@@ -663,7 +396,7 @@ idempotent_check_same(const IdempotentRecord *rec, const UsageMeter *meter,
  * every writer of the key holds that lock, so the insert cannot conflict.
  */
 static void
-idempotent_store(UsageTable *idem, const UsageMeter *meter, text *key,
+idempotent_store(EntitlockTable *idem, const UsageMeter *meter, text *key,
 				 int64 amount, const UsageOutcome *outcome)
 {
 	Datum		values[IDEM_NATTS];
@@ -677,7 +410,7 @@ idempotent_store(UsageTable *idem, const UsageMeter *meter, text *key,
 	values[7] = TimestampTzGetDatum(meter->period_end);
 	nulls[7] = !meter->has_end;
 	values[8] = TimestampTzGetDatum(GetCurrentTransactionStartTimestamp());
-	usage_table_insert(idem, values, nulls);
+	entitlock_table_insert(idem, values, nulls);
 }
 
 /*
@@ -692,8 +425,8 @@ record(const UsageMeter *meter, int64 amount, bool conditional, int64 limit,
 	   text *key, const char *cmdname)
 {
 	UsageOutcome outcome;
-	UsageTable	counter;
-	UsageTable	idem;
+	EntitlockTable	counter;
+	EntitlockTable	idem;
 	Datum		values[COUNTER_NATTS];
 	bool		nulls[COUNTER_NATTS];
 	int64		subject_key;
@@ -708,9 +441,9 @@ record(const UsageMeter *meter, int64 amount, bool conditional, int64 limit,
 	 */
 	subject_key = entitlock_name_key(meter->subject);
 	pair_key = entitlock_pair_key(meter->subject, meter->feature);
-	usage_table_open(&counter, &counter_def, RowExclusiveLock);
+	entitlock_table_open(&counter, &counter_def, RowExclusiveLock);
 	if (key != NULL)
-		usage_table_open(&idem, &idem_def, RowExclusiveLock);
+		entitlock_table_open(&idem, &idem_def, RowExclusiveLock);
 	counter_values(meter, values, nulls);
 
 	/* lock_entity(subject, feature), before anything is read */
@@ -730,15 +463,15 @@ record(const UsageMeter *meter, int64 amount, bool conditional, int64 limit,
 		if (rec.found)
 		{
 			idempotent_check_same(&rec, meter, amount, key);
-			usage_table_close(&idem);
-			usage_table_close(&counter);
+			entitlock_table_close(&idem);
+			entitlock_table_close(&counter);
 			return rec.outcome;
 		}
 	}
 
 	for (;;)
 	{
-		bool		found = usage_table_probe(&counter, GetLatestSnapshot(),
+		bool		found = entitlock_table_probe(&counter, GetLatestSnapshot(),
 											  values);
 		int64		used = 0;
 		int64		new_used;
@@ -746,7 +479,7 @@ record(const UsageMeter *meter, int64 amount, bool conditional, int64 limit,
 
 		if (found)
 		{
-			check_visible_to_transaction(&counter);
+			entitlock_check_visible_to_transaction(counter.slot);
 			used = DatumGetInt64(counter.slot->tts_values[COUNTER_USED]);
 			otid = counter.slot->tts_tid;
 		}
@@ -778,10 +511,10 @@ record(const UsageMeter *meter, int64 amount, bool conditional, int64 limit,
 		values[COUNTER_USED] = Int64GetDatum(new_used);
 		if (!found)
 		{
-			usage_table_insert(&counter, values, nulls);
+			entitlock_table_insert(&counter, values, nulls);
 			break;
 		}
-		if (usage_table_update(&counter, &otid, values, nulls) == TM_Ok)
+		if (entitlock_table_update(&counter, &otid, values, nulls, true) == TM_Ok)
 			break;
 
 		/*
@@ -795,12 +528,12 @@ record(const UsageMeter *meter, int64 amount, bool conditional, int64 limit,
 					 errmsg("could not serialize access due to concurrent update")));
 		CHECK_FOR_INTERRUPTS();
 	}
-	usage_table_close(&counter);
+	entitlock_table_close(&counter);
 
 	if (key != NULL)
 	{
 		idempotent_store(&idem, meter, key, amount, &outcome);
-		usage_table_close(&idem);
+		entitlock_table_close(&idem);
 	}
 	return outcome;
 }
@@ -809,73 +542,20 @@ record(const UsageMeter *meter, int64 amount, bool conditional, int64 limit,
 static int64
 read_usage(const UsageMeter *meter)
 {
-	UsageTable	counter;
+	EntitlockTable	counter;
 	Datum		values[COUNTER_NATTS];
 	bool		nulls[COUNTER_NATTS];
 	int64		used = 0;
 
-	usage_table_open(&counter, &counter_def, AccessShareLock);
+	entitlock_table_open(&counter, &counter_def, AccessShareLock);
 	counter_values(meter, values, nulls);
-	if (usage_table_probe(&counter,
+	if (entitlock_table_probe(&counter,
 						  ActiveSnapshotSet() ? GetActiveSnapshot() :
 						  GetTransactionSnapshot(),
 						  values))
 		used = DatumGetInt64(counter.slot->tts_values[COUNTER_USED]);
-	usage_table_close(&counter);
+	entitlock_table_close(&counter);
 	return used;
-}
-
-/*
- * Result rows
- */
-
-/*
- * Check up front, before anything is locked or recorded, that the caller
- * can take a set back.
- */
-static ReturnSetInfo *
-materialize_resultinfo(FunctionCallInfo fcinfo)
-{
-	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
-
-	if (rsinfo == NULL || !IsA(rsinfo, ReturnSetInfo))
-		ereport(ERROR,
-				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-				 errmsg("set-valued function called in context that cannot accept a set")));
-	if (!(rsinfo->allowedModes & SFRM_Materialize))
-		ereport(ERROR,
-				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-				 errmsg("materialize mode required, but it is not allowed in this context")));
-	return rsinfo;
-}
-
-/* Return the single row values/nulls as the function's whole result set. */
-static void
-return_one_row(FunctionCallInfo fcinfo, ReturnSetInfo *rsinfo,
-			   Datum *values, bool *nulls)
-{
-	TupleDesc	tupdesc;
-	Tuplestorestate *store;
-	MemoryContext oldcontext;
-
-	oldcontext = MemoryContextSwitchTo(rsinfo->econtext->ecxt_per_query_memory);
-
-	/*
-	 * The caller's expected row type, when it has one, spares a look at
-	 * pg_proc.  The executor frees setDesc, so it gets a copy.
-	 */
-	if (rsinfo->expectedDesc != NULL)
-		tupdesc = rsinfo->expectedDesc;
-	else if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
-		elog(ERROR, "return type must be a row type");
-	tupdesc = CreateTupleDescCopy(tupdesc);
-	store = tuplestore_begin_heap(false, false, work_mem);
-	tuplestore_putvalues(store, tupdesc, values, nulls);
-	MemoryContextSwitchTo(oldcontext);
-
-	rsinfo->returnMode = SFRM_Materialize;
-	rsinfo->setResult = store;
-	rsinfo->setDesc = tupdesc;
 }
 
 /*
@@ -895,7 +575,7 @@ return_one_row(FunctionCallInfo fcinfo, ReturnSetInfo *rsinfo,
 Datum
 entitlock_record_usage_if_under_limit(PG_FUNCTION_ARGS)
 {
-	ReturnSetInfo *rsinfo = materialize_resultinfo(fcinfo);
+	ReturnSetInfo *rsinfo = entitlock_materialize_resultinfo(fcinfo);
 	UsageMeter	meter;
 	int64		amount;
 	int64		limit;
@@ -927,7 +607,7 @@ entitlock_record_usage_if_under_limit(PG_FUNCTION_ARGS)
 	values[2] = Int64GetDatum(outcome.used < limit ? limit - outcome.used : 0);
 	values[3] = TimestampTzGetDatum(meter.period_end);
 	nulls[3] = !meter.has_end;
-	return_one_row(fcinfo, rsinfo, values, nulls);
+	entitlock_return_one_row(fcinfo, rsinfo, values, nulls);
 	return (Datum) 0;
 }
 
@@ -986,7 +666,7 @@ entitlock_usage(PG_FUNCTION_ARGS)
 Datum
 entitlock_usage_period(PG_FUNCTION_ARGS)
 {
-	ReturnSetInfo *rsinfo = materialize_resultinfo(fcinfo);
+	ReturnSetInfo *rsinfo = entitlock_materialize_resultinfo(fcinfo);
 	UsageMeter	meter;
 	UsagePeriod period = period_arg(fcinfo, 0);
 	Datum		values[2];
@@ -998,6 +678,6 @@ entitlock_usage_period(PG_FUNCTION_ARGS)
 	values[0] = TimestampTzGetDatum(meter.period_start);
 	values[1] = TimestampTzGetDatum(meter.period_end);
 	nulls[0] = nulls[1] = !meter.has_end;
-	return_one_row(fcinfo, rsinfo, values, nulls);
+	entitlock_return_one_row(fcinfo, rsinfo, values, nulls);
 	return (Datum) 0;
 }

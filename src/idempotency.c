@@ -1,0 +1,525 @@
+/*-------------------------------------------------------------------------
+ *
+ * idempotency.c
+ *	  Idempotent writes: entitlock.idempotency_begin, idempotency_complete,
+ *	  first_time and purge_expired.
+ *
+ * A key is claimed by writing a row of entitlock.idempotency_key in the
+ * caller's own transaction, under a transaction lock on the key.  The row
+ * and the lock therefore share the fate of the caller's write: COMMIT makes
+ * the claim (and the stored response) visible to every later caller, while
+ * ROLLBACK, a killed backend or a crash removes both, and nothing is ever
+ * left "in progress" for a reaper to clean up.  A concurrent caller with
+ * the same key waits on the lock, then looks with a snapshot taken after
+ * the wait, so it sees exactly what the owner's transaction decided.
+ *
+ * Keys may be long (a request body's digest, or the body itself), so the
+ * table stores each key in full next to a 64-bit hash of it, and only the
+ * hash is indexed.  The index is not unique: two different keys with equal
+ * hashes are two rows, told apart by comparing the full keys, and they
+ * merely share a lock.  Uniqueness of a key comes from the lock: every
+ * writer of a key holds it while it looks and writes.
+ *
+ * Expiry is by wall clock: a claim made with ttl expires ttl after the call
+ * that made it, and from then on behaves as if it were absent; a new claim
+ * reuses its row.  purge_expired() deletes expired rows without waiting
+ * for, or making anyone wait on, a claim in progress.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/detoast.h"
+#include "access/xact.h"
+#include "catalog/pg_type.h"
+#include "entitlock.h"
+#include "mb/pg_wchar.h"
+#include "miscadmin.h"
+#include "utils/builtins.h"
+#include "utils/jsonb.h"
+#include "utils/snapmgr.h"
+#include "utils/timestamp.h"
+
+PG_FUNCTION_INFO_V1(entitlock_idempotency_begin);
+PG_FUNCTION_INFO_V1(entitlock_idempotency_complete);
+PG_FUNCTION_INFO_V1(entitlock_first_time);
+PG_FUNCTION_INFO_V1(entitlock_purge_expired);
+
+/*
+ * The key's lock is entitlock.key(realm, key) with this realm, so it is
+ * distinct from any lock an application takes by name.
+ */
+#define IDEMPOTENCY_REALM "entitlock.idempotency"
+
+/* How much of a key an error message quotes. */
+#define KEY_MESSAGE_CHARS 64
+
+/* entitlock.idempotency_key, 0-based column numbers */
+#define COL_KEY_HASH 0
+#define COL_KEY 1
+#define COL_FINGERPRINT 2
+#define COL_RESPONSE 3
+#define COL_CLAIMED_AT 4
+#define COL_EXPIRES_AT 5
+#define COL_COMPLETED_AT 6
+#define CLAIM_NATTS 7
+
+static const Oid claim_types[CLAIM_NATTS] = {
+	INT8OID,					/* key_hash */
+	TEXTOID,					/* key */
+	TEXTOID,					/* fingerprint */
+	JSONBOID,					/* response */
+	TIMESTAMPTZOID,				/* claimed_at */
+	TIMESTAMPTZOID,				/* expires_at */
+	TIMESTAMPTZOID				/* completed_at */
+};
+
+#define HASH_INDEX 0
+#define EXPIRY_INDEX 1
+
+static EntitlockTableDef claim_def = {
+	"idempotency_key", claim_types, CLAIM_NATTS, 2,
+	{
+		{"idempotency_key_hash_idx", false, 1, {COL_KEY_HASH + 1}},
+		{"idempotency_key_expires_at_idx", false, 1, {COL_EXPIRES_AT + 1}}
+	}
+};
+
+/* The live claim on a key, as a claiming call finds it. */
+typedef struct Claim
+{
+	bool		found;			/* an unexpired claim exists */
+	text	   *fingerprint;	/* its fingerprint, or NULL */
+	Jsonb	   *response;		/* its response, or NULL */
+	bool		have_expired;	/* else, an expired row of the key exists */
+	ItemPointerData expired_tid;	/* and is here */
+} Claim;
+
+/*
+ * Arguments
+ */
+
+static text *
+key_arg(FunctionCallInfo fcinfo, int argno)
+{
+	text	   *key = entitlock_text_arg(fcinfo, argno, "idempotency key");
+
+	if (VARSIZE_ANY_EXHDR(key) == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("idempotency key must not be empty")));
+	return key;
+}
+
+/*
+ * The moment a claim made at "now" with ttl expires.  Checked before any
+ * lock is taken, so a bad ttl fails without waiting.
+ */
+static TimestampTz
+expiry(TimestampTz now, Interval *ttl)
+{
+	return DatumGetTimestampTz(DirectFunctionCall2(timestamptz_pl_interval,
+												   TimestampTzGetDatum(now),
+												   PointerGetDatum(ttl)));
+}
+
+static Interval *
+ttl_arg(FunctionCallInfo fcinfo, int argno)
+{
+	Interval   *ttl;
+	TimestampTz now = GetCurrentTimestamp();
+
+	entitlock_require_arg(fcinfo, argno, "ttl");
+	ttl = PG_GETARG_INTERVAL_P(argno);
+	if (expiry(now, ttl) <= now)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("ttl must be greater than zero")));
+	return ttl;
+}
+
+/* The key for an error message: quoted whole if short, else its start. */
+static char *
+key_for_message(text *key)
+{
+	const char *s = VARDATA_ANY(key);
+	int			len = VARSIZE_ANY_EXHDR(key);
+	int			cut;
+
+	if (pg_mbstrlen_with_len(s, len) <= KEY_MESSAGE_CHARS)
+		return text_to_cstring(key);
+	cut = pg_mbcharcliplen(s, len, KEY_MESSAGE_CHARS);
+	return psprintf("%.*s...", cut, s);
+}
+
+/*
+ * Finding a key's rows
+ */
+
+static int64
+key_hash(text *key)
+{
+	return entitlock_pair_key(cstring_to_text(IDEMPOTENCY_REALM), key);
+}
+
+static bool
+same_text(Datum stored, text *key)
+{
+	int			keylen = VARSIZE_ANY_EXHDR(key);
+	text	   *s;
+	bool		same;
+
+	/* Rows of other keys with the same hash are rare; skip by length first. */
+	if (toast_raw_datum_size(stored) != (Size) keylen + VARHDRSZ)
+		return false;
+	s = DatumGetTextPP(stored);
+	same = memcmp(VARDATA_ANY(s), VARDATA_ANY(key), keylen) == 0;
+	if ((Pointer) s != DatumGetPointer(stored))
+		pfree(s);
+	return same;
+}
+
+/*
+ * Advance scan (over the hash index) to the next row of key, leaving it in
+ * t->slot.  Rows of other keys whose hash collides with key's are skipped.
+ */
+static bool
+next_row_of_key(EntitlockTable *t, IndexScanDesc scan, text *key)
+{
+	while (index_getnext_slot(scan, ForwardScanDirection, t->slot))
+	{
+		bool		isnull;
+		Datum		stored = slot_getattr(t->slot, COL_KEY + 1, &isnull);
+
+		if (!isnull && same_text(stored, key))
+			return true;
+	}
+	return false;
+}
+
+static IndexScanDesc
+scan_key_rows(EntitlockTable *t, int64 hash)
+{
+	Datum		hashval = Int64GetDatum(hash);
+
+	return entitlock_table_scan(t, HASH_INDEX, GetLatestSnapshot(),
+								BTEqualStrategyNumber, 1, &hashval);
+}
+
+/*
+ * Look for the key's unexpired claim as of now, with a snapshot taken now.
+ * Its fingerprint and response are copied out, detoasted.  Without one,
+ * note an expired row of the key for reuse.
+ */
+static void
+find_claim(EntitlockTable *t, int64 hash, text *key, TimestampTz now,
+		   Claim *claim)
+{
+	IndexScanDesc scan = scan_key_rows(t, hash);
+
+	memset(claim, 0, sizeof(Claim));
+	while (next_row_of_key(t, scan, key))
+	{
+		bool		isnull;
+		Datum		d;
+
+		d = slot_getattr(t->slot, COL_EXPIRES_AT + 1, &isnull);
+		if (DatumGetTimestampTz(d) <= now)
+		{
+			if (!claim->have_expired)
+			{
+				claim->have_expired = true;
+				claim->expired_tid = t->slot->tts_tid;
+			}
+			continue;
+		}
+
+		claim->found = true;
+		d = slot_getattr(t->slot, COL_FINGERPRINT + 1, &isnull);
+		if (!isnull)
+			claim->fingerprint = DatumGetTextPCopy(d);
+		d = slot_getattr(t->slot, COL_RESPONSE + 1, &isnull);
+		if (!isnull)
+			claim->response = DatumGetJsonbPCopy(d);
+		break;
+	}
+	index_endscan(scan);
+	/* The scan's buffer pin would keep the page from being pruned. */
+	ExecClearTuple(t->slot);
+}
+
+/*
+ * Claiming
+ */
+
+/*
+ * A retry must be the same request.  A client that reuses a key for a
+ * different one has a bug that replaying the first response would hide.
+ */
+static void
+check_fingerprint(const Claim *claim, text *fingerprint, text *key)
+{
+	if (fingerprint == NULL || claim->fingerprint == NULL)
+		return;
+	if (VARSIZE_ANY_EXHDR(fingerprint) == VARSIZE_ANY_EXHDR(claim->fingerprint) &&
+		memcmp(VARDATA_ANY(fingerprint), VARDATA_ANY(claim->fingerprint),
+			   VARSIZE_ANY_EXHDR(fingerprint)) == 0)
+		return;
+	ereport(ERROR,
+			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+			 errmsg("idempotency key \"%s\" was reused with a different request",
+					key_for_message(key)),
+			 errdetail("The fingerprint differs from the one the key was first used with."),
+			 errhint("Use a new idempotency key for a different request.")));
+}
+
+/*
+ * Claim key for the calling transaction, or find who has: returns true
+ * when the key is now the caller's (the claim row is written), false with
+ * *response set (NULL when none was stored) when a committed claim, or an
+ * earlier claim of this same transaction, already has it.
+ */
+static bool
+claim_key(text *key, text *fingerprint, Interval *ttl, Jsonb **response,
+		  const char *cmdname)
+{
+	EntitlockTable t;
+	Claim		claim;
+	int64		hash;
+	TimestampTz now;
+	Datum		values[CLAIM_NATTS];
+	bool		nulls[CLAIM_NATTS];
+
+	PreventCommandIfReadOnly(cmdname);
+	PreventCommandDuringRecovery(cmdname);
+
+	hash = key_hash(key);
+	entitlock_table_open(&t, &claim_def, RowExclusiveLock);
+
+	/* Waits for a transaction that holds the key, and only for that. */
+	(void) entitlock_acquire(hash, ExclusiveLock, true);
+
+	/* This transaction's own earlier claims, too, must be seen. */
+	CommandCounterIncrement();
+
+	now = GetCurrentTimestamp();
+	find_claim(&t, hash, key, now, &claim);
+	if (claim.found)
+	{
+		check_fingerprint(&claim, fingerprint, key);
+		entitlock_table_close(&t);
+		*response = claim.response;
+		return false;
+	}
+
+	values[COL_KEY_HASH] = Int64GetDatum(hash);
+	values[COL_KEY] = PointerGetDatum(key);
+	values[COL_FINGERPRINT] = PointerGetDatum(fingerprint);
+	values[COL_RESPONSE] = (Datum) 0;
+	values[COL_CLAIMED_AT] = TimestampTzGetDatum(now);
+	values[COL_EXPIRES_AT] = TimestampTzGetDatum(expiry(now, ttl));
+	values[COL_COMPLETED_AT] = (Datum) 0;
+	memset(nulls, 0, sizeof(nulls));
+	nulls[COL_FINGERPRINT] = fingerprint == NULL;
+	nulls[COL_RESPONSE] = true;
+	nulls[COL_COMPLETED_AT] = true;
+
+	/*
+	 * Reuse an expired row.  If purge_expired() is deleting it, do not wait
+	 * for that: the row is as good as gone, and a new one serves as well
+	 * (should the purge roll back, the old row is still expired and ignored).
+	 */
+	if (!claim.have_expired ||
+		entitlock_table_update(&t, &claim.expired_tid, values, nulls,
+							   false) != TM_Ok)
+		entitlock_table_insert(&t, values, nulls);
+
+	entitlock_table_close(&t);
+	*response = NULL;
+	return true;
+}
+
+/*
+ * entitlock.idempotency_begin(key text, fingerprint text DEFAULT NULL,
+ *	   ttl interval DEFAULT '24 hours')
+ * returns table (status text, response jsonb)
+ *
+ * 'new' when the calling transaction now owns key: it should do its write,
+ * optionally idempotency_complete(key, response), and commit.  'replay',
+ * with the stored response, when a committed transaction (or this one,
+ * earlier) claimed key and the claim has not expired: the write is done.
+ * Waits while another transaction holds key.  A non-NULL fingerprint that
+ * differs from the claim's is an error.  One row, always.
+ */
+Datum
+entitlock_idempotency_begin(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = entitlock_materialize_resultinfo(fcinfo);
+	text	   *key = key_arg(fcinfo, 0);
+	text	   *fingerprint = PG_ARGISNULL(1) ? NULL : PG_GETARG_TEXT_PP(1);
+	Interval   *ttl = ttl_arg(fcinfo, 2);
+	Jsonb	   *response;
+	bool		claimed;
+	Datum		values[2];
+	bool		nulls[2] = {false, false};
+
+	claimed = claim_key(key, fingerprint, ttl, &response,
+						"idempotency_begin()");
+
+	values[0] = CStringGetTextDatum(claimed ? "new" : "replay");
+	values[1] = JsonbPGetDatum(response);
+	nulls[1] = response == NULL;
+	entitlock_return_one_row(fcinfo, rsinfo, values, nulls);
+	return (Datum) 0;
+}
+
+/*
+ * entitlock.first_time(key text, ttl interval DEFAULT '24 hours')
+ * returns boolean
+ *
+ * idempotency_begin(key, NULL, ttl) = 'new', in one call: true for the one
+ * transaction that claims key, false for every other until the claim
+ * expires.
+ */
+Datum
+entitlock_first_time(PG_FUNCTION_ARGS)
+{
+	text	   *key = key_arg(fcinfo, 0);
+	Interval   *ttl = ttl_arg(fcinfo, 1);
+	Jsonb	   *response;
+
+	PG_RETURN_BOOL(claim_key(key, NULL, ttl, &response, "first_time()"));
+}
+
+static void
+not_claimed_error(text *key, const char *detail)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+			 errmsg("idempotency key \"%s\" was not claimed by this transaction",
+					key_for_message(key)),
+			 errdetail_internal("%s", detail),
+			 errhint("Call idempotency_complete() in the transaction whose idempotency_begin() returned \"new\", before it commits.")));
+}
+
+/*
+ * entitlock.idempotency_complete(key text, response jsonb DEFAULT NULL)
+ * returns void
+ *
+ * Stores response on this transaction's claim of key, for replays to
+ * return once the transaction commits.  May be called again to replace it.
+ * An error when this transaction does not hold a claim on key.
+ */
+Datum
+entitlock_idempotency_complete(PG_FUNCTION_ARGS)
+{
+	text	   *key = key_arg(fcinfo, 0);
+	Jsonb	   *response = PG_ARGISNULL(1) ? NULL : PG_GETARG_JSONB_P(1);
+	EntitlockTable t;
+	IndexScanDesc scan;
+	int64		hash;
+	bool		found = false;
+	Datum		values[CLAIM_NATTS];
+	bool		nulls[CLAIM_NATTS];
+	ItemPointerData tid;
+
+	PreventCommandIfReadOnly("idempotency_complete()");
+	PreventCommandDuringRecovery("idempotency_complete()");
+
+	hash = key_hash(key);
+	entitlock_table_open(&t, &claim_def, RowExclusiveLock);
+
+	/*
+	 * A transaction that claimed key holds its lock, so re-taking it never
+	 * waits.  Not getting it means another transaction is claiming key.
+	 */
+	if (!entitlock_acquire(hash, ExclusiveLock, false))
+		not_claimed_error(key, "Another transaction holds the key.");
+	CommandCounterIncrement();
+
+	scan = scan_key_rows(&t, hash);
+	while (next_row_of_key(&t, scan, key))
+	{
+		if (entitlock_slot_is_mine(t.slot))
+		{
+			found = true;
+			break;
+		}
+	}
+	index_endscan(scan);
+	if (!found)
+	{
+		ExecClearTuple(t.slot);
+		not_claimed_error(key, "The key is unclaimed or was claimed by an earlier transaction.");
+	}
+
+	/* Keep every column but the response, completed_at and the new value. */
+	slot_getallattrs(t.slot);
+	memcpy(values, t.slot->tts_values, sizeof(values));
+	memcpy(nulls, t.slot->tts_isnull, sizeof(nulls));
+	tid = t.slot->tts_tid;
+	values[COL_RESPONSE] = JsonbPGetDatum(response);
+	nulls[COL_RESPONSE] = response == NULL;
+	values[COL_COMPLETED_AT] = TimestampTzGetDatum(GetCurrentTimestamp());
+	nulls[COL_COMPLETED_AT] = false;
+
+	/* The row is this transaction's, so no one else can be changing it. */
+	if (entitlock_table_update(&t, &tid, values, nulls, false) != TM_Ok)
+		elog(ERROR, "could not update this transaction's idempotency claim");
+	ExecClearTuple(t.slot);
+	entitlock_table_close(&t);
+	PG_RETURN_VOID();
+}
+
+/*
+ * entitlock.purge_expired(max_rows bigint DEFAULT NULL) returns bigint
+ *
+ * Deletes expired idempotency keys, oldest expiry first, at most max_rows
+ * of them (all when NULL), and returns how many.  Rows a concurrent claim
+ * is reusing are skipped, not waited for; so is a claim of the calling
+ * transaction itself.
+ */
+Datum
+entitlock_purge_expired(PG_FUNCTION_ARGS)
+{
+	int64		max_rows = PG_ARGISNULL(0) ? -1 : PG_GETARG_INT64(0);
+	int64		deleted = 0;
+	EntitlockTable t;
+	IndexScanDesc scan;
+	Snapshot	snapshot;
+	Datum		now;
+
+	if (!PG_ARGISNULL(0) && max_rows < 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("max_rows must not be negative")));
+
+	PreventCommandIfReadOnly("purge_expired()");
+	PreventCommandDuringRecovery("purge_expired()");
+
+	entitlock_table_open(&t, &claim_def, RowExclusiveLock);
+	now = TimestampTzGetDatum(GetCurrentTimestamp());
+
+	/* Registered: the scan outlives other snapshot calls while it deletes. */
+	snapshot = RegisterSnapshot(GetLatestSnapshot());
+	scan = entitlock_table_scan(&t, EXPIRY_INDEX, snapshot,
+								BTLessStrategyNumber, 1, &now);
+	while (max_rows < 0 || deleted < max_rows)
+	{
+		ItemPointerData tid;
+
+		CHECK_FOR_INTERRUPTS();
+		if (!index_getnext_slot(scan, ForwardScanDirection, t.slot))
+			break;
+		if (entitlock_slot_is_mine(t.slot))
+			continue;
+		tid = t.slot->tts_tid;
+		if (entitlock_table_delete(&t, &tid, false) == TM_Ok)
+			deleted++;
+	}
+	index_endscan(scan);
+	UnregisterSnapshot(snapshot);
+	ExecClearTuple(t.slot);
+	entitlock_table_close(&t);
+	PG_RETURN_INT64(deleted);
+}

@@ -1,0 +1,442 @@
+/*-------------------------------------------------------------------------
+ *
+ * table.c
+ *	  Reading and writing entitlock's own tables beneath SQL, and handing
+ *	  back a function's one result row.
+ *
+ * The usage and idempotency tables are read and written through the heap
+ * and btree access methods directly, not through SQL: a call is then an
+ * index probe and a heap insert or update, with nothing to parse, plan or
+ * start up, and a hot key's lock is held for as short a time as possible.
+ * Working beneath the executor means doing here what it would do: lock the
+ * relations, add index entries when an update cannot be HOT, and check
+ * uniqueness.  It also means no privilege checks apply, which is the
+ * intent: EXECUTE on a function is the permission, and no role needs or
+ * gets rights on the tables themselves.
+ *
+ * Because heap tuples and index entries are formed here, each table is
+ * described once (EntitlockTableDef) and checked against the catalogs on
+ * every open: a column added or retyped behind entitlock's back must stop
+ * it rather than be written wrongly.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/genam.h"
+#include "access/heapam.h"
+#include "access/htup_details.h"
+#include "access/table.h"
+#include "access/tableam.h"
+#include "access/xact.h"
+#include "catalog/index.h"
+#include "catalog/namespace.h"
+#include "catalog/pg_am.h"
+#include "catalog/pg_collation.h"
+#include "catalog/pg_type.h"
+#include "entitlock.h"
+#include "executor/tuptable.h"
+#include "funcapi.h"
+#include "miscadmin.h"
+#include "nodes/execnodes.h"
+#include "utils/fmgroids.h"
+#include "utils/inval.h"
+#include "utils/lsyscache.h"
+#include "utils/rel.h"
+#include "utils/snapmgr.h"
+
+/* Every table opened so far, so an invalidation can reach its cached OIDs. */
+static EntitlockTableDef *known_tables = NULL;
+
+static void
+forget_table_ids(Datum arg, Oid relid)
+{
+	EntitlockTableDef *def;
+	int			i;
+
+	for (def = known_tables; def != NULL; def = def->next)
+	{
+		bool		hit = !OidIsValid(relid) || relid == def->relid;
+
+		for (i = 0; i < def->nindexes; i++)
+			hit |= relid == def->indexes[i].indexid;
+		if (!hit)
+			continue;
+		def->relid = InvalidOid;
+		for (i = 0; i < def->nindexes; i++)
+			def->indexes[i].indexid = InvalidOid;
+	}
+}
+
+static void
+table_layout_error(const char *relname)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+			 errmsg("table \"entitlock.%s\" is not as this version of entitlock created it",
+					relname),
+			 errhint("Update the extension with ALTER EXTENSION entitlock UPDATE, or reinstall it.")));
+}
+
+/* Look the table and its indexes up in schema entitlock, once per backend. */
+static void
+lookup_table_ids(EntitlockTableDef *def)
+{
+	static bool callback_registered = false;
+	Oid			nspid;
+	int			i;
+
+	if (!callback_registered)
+	{
+		CacheRegisterRelcacheCallback(forget_table_ids, (Datum) 0);
+		callback_registered = true;
+	}
+	if (!def->known)
+	{
+		def->next = known_tables;
+		known_tables = def;
+		def->known = true;
+	}
+
+	nspid = get_namespace_oid("entitlock", false);
+	def->relid = get_relname_relid(def->relname, nspid);
+	for (i = 0; i < def->nindexes; i++)
+	{
+		def->indexes[i].indexid = get_relname_relid(def->indexes[i].name,
+													nspid);
+		if (!OidIsValid(def->indexes[i].indexid))
+			def->relid = InvalidOid;
+	}
+	if (!OidIsValid(def->relid))
+		table_layout_error(def->relname);
+}
+
+static void
+check_index(EntitlockTableDef *def, const EntitlockIndexDef *idef,
+			Relation index)
+{
+	Form_pg_index form = index->rd_index;
+	int			i;
+
+	if (form->indrelid != def->relid || form->indisunique != idef->unique ||
+		!form->indisvalid || form->indnatts != idef->nkeys ||
+		RelationGetForm(index)->relam != BTREE_AM_OID ||
+		RelationGetIndexExpressions(index) != NIL ||
+		RelationGetIndexPredicate(index) != NIL)
+		table_layout_error(def->relname);
+	for (i = 0; i < idef->nkeys; i++)
+	{
+		if (form->indkey.values[i] != idef->keys[i])
+			table_layout_error(def->relname);
+	}
+}
+
+/*
+ * Open the table and its indexes with lockmode and check their layout.
+ * Locks are kept until the end of the transaction, as the executor's are.
+ */
+void
+entitlock_table_open(EntitlockTable *t, EntitlockTableDef *def,
+					 LOCKMODE lockmode)
+{
+	TupleDesc	desc;
+	int			i;
+
+	if (!OidIsValid(def->relid))
+		lookup_table_ids(def);
+
+	t->def = def;
+	t->heap = table_open(def->relid, lockmode);
+	desc = RelationGetDescr(t->heap);
+	if (t->heap->rd_rel->relkind != RELKIND_RELATION ||
+		t->heap->rd_rel->relam != HEAP_TABLE_AM_OID ||
+		desc->natts != def->natts)
+		table_layout_error(def->relname);
+	for (i = 0; i < def->natts; i++)
+	{
+		Form_pg_attribute att = TupleDescAttr(desc, i);
+
+		if (att->attisdropped || att->atttypid != def->types[i] ||
+			(def->types[i] == TEXTOID && att->attcollation != C_COLLATION_OID))
+			table_layout_error(def->relname);
+	}
+
+	for (i = 0; i < def->nindexes; i++)
+	{
+		t->index[i] = index_open(def->indexes[i].indexid, lockmode);
+		check_index(def, &def->indexes[i], t->index[i]);
+		t->info[i] = NULL;
+	}
+	t->slot = table_slot_create(t->heap, NULL);
+}
+
+void
+entitlock_table_close(EntitlockTable *t)
+{
+	int			i;
+
+	ExecDropSingleTupleTableSlot(t->slot);
+	for (i = 0; i < t->def->nindexes; i++)
+		index_close(t->index[i], NoLock);
+	table_close(t->heap, NoLock);
+}
+
+/* The comparison function for a key column of type typid. */
+static RegProcedure
+scan_proc(Oid typid, StrategyNumber strategy)
+{
+	if (strategy == BTEqualStrategyNumber)
+	{
+		switch (typid)
+		{
+			case TEXTOID:
+				return F_TEXTEQ;
+			case INT8OID:
+				return F_INT8EQ;
+			case TIMESTAMPTZOID:
+				return F_TIMESTAMPTZ_EQ;
+		}
+	}
+	else if (strategy == BTLessStrategyNumber && typid == TIMESTAMPTZOID)
+		return F_TIMESTAMPTZ_LT;
+	elog(ERROR, "no scan function for type %u, strategy %d",
+		 typid, (int) strategy);
+	pg_unreachable();
+}
+
+/*
+ * Start a scan of index indexno for rows whose first nkeys key columns
+ * compare with keyvals by strategy, as snapshot sees them.  Fetch rows into
+ * t->slot with index_getnext_slot(); end with index_endscan().  The
+ * snapshot is only used while the scan is open, so GetLatestSnapshot()'s
+ * needs no registering.
+ */
+IndexScanDesc
+entitlock_table_scan(EntitlockTable *t, int indexno, Snapshot snapshot,
+					 StrategyNumber strategy, int nkeys, const Datum *keyvals)
+{
+	const EntitlockIndexDef *idef = &t->def->indexes[indexno];
+	ScanKeyData skey[ENTITLOCK_MAX_INDEX_KEYS];
+	IndexScanDesc scan;
+	int			i;
+
+	Assert(nkeys <= idef->nkeys);
+	for (i = 0; i < nkeys; i++)
+	{
+		Oid			typid = t->def->types[idef->keys[i] - 1];
+
+		ScanKeyEntryInitialize(&skey[i], 0, i + 1, strategy, InvalidOid,
+							   typid == TEXTOID ? C_COLLATION_OID : InvalidOid,
+							   scan_proc(typid, strategy), keyvals[i]);
+	}
+
+	scan = index_beginscan(t->heap, t->index[indexno], snapshot, nkeys, 0);
+	index_rescan(scan, skey, nkeys, NULL, 0);
+	return scan;
+}
+
+/*
+ * Find the row whose key in the first index (unique) equals keyvals, as
+ * snapshot sees it, and leave it in t->slot with all its columns
+ * extracted.
+ */
+bool
+entitlock_table_probe(EntitlockTable *t, Snapshot snapshot,
+					  const Datum *keyvals)
+{
+	IndexScanDesc scan;
+	bool		found;
+
+	Assert(t->def->indexes[0].unique);
+	scan = entitlock_table_scan(t, 0, snapshot, BTEqualStrategyNumber,
+								t->def->indexes[0].nkeys, keyvals);
+	found = index_getnext_slot(scan, ForwardScanDirection, t->slot);
+	index_endscan(scan);
+
+	if (found)
+		slot_getallattrs(t->slot);
+	return found;
+}
+
+/* Did this transaction (or one of its subtransactions) write the row? */
+bool
+entitlock_slot_is_mine(TupleTableSlot *slot)
+{
+	HeapTuple	tuple;
+	bool		should_free;
+	bool		mine;
+
+	tuple = ExecFetchSlotHeapTuple(slot, false, &should_free);
+	mine = TransactionIdIsCurrentTransactionId(HeapTupleHeaderGetXmin(tuple->t_data));
+	if (should_free)
+		heap_freetuple(tuple);
+	return mine;
+}
+
+/*
+ * The probes read with a snapshot taken after a lock was granted, which is
+ * what READ COMMITTED wants.  REPEATABLE READ and SERIALIZABLE promise the
+ * transaction a single older snapshot; a row that snapshot cannot see was
+ * committed since, and deciding on it would mix the two.  Fail the way
+ * UPDATE does on a row changed since the snapshot, so the caller retries
+ * the transaction.
+ */
+void
+entitlock_check_visible_to_transaction(TupleTableSlot *slot)
+{
+	HeapTuple	tuple;
+	TransactionId xmin;
+	bool		should_free;
+
+	if (!IsolationUsesXactSnapshot())
+		return;
+
+	tuple = ExecFetchSlotHeapTuple(slot, false, &should_free);
+	xmin = HeapTupleHeaderGetXmin(tuple->t_data);
+	if (should_free)
+		heap_freetuple(tuple);
+	if (!TransactionIdIsCurrentTransactionId(xmin) &&
+		XidInMVCCSnapshot(xmin, GetTransactionSnapshot()))
+		ereport(ERROR,
+				(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+				 errmsg("could not serialize access due to concurrent update")));
+}
+
+/*
+ * Add the entries of a heap tuple at tid to every index.  Only unique
+ * indexes are checked; that check is a safety net, as writers of a key
+ * hold its lock and have just looked.
+ */
+static void
+insert_index_entries(EntitlockTable *t, Datum *values, bool *nulls,
+					 ItemPointer tid, bool update)
+{
+	int			i;
+
+	for (i = 0; i < t->def->nindexes; i++)
+	{
+		const EntitlockIndexDef *idef = &t->def->indexes[i];
+		Datum		ivalues[ENTITLOCK_MAX_INDEX_KEYS];
+		bool		inulls[ENTITLOCK_MAX_INDEX_KEYS];
+		int			k;
+
+		for (k = 0; k < idef->nkeys; k++)
+		{
+			ivalues[k] = values[idef->keys[k] - 1];
+			inulls[k] = nulls[idef->keys[k] - 1];
+		}
+		if (t->info[i] == NULL)
+			t->info[i] = BuildIndexInfo(t->index[i]);
+		(void) index_insert(t->index[i], ivalues, inulls, tid, t->heap,
+							idef->unique ? UNIQUE_CHECK_YES : UNIQUE_CHECK_NO,
+#if PG_VERSION_NUM >= 140000
+							update,
+#endif
+							t->info[i]);
+	}
+}
+
+void
+entitlock_table_insert(EntitlockTable *t, Datum *values, bool *nulls)
+{
+	HeapTuple	tuple = heap_form_tuple(RelationGetDescr(t->heap), values, nulls);
+
+	heap_insert(t->heap, tuple, GetCurrentCommandId(true), 0, NULL);
+	insert_index_entries(t, values, nulls, &tuple->t_self, false);
+}
+
+/*
+ * Replace the row at otid.  With wait, waits for a transaction still
+ * changing it; without, returns TM_BeingModified at once.
+ */
+TM_Result
+entitlock_table_update(EntitlockTable *t, ItemPointer otid, Datum *values,
+					   bool *nulls, bool wait)
+{
+	HeapTuple	tuple = heap_form_tuple(RelationGetDescr(t->heap), values, nulls);
+	TM_FailureData tmfd;
+	LockTupleMode lockmode;
+	TM_Result	result;
+	bool		new_entries;
+
+#if PG_VERSION_NUM >= 160000
+	TU_UpdateIndexes update_indexes;
+
+	result = heap_update(t->heap, otid, tuple, GetCurrentCommandId(true),
+						 InvalidSnapshot, wait, &tmfd, &lockmode,
+						 &update_indexes);
+	/* all indexes are btrees, which TU_Summarizing leaves alone */
+	new_entries = result == TM_Ok && update_indexes == TU_All;
+#else
+	result = heap_update(t->heap, otid, tuple, GetCurrentCommandId(true),
+						 InvalidSnapshot, wait, &tmfd, &lockmode);
+	new_entries = result == TM_Ok && !HeapTupleIsHeapOnly(tuple);
+#endif
+
+	if (new_entries)
+		insert_index_entries(t, values, nulls, &tuple->t_self, true);
+	return result;
+}
+
+/* Delete the row at tid; without wait, skip it when someone is changing it. */
+TM_Result
+entitlock_table_delete(EntitlockTable *t, ItemPointer tid, bool wait)
+{
+	TM_FailureData tmfd;
+
+	return heap_delete(t->heap, tid, GetCurrentCommandId(true),
+					   InvalidSnapshot, wait, &tmfd, false);
+}
+
+/*
+ * Result rows
+ */
+
+/*
+ * Check up front, before anything is locked or recorded, that the caller
+ * can take a set back.
+ */
+ReturnSetInfo *
+entitlock_materialize_resultinfo(FunctionCallInfo fcinfo)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+
+	if (rsinfo == NULL || !IsA(rsinfo, ReturnSetInfo))
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("set-valued function called in context that cannot accept a set")));
+	if (!(rsinfo->allowedModes & SFRM_Materialize))
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("materialize mode required, but it is not allowed in this context")));
+	return rsinfo;
+}
+
+/* Return the single row values/nulls as the function's whole result set. */
+void
+entitlock_return_one_row(FunctionCallInfo fcinfo, ReturnSetInfo *rsinfo,
+						 Datum *values, bool *nulls)
+{
+	TupleDesc	tupdesc;
+	Tuplestorestate *store;
+	MemoryContext oldcontext;
+
+	oldcontext = MemoryContextSwitchTo(rsinfo->econtext->ecxt_per_query_memory);
+
+	/*
+	 * The caller's expected row type, when it has one, spares a look at
+	 * pg_proc.  The executor frees setDesc, so it gets a copy.
+	 */
+	if (rsinfo->expectedDesc != NULL)
+		tupdesc = rsinfo->expectedDesc;
+	else if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "return type must be a row type");
+	tupdesc = CreateTupleDescCopy(tupdesc);
+	store = tuplestore_begin_heap(false, false, work_mem);
+	tuplestore_putvalues(store, tupdesc, values, nulls);
+	MemoryContextSwitchTo(oldcontext);
+
+	rsinfo->returnMode = SFRM_Materialize;
+	rsinfo->setResult = store;
+	rsinfo->setDesc = tupdesc;
+}
