@@ -37,7 +37,12 @@ ISOLATION = \
 	usage-race-at-limit \
 	usage-rollback-lets-waiter-in \
 	usage-idempotency-concurrent \
-	usage-features-independent
+	usage-features-independent \
+	idempotency-duplicate-waits \
+	idempotency-owner-rollback \
+	idempotency-first-time \
+	idempotency-keys-independent \
+	idempotency-purge-concurrent
 
 # Isolation specs live under test/; pg_isolation_regress takes the last
 # --inputdir it is given.
