@@ -78,13 +78,26 @@ table_layout_error(const char *relname)
 			 errhint("Update the extension with ALTER EXTENSION entitlock UPDATE, or reinstall it.")));
 }
 
-/* Look the table and its indexes up in schema entitlock, once per backend. */
+/*
+ * Where the table and its indexes are.  Looked up in schema entitlock once
+ * per backend and cached in def.  The caller works on its own copies:
+ * opening a relation can process invalidations, and forget_table_ids()
+ * then clears def under its feet.
+ */
 static void
-lookup_table_ids(EntitlockTableDef *def)
+table_ids(EntitlockTableDef *def, Oid *relid, Oid *indexids)
 {
 	static bool callback_registered = false;
 	Oid			nspid;
 	int			i;
+
+	if (OidIsValid(def->relid))
+	{
+		*relid = def->relid;
+		for (i = 0; i < def->nindexes; i++)
+			indexids[i] = def->indexes[i].indexid;
+		return;
+	}
 
 	if (!callback_registered)
 	{
@@ -99,26 +112,29 @@ lookup_table_ids(EntitlockTableDef *def)
 	}
 
 	nspid = get_namespace_oid("entitlock", false);
-	def->relid = get_relname_relid(def->relname, nspid);
+	*relid = get_relname_relid(def->relname, nspid);
 	for (i = 0; i < def->nindexes; i++)
 	{
-		def->indexes[i].indexid = get_relname_relid(def->indexes[i].name,
-													nspid);
-		if (!OidIsValid(def->indexes[i].indexid))
-			def->relid = InvalidOid;
+		indexids[i] = get_relname_relid(def->indexes[i].name, nspid);
+		if (!OidIsValid(indexids[i]))
+			table_layout_error(def->relname);
 	}
-	if (!OidIsValid(def->relid))
+	if (!OidIsValid(*relid))
 		table_layout_error(def->relname);
+
+	for (i = 0; i < def->nindexes; i++)
+		def->indexes[i].indexid = indexids[i];
+	def->relid = *relid;
 }
 
 static void
 check_index(EntitlockTableDef *def, const EntitlockIndexDef *idef,
-			Relation index)
+			Relation index, Oid relid)
 {
 	Form_pg_index form = index->rd_index;
 	int			i;
 
-	if (form->indrelid != def->relid || form->indisunique != idef->unique ||
+	if (form->indrelid != relid || form->indisunique != idef->unique ||
 		!form->indisvalid || form->indnatts != idef->nkeys ||
 		RelationGetForm(index)->relam != BTREE_AM_OID ||
 		RelationGetIndexExpressions(index) != NIL ||
@@ -140,13 +156,14 @@ entitlock_table_open(EntitlockTable *t, EntitlockTableDef *def,
 					 LOCKMODE lockmode)
 {
 	TupleDesc	desc;
+	Oid			relid;
+	Oid			indexids[ENTITLOCK_MAX_INDEXES];
 	int			i;
 
-	if (!OidIsValid(def->relid))
-		lookup_table_ids(def);
+	table_ids(def, &relid, indexids);
 
 	t->def = def;
-	t->heap = table_open(def->relid, lockmode);
+	t->heap = table_open(relid, lockmode);
 	desc = RelationGetDescr(t->heap);
 	if (t->heap->rd_rel->relkind != RELKIND_RELATION ||
 		t->heap->rd_rel->relam != HEAP_TABLE_AM_OID ||
@@ -163,8 +180,8 @@ entitlock_table_open(EntitlockTable *t, EntitlockTableDef *def,
 
 	for (i = 0; i < def->nindexes; i++)
 	{
-		t->index[i] = index_open(def->indexes[i].indexid, lockmode);
-		check_index(def, &def->indexes[i], t->index[i]);
+		t->index[i] = index_open(indexids[i], lockmode);
+		check_index(def, &def->indexes[i], t->index[i], relid);
 		t->info[i] = NULL;
 	}
 	t->slot = table_slot_create(t->heap, NULL);

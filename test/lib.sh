@@ -149,3 +149,13 @@ bench_start() {
 	fi
 	test_db_create "$1" || exit 1
 }
+
+# pgbench_unexpected_errors FILE...: pgbench's error lines in the given
+# outputs other than those a terminated backend causes (its FATAL, the
+# lost connection, the aborted client and run); at most five.
+pgbench_unexpected_errors() {
+	cat "$@" |
+		grep -iE 'error|aborted|fatal' |
+		grep -viE 'terminating connection due to administrator command|server closed the connection|connection to server .* lost|lost synchronization with server|perhaps the backend died|Run was aborted|number of failed transactions' |
+		head -5
+}

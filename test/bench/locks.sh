@@ -35,7 +35,7 @@ for keys in 1000 1; do
 done
 
 tps() {
-	pgbench -n -d "$db" -c "$2" -j "$(($2 < 2 ? 1 : 2))" -T "$SECS" -f "$1" 2>&1 |
+	PGDATABASE=$db pgbench -n -c "$2" -j "$(($2 < 2 ? 1 : 2))" -T "$SECS" -f "$1" 2>&1 |
 		sed -n 's/^tps = \([0-9.]*\) .*/\1/p'
 }
 

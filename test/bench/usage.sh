@@ -103,7 +103,7 @@ EOF
 }
 
 tps() {
-	pgbench -n -M "$PROTOCOL" -d "$db" -c "$2" -j "$(($2 < 2 ? 1 : 2))" \
+	PGDATABASE=$db pgbench -n -M "$PROTOCOL" -c "$2" -j "$(($2 < 2 ? 1 : 2))" \
 		-T "$SECS" -f "$1" 2>&1 |
 		sed -n 's/^tps = \([0-9.]*\) .*/\1/p'
 }
@@ -140,7 +140,7 @@ printf '%-10s %10s %10s\n' variant usage overshoot
 write_scripts 1 500
 for v in $VARIANTS; do
 	reset 1
-	pgbench -n -M "$PROTOCOL" -d "$db" -c 16 -j 2 -t 100 -f "$scripts/$v.sql" \
+	PGDATABASE=$db pgbench -n -M "$PROTOCOL" -c 16 -j 2 -t 100 -f "$scripts/$v.sql" \
 		>/dev/null 2>&1
 	u=$(psql -X -At -d "$db" -c "SELECT CASE '$v'
 		WHEN 'upsert' THEN (SELECT coalesce(sum(used), 0) FROM plain_usage)

@@ -117,7 +117,7 @@ EOF
 status=0
 
 log "control: $CLIENTS clients, read-modify-write without locks, 3 s"
-pgbench -n -d "$db" -c "$CLIENTS" -j 2 -T 3 -f "$scripts/control.sql" \
+PGDATABASE=$db pgbench -n -c "$CLIENTS" -j 2 -T 3 -f "$scripts/control.sql" \
 	>"$scripts/control.log" 2>&1 || { cat "$scripts/control.log"; exit 1; }
 lost_control=$(psql -X -At -d "$db" -c "
 	SELECT (SELECT count(*) FROM ledger WHERE name = 'control')
@@ -129,7 +129,7 @@ if [ "${lost_control:-0}" -le 0 ]; then
 fi
 
 log "stress: $CLIENTS clients for $SECONDS_RUN s on 8 names and 2 realms x 4 entities"
-pgbench -n -d "$db" -c "$CLIENTS" -j 2 -T "$SECONDS_RUN" \
+PGDATABASE=$db pgbench -n -c "$CLIENTS" -j 2 -T "$SECONDS_RUN" \
 	-f "$scripts/lock_all.sql@4" -f "$scripts/lock_entity.sql@4" \
 	-f "$scripts/try_lock_entity.sql@2" -f "$scripts/realm.sql@1" \
 	-f "$scripts/timed.sql@3" \
