@@ -425,8 +425,8 @@ record(const UsageMeter *meter, int64 amount, bool conditional, int64 limit,
 	   text *key, const char *cmdname)
 {
 	UsageOutcome outcome;
-	EntitlockTable	counter;
-	EntitlockTable	idem;
+	EntitlockTable counter;
+	EntitlockTable idem;
 	Datum		values[COUNTER_NATTS];
 	bool		nulls[COUNTER_NATTS];
 	int64		subject_key;
@@ -472,7 +472,7 @@ record(const UsageMeter *meter, int64 amount, bool conditional, int64 limit,
 	for (;;)
 	{
 		bool		found = entitlock_table_probe(&counter, GetLatestSnapshot(),
-											  values);
+												  values);
 		int64		used = 0;
 		int64		new_used;
 		ItemPointerData otid;
@@ -542,7 +542,7 @@ record(const UsageMeter *meter, int64 amount, bool conditional, int64 limit,
 static int64
 read_usage(const UsageMeter *meter)
 {
-	EntitlockTable	counter;
+	EntitlockTable counter;
 	Datum		values[COUNTER_NATTS];
 	bool		nulls[COUNTER_NATTS];
 	int64		used = 0;
@@ -550,9 +550,9 @@ read_usage(const UsageMeter *meter)
 	entitlock_table_open(&counter, &counter_def, AccessShareLock);
 	counter_values(meter, values, nulls);
 	if (entitlock_table_probe(&counter,
-						  ActiveSnapshotSet() ? GetActiveSnapshot() :
-						  GetTransactionSnapshot(),
-						  values))
+							  ActiveSnapshotSet() ? GetActiveSnapshot() :
+							  GetTransactionSnapshot(),
+							  values))
 		used = DatumGetInt64(counter.slot->tts_values[COUNTER_USED]);
 	entitlock_table_close(&counter);
 	return used;
