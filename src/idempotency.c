@@ -11,7 +11,8 @@
  * ROLLBACK, a killed backend or a crash removes both, and nothing is ever
  * left "in progress" for a reaper to clean up.  A concurrent caller with
  * the same key waits on the lock, then looks with a snapshot taken after
- * the wait, so it sees exactly what the owner's transaction decided.
+ * the wait, so it sees exactly what the owner's transaction decided.  A
+ * caller that finds a committed claim needs no lock at all.
  *
  * Keys may be long (a request body's digest, or the body itself), so the
  * table stores each key in full next to a 64-bit hash of it, and only the
@@ -296,14 +297,25 @@ claim_key(text *key, text *fingerprint, Interval *ttl, Jsonb **response,
 	hash = key_hash(key);
 	entitlock_table_open(&t, &claim_def, RowExclusiveLock);
 
-	/* Waits for a transaction that holds the key, and only for that. */
-	(void) entitlock_acquire(hash, ExclusiveLock, true);
-
 	/* This transaction's own earlier claims, too, must be seen. */
 	CommandCounterIncrement();
 
+	/*
+	 * A claim that is already committed (or this transaction's own) is
+	 * final until it expires: only its owner could change it, before its
+	 * COMMIT.  So a replay needs no lock, and replays of one key do not
+	 * queue behind each other.  Only when no such claim is visible is the
+	 * key's lock taken, which waits for a transaction that holds the key
+	 * (and only for that); then look again, with a snapshot taken after the
+	 * wait.
+	 */
+	find_claim(&t, hash, key, GetCurrentTimestamp(), &claim);
+	if (!claim.found)
+	{
+		(void) entitlock_acquire(hash, ExclusiveLock, true);
+		find_claim(&t, hash, key, GetCurrentTimestamp(), &claim);
+	}
 	now = GetCurrentTimestamp();
-	find_claim(&t, hash, key, now, &claim);
 	if (claim.found)
 	{
 		check_fingerprint(&claim, fingerprint, key);

@@ -145,6 +145,56 @@ SELECT * FROM entitlock.record_usage_if_under_limit('workspace:acme', 'api_calls
 EOF
 
 cat <<'EOF'
+== Webhook retries ==
+EOF
+
+# A payment provider delivers 200 events, each several times and some
+# deliveries concurrently, as retries after a timeout are.  By hand: look
+# for the event id, then record the payment.  With entitlock: claim the id
+# with idempotency_begin, in the transaction that records the payment.
+cat >"$scripts/hook-naive.sql" <<'EOF'
+\set evt random(1, 200)
+BEGIN;
+SELECT count(*) = 0 AS fresh FROM naive_seen WHERE event = :evt \gset
+\if :fresh
+INSERT INTO naive_payments VALUES (:evt, 4999);
+INSERT INTO naive_seen VALUES (:evt);
+\endif
+COMMIT;
+EOF
+cat >"$scripts/hook-entitlock.sql" <<'EOF'
+\set evt random(1, 200)
+BEGIN;
+SELECT (status = 'new')::int AS fresh FROM entitlock.idempotency_begin('webhook:evt_' || :evt) \gset
+\if :fresh
+INSERT INTO payments VALUES (:evt, 4999);
+SELECT entitlock.idempotency_complete('webhook:evt_' || :evt, '{"ok": true}');
+\endif
+COMMIT;
+EOF
+psql -X -q -c "CREATE TABLE IF NOT EXISTS naive_seen (event int);
+	CREATE TABLE IF NOT EXISTS naive_payments (event int, amount int);
+	CREATE TABLE IF NOT EXISTS payments (event int, amount int);
+	TRUNCATE naive_seen, naive_payments, payments, entitlock.idempotency_key;" || exit 1
+pgbench -n -c "$CLIENTS" -j 2 -t 50 -f "$scripts/hook-naive.sql" >/dev/null 2>&1
+pgbench -n -c "$CLIENTS" -j 2 -t 50 -f "$scripts/hook-entitlock.sql" >/dev/null 2>&1
+paid() {
+	psql -X -At -F ' ' -c "SELECT count(*), count(*) - count(DISTINCT event) FROM $1"
+}
+read -r naive_n naive_twice <<<"$(paid naive_payments)"
+read -r el_n el_twice <<<"$(paid payments)"
+cat <<EOF
+$CLIENTS clients deliver $((CLIENTS * 50)) webhooks for 200 events (each several times).
+
+                                  payments   extra payments
+  by hand (look, then insert)   $(printf '%10s %16s' "$naive_n" "$naive_twice")
+  idempotency_begin             $(printf '%10s %16s' "$el_n" "$el_twice")
+
+A retry of an event already paid gets 'replay' and the stored response:
+EOF
+psql -X -c "SELECT * FROM entitlock.idempotency_begin('webhook:evt_7')"
+
+cat <<'EOF'
 == Waiting with a limit ==
 EOF
 
