@@ -179,14 +179,15 @@ psql -X -q -c "CREATE TABLE IF NOT EXISTS naive_seen (event int);
 pgbench -n -c "$CLIENTS" -j 2 -t 50 -f "$scripts/hook-naive.sql" >/dev/null 2>&1
 pgbench -n -c "$CLIENTS" -j 2 -t 50 -f "$scripts/hook-entitlock.sql" >/dev/null 2>&1
 paid() {
-	psql -X -At -F ' ' -c "SELECT count(*), count(*) - count(DISTINCT event) FROM $1"
+	psql -X -At -F ' ' -c "SELECT count(DISTINCT event), count(*) - count(DISTINCT event) FROM $1"
 }
 read -r naive_n naive_twice <<<"$(paid naive_payments)"
 read -r el_n el_twice <<<"$(paid payments)"
 cat <<EOF
-$CLIENTS clients deliver $((CLIENTS * 50)) webhooks for 200 events (each several times).
+$CLIENTS clients deliver $((CLIENTS * 50)) webhooks, event ids drawn from 200, so each
+event arrives about four times, often concurrently.
 
-                                  payments   extra payments
+                                events paid   extra payments
   by hand (look, then insert)   $(printf '%10s %16s' "$naive_n" "$naive_twice")
   idempotency_begin             $(printf '%10s %16s' "$el_n" "$el_twice")
 
