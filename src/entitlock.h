@@ -26,6 +26,8 @@ extern void entitlock_require_arg(FunctionCallInfo fcinfo, int argno,
 								  const char *what);
 extern text *entitlock_text_arg(FunctionCallInfo fcinfo, int argno,
 								const char *what);
+extern text *entitlock_nonempty_text_arg(FunctionCallInfo fcinfo, int argno,
+										 const char *what);
 
 /* locks.c */
 extern bool entitlock_acquire(int64 key, LOCKMODE mode, bool wait);

@@ -100,18 +100,6 @@ typedef struct Claim
  * Arguments
  */
 
-static text *
-key_arg(FunctionCallInfo fcinfo, int argno)
-{
-	text	   *key = entitlock_text_arg(fcinfo, argno, "idempotency key");
-
-	if (VARSIZE_ANY_EXHDR(key) == 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("idempotency key must not be empty")));
-	return key;
-}
-
 /*
  * The moment a claim made at "now" with ttl expires.  Checked before any
  * lock is taken, so a bad ttl fails without waiting.
@@ -163,18 +151,19 @@ key_hash(text *key)
 	return entitlock_pair_key(cstring_to_text(IDEMPOTENCY_REALM), key);
 }
 
+/* Does stored, which may be toasted, hold the same bytes as t? */
 static bool
-same_text(Datum stored, text *key)
+same_text(Datum stored, text *t)
 {
-	int			keylen = VARSIZE_ANY_EXHDR(key);
+	int			len = VARSIZE_ANY_EXHDR(t);
 	text	   *s;
 	bool		same;
 
-	/* Rows of other keys with the same hash are rare; skip by length first. */
-	if (toast_raw_datum_size(stored) != (Size) keylen + VARHDRSZ)
+	/* Compare lengths first: a key whose hash collides is not detoasted. */
+	if (toast_raw_datum_size(stored) != (Size) len + VARHDRSZ)
 		return false;
 	s = DatumGetTextPP(stored);
-	same = memcmp(VARDATA_ANY(s), VARDATA_ANY(key), keylen) == 0;
+	same = memcmp(VARDATA_ANY(s), VARDATA_ANY(t), len) == 0;
 	if ((Pointer) s != DatumGetPointer(stored))
 		pfree(s);
 	return same;
@@ -260,11 +249,8 @@ find_claim(EntitlockTable *t, int64 hash, text *key, TimestampTz now,
 static void
 check_fingerprint(const Claim *claim, text *fingerprint, text *key)
 {
-	if (fingerprint == NULL || claim->fingerprint == NULL)
-		return;
-	if (VARSIZE_ANY_EXHDR(fingerprint) == VARSIZE_ANY_EXHDR(claim->fingerprint) &&
-		memcmp(VARDATA_ANY(fingerprint), VARDATA_ANY(claim->fingerprint),
-			   VARSIZE_ANY_EXHDR(fingerprint)) == 0)
+	if (fingerprint == NULL || claim->fingerprint == NULL ||
+		same_text(PointerGetDatum(claim->fingerprint), fingerprint))
 		return;
 	ereport(ERROR,
 			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
@@ -301,13 +287,12 @@ claim_key(text *key, text *fingerprint, Interval *ttl, Jsonb **response,
 	CommandCounterIncrement();
 
 	/*
-	 * A claim that is already committed (or this transaction's own) is
-	 * final until it expires: only its owner could change it, before its
-	 * COMMIT.  So a replay needs no lock, and replays of one key do not
-	 * queue behind each other.  Only when no such claim is visible is the
-	 * key's lock taken, which waits for a transaction that holds the key
-	 * (and only for that); then look again, with a snapshot taken after the
-	 * wait.
+	 * A claim that is already committed (or this transaction's own) is final
+	 * until it expires: only its owner could change it, before its COMMIT.
+	 * So a replay needs no lock, and replays of one key do not queue behind
+	 * each other.  Only when no such claim is visible is the key's lock
+	 * taken, which waits for a transaction that holds the key (and only for
+	 * that); then look again, with a snapshot taken after the wait.
 	 */
 	find_claim(&t, hash, key, GetCurrentTimestamp(), &claim);
 	if (!claim.found)
@@ -367,7 +352,7 @@ Datum
 entitlock_idempotency_begin(PG_FUNCTION_ARGS)
 {
 	ReturnSetInfo *rsinfo = entitlock_materialize_resultinfo(fcinfo);
-	text	   *key = key_arg(fcinfo, 0);
+	text	   *key = entitlock_nonempty_text_arg(fcinfo, 0, "idempotency key");
 	text	   *fingerprint = PG_ARGISNULL(1) ? NULL : PG_GETARG_TEXT_PP(1);
 	Interval   *ttl = ttl_arg(fcinfo, 2);
 	Jsonb	   *response;
@@ -396,7 +381,7 @@ entitlock_idempotency_begin(PG_FUNCTION_ARGS)
 Datum
 entitlock_first_time(PG_FUNCTION_ARGS)
 {
-	text	   *key = key_arg(fcinfo, 0);
+	text	   *key = entitlock_nonempty_text_arg(fcinfo, 0, "idempotency key");
 	Interval   *ttl = ttl_arg(fcinfo, 1);
 	Jsonb	   *response;
 
@@ -425,7 +410,7 @@ not_claimed_error(text *key, const char *detail)
 Datum
 entitlock_idempotency_complete(PG_FUNCTION_ARGS)
 {
-	text	   *key = key_arg(fcinfo, 0);
+	text	   *key = entitlock_nonempty_text_arg(fcinfo, 0, "idempotency key");
 	Jsonb	   *response = PG_ARGISNULL(1) ? NULL : PG_GETARG_JSONB_P(1);
 	EntitlockTable t;
 	IndexScanDesc scan;

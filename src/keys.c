@@ -238,6 +238,17 @@ entitlock_text_arg(FunctionCallInfo fcinfo, int argno, const char *what)
 	return PG_GETARG_TEXT_PP(argno);
 }
 
+/* Fetch a text argument that must be present and not empty. */
+text *
+entitlock_nonempty_text_arg(FunctionCallInfo fcinfo, int argno,
+							const char *what)
+{
+	text	   *t = entitlock_text_arg(fcinfo, argno, what);
+
+	check_not_empty(t, what);
+	return t;
+}
+
 /*
  * entitlock.key(name text) returns bigint
  *

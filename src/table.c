@@ -275,19 +275,26 @@ entitlock_table_probe(EntitlockTable *t, Snapshot snapshot,
 	return found;
 }
 
+/* The transaction that wrote the row in slot. */
+static TransactionId
+slot_xmin(TupleTableSlot *slot)
+{
+	HeapTuple	tuple;
+	bool		should_free;
+	TransactionId xmin;
+
+	tuple = ExecFetchSlotHeapTuple(slot, false, &should_free);
+	xmin = HeapTupleHeaderGetXmin(tuple->t_data);
+	if (should_free)
+		heap_freetuple(tuple);
+	return xmin;
+}
+
 /* Did this transaction (or one of its subtransactions) write the row? */
 bool
 entitlock_slot_is_mine(TupleTableSlot *slot)
 {
-	HeapTuple	tuple;
-	bool		should_free;
-	bool		mine;
-
-	tuple = ExecFetchSlotHeapTuple(slot, false, &should_free);
-	mine = TransactionIdIsCurrentTransactionId(HeapTupleHeaderGetXmin(tuple->t_data));
-	if (should_free)
-		heap_freetuple(tuple);
-	return mine;
+	return TransactionIdIsCurrentTransactionId(slot_xmin(slot));
 }
 
 /*
@@ -301,17 +308,12 @@ entitlock_slot_is_mine(TupleTableSlot *slot)
 void
 entitlock_check_visible_to_transaction(TupleTableSlot *slot)
 {
-	HeapTuple	tuple;
 	TransactionId xmin;
-	bool		should_free;
 
 	if (!IsolationUsesXactSnapshot())
 		return;
 
-	tuple = ExecFetchSlotHeapTuple(slot, false, &should_free);
-	xmin = HeapTupleHeaderGetXmin(tuple->t_data);
-	if (should_free)
-		heap_freetuple(tuple);
+	xmin = slot_xmin(slot);
 	if (!TransactionIdIsCurrentTransactionId(xmin) &&
 		XidInMVCCSnapshot(xmin, GetTransactionSnapshot()))
 		ereport(ERROR,

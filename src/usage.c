@@ -95,13 +95,9 @@ typedef struct IdempotentRecord
 static text *
 name_arg(FunctionCallInfo fcinfo, int argno, const char *what)
 {
-	text	   *name = entitlock_text_arg(fcinfo, argno, what);
+	text	   *name = entitlock_nonempty_text_arg(fcinfo, argno, what);
 	int			len = VARSIZE_ANY_EXHDR(name);
 
-	if (len == 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("%s must not be empty", what)));
 	if (len > USAGE_MAX_NAME_BYTES)
 		ereport(ERROR,
 				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
