@@ -159,3 +159,71 @@ pgbench_unexpected_errors() {
 		grep -viE 'terminating connection due to administrator command|server closed the connection|connection to server .* lost|lost synchronization with server|perhaps the backend died|Run was aborted|number of failed transactions' |
 		head -5
 }
+
+# bench_tps SCRIPT CLIENTS: the TPS of one pgbench run of SCRIPT on $db,
+# $SECS seconds long, with pgbench -M ${PROTOCOL:-simple}.
+bench_tps() {
+	PGDATABASE=$db pgbench -n -M "${PROTOCOL:-simple}" -c "$2" \
+		-j "$(($2 < 2 ? 1 : 2))" -T "$SECS" -f "$1" 2>&1 |
+		sed -n 's/^tps = \([0-9.]*\) .*/\1/p'
+}
+
+# The median of the numbers on standard input, one per line.
+bench_median() {
+	sort -n | awk '{ a[NR] = $1 } END { print (NR ? a[int((NR + 1) / 2)] : 0) }'
+}
+
+# bench_ratio A B: A / B with two decimals (0 when B is 0).
+bench_ratio() {
+	awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }'
+}
+
+# kill_loop DB: terminate a random pgbench backend of DB every 0.2-0.5 s,
+# printing how many each time, until killed.
+kill_loop() {
+	while :; do
+		psql -X -At -d "$1" -c "SELECT count(pg_terminate_backend(pid)) FROM (
+			SELECT pid FROM pg_stat_activity
+			 WHERE datname = '$1' AND application_name = 'pgbench'
+			 ORDER BY random() LIMIT 1) AS victim" 2>/dev/null
+		sleep "0.$((RANDOM % 4 + 2))"
+	done
+}
+
+# stress_under_kills DB SECONDS DIR PGBENCH-ARGS...: rounds of 3 s of
+# pgbench on DB (pgbench gives up on a client whose backend was killed)
+# while kill_loop runs, until SECONDS are up; each round gets -D round=N.
+# Outputs go to DIR/out.N.  Sets rounds, kills, committed (transactions)
+# and unexpected (pgbench errors a kill does not explain).  $killer is the
+# kill loop's pid while it runs, for the caller's EXIT trap.
+stress_under_kills() {
+	local db=$1 secs=$2 dir=$3 end
+	shift 3
+	kill_loop "$db" >"$dir/kills" &
+	killer=$!
+	end=$((SECONDS + secs))
+	rounds=0
+	while [ "$SECONDS" -lt "$end" ]; do
+		PGDATABASE=$db pgbench -n -T 3 -D round=$rounds "$@" \
+			>"$dir/out.$rounds" 2>&1
+		rounds=$((rounds + 1))
+	done
+	kill "$killer" 2>/dev/null
+	wait "$killer" 2>/dev/null
+	killer=
+	kills=$(awk '{ s += $1 } END { print s + 0 }' "$dir/kills")
+	committed=$(cat "$dir"/out.* |
+		sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p' |
+		awk '{ s += $1 } END { print s + 0 }')
+	unexpected=$(pgbench_unexpected_errors "$dir"/out.*)
+}
+
+# check CONDITION MESSAGE: evaluate CONDITION; when false, log MESSAGE and
+# set check_failed=1.
+check_failed=0
+check() {
+	if ! eval "$1"; then
+		log "FAILED: $2"
+		check_failed=1
+	fi
+}

@@ -101,15 +101,7 @@ CHECKPOINT;
 EOF
 }
 
-tps() {
-	PGDATABASE=$db pgbench -n -M "$PROTOCOL" -c "$2" -j "$(($2 < 2 ? 1 : 2))" \
-		-T "$SECS" -f "$1" 2>&1 |
-		sed -n 's/^tps = \([0-9.]*\) .*/\1/p'
-}
-
-median() { sort -n | awk '{ a[NR] = $1 } END { print (NR ? a[int((NR + 1) / 2)] : 0) }'; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }'; }
-
+# the variants take turns within each round, as in usage.sh
 echo "TPS (median of $ROUNDS rounds of $SECS s), pgbench -M $PROTOCOL"
 printf '%-8s %-8s %10s %10s %6s %10s %10s %6s\n' \
 	workload clients plain entitlock ratio plain1 first ratio
@@ -126,14 +118,14 @@ for workload in new retry; do
 		for round in $(seq "$ROUNDS"); do
 			for v in $VARIANTS; do
 				reset 1000
-				t=$(tps "$scripts/$v.sql" "$c")
+				t=$(bench_tps "$scripts/$v.sql" "$c")
 				echo "${t:-0}" >>"$scripts/tps-$v"
 			done
 		done
-		for v in $VARIANTS; do eval "m_$v=\$(median <\"\$scripts/tps-$v\")"; done
+		for v in $VARIANTS; do eval "m_$v=\$(bench_median <\"\$scripts/tps-$v\")"; done
 		printf '%-8s %-8s %10.0f %10.0f %6s %10.0f %10.0f %6s\n' \
-			"$workload" "$c" "$m_plain" "$m_entitlock" "$(ratio "$m_entitlock" "$m_plain")" \
-			"$m_plain1" "$m_first" "$(ratio "$m_first" "$m_plain1")"
+			"$workload" "$c" "$m_plain" "$m_entitlock" "$(bench_ratio "$m_entitlock" "$m_plain")" \
+			"$m_plain1" "$m_first" "$(bench_ratio "$m_first" "$m_plain1")"
 	done
 done
 test_db_drop "$db"

@@ -34,20 +34,15 @@ for keys in 1000 1; do
 		"$keys" "'name-' || :i" "'1 s'" >"$scripts/timed-$keys.sql"
 done
 
-tps() {
-	PGDATABASE=$db pgbench -n -c "$2" -j "$(($2 < 2 ? 1 : 2))" -T "$SECS" -f "$1" 2>&1 |
-		sed -n 's/^tps = \([0-9.]*\) .*/\1/p'
-}
-
 printf '%-6s %-8s %-10s %10s %8s\n' keys clients variant tps ratio
 for keys in 1000 1; do
 	for c in $CLIENT_COUNTS; do
-		base=$(tps "$scripts/builtin-$keys.sql" "$c")
+		base=$(bench_tps "$scripts/builtin-$keys.sql" "$c")
 		printf '%-6s %-8s %-10s %10.0f %8s\n' "$keys" "$c" builtin "$base" 1.00
 		for v in entitlock entity timed; do
-			t=$(tps "$scripts/$v-$keys.sql" "$c")
-			printf '%-6s %-8s %-10s %10.0f %8.2f\n' "$keys" "$c" "$v" "$t" \
-				"$(awk -v a="$t" -v b="$base" 'BEGIN { print (b > 0 ? a / b : 0) }')"
+			t=$(bench_tps "$scripts/$v-$keys.sql" "$c")
+			printf '%-6s %-8s %-10s %10.0f %8s\n' "$keys" "$c" "$v" "$t" \
+				"$(bench_ratio "$t" "$base")"
 		done
 	done
 done

@@ -102,16 +102,8 @@ CHECKPOINT;
 EOF
 }
 
-tps() {
-	PGDATABASE=$db pgbench -n -M "$PROTOCOL" -c "$2" -j "$(($2 < 2 ? 1 : 2))" \
-		-T "$SECS" -f "$1" 2>&1 |
-		sed -n 's/^tps = \([0-9.]*\) .*/\1/p'
-}
-
 # median TPS of ROUNDS runs; the variants take turns within each round so
 # that a slow moment of the machine does not land on one variant only
-median() { sort -n | awk '{ a[NR] = $1 } END { print (NR ? a[int((NR + 1) / 2)] : 0) }'; }
-
 echo "TPS (median of $ROUNDS rounds of $SECS s), pgbench -M $PROTOCOL; ratio = variant / upsert"
 printf '%-6s %-8s %-10s %10s %8s\n' keys clients variant tps ratio
 for keys in 1000 1; do
@@ -121,15 +113,15 @@ for keys in 1000 1; do
 		for r in $(seq "$ROUNDS"); do
 			for v in $VARIANTS; do
 				reset "$keys"
-				t=$(tps "$scripts/$v.sql" "$c")
+				t=$(bench_tps "$scripts/$v.sql" "$c")
 				echo "${t:-0}" >>"$scripts/tps-$v"
 			done
 		done
-		base=$(median <"$scripts/tps-upsert")
+		base=$(bench_median <"$scripts/tps-upsert")
 		for v in $VARIANTS; do
-			t=$(median <"$scripts/tps-$v")
-			printf '%-6s %-8s %-10s %10.0f %8.2f\n' "$keys" "$c" "$v" "$t" \
-				"$(awk -v a="$t" -v b="$base" 'BEGIN { print (b > 0 ? a / b : 0) }')"
+			t=$(bench_median <"$scripts/tps-$v")
+			printf '%-6s %-8s %-10s %10.0f %8s\n' "$keys" "$c" "$v" "$t" \
+				"$(bench_ratio "$t" "$base")"
 		done
 	done
 done

@@ -62,37 +62,10 @@ INSERT INTO idem_ledger AS l (k, amount, allowed) VALUES (:k, :amount, :allowed:
 COMMIT;
 EOF
 
-# Terminate a random pgbench backend every 0.2-0.5 s.
-kill_loop() {
-	while :; do
-		psql -X -At -d "$db" -c "SELECT count(pg_terminate_backend(pid)) FROM (
-			SELECT pid FROM pg_stat_activity
-			 WHERE datname = '$db' AND application_name = 'pgbench'
-			 ORDER BY random() LIMIT 1) AS victim" 2>/dev/null
-		sleep "0.$((RANDOM % 4 + 2))"
-	done
-}
-
 log "usage stress: $CLIENTS clients, ${SECONDS_RUN}s, random backend kills"
-kill_loop >"$scripts/kills" &
-killer=$!
-end=$((SECONDS + SECONDS_RUN))
-rounds=0
-while [ "$SECONDS" -lt "$end" ]; do
-	PGDATABASE=$db pgbench -n -c "$CLIENTS" -j 2 -T 3 \
-		-f "$scripts/hot.sql@3" -f "$scripts/idem.sql@1" \
-		>"$scripts/out.$rounds" 2>&1
-	rounds=$((rounds + 1))
-done
-kill "$killer" 2>/dev/null
-wait "$killer" 2>/dev/null
-killer=
-kills=$(awk '{ s += $1 } END { print s + 0 }' "$scripts/kills")
-
 # Lost connections are what the kills cause; anything else is a failure.
-unexpected=$(pgbench_unexpected_errors "$scripts"/out.*)
-committed=$(cat "$scripts"/out.* | sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p' |
-	awk '{ s += $1 } END { print s + 0 }')
+stress_under_kills "$db" "$SECONDS_RUN" "$scripts" -c "$CLIENTS" -j 2 \
+	-f "$scripts/hot.sql@3" -f "$scripts/idem.sql@1"
 
 read -r used ledger_sum allowed denied over idem_used idem_sum idem_keys idem_rows disagreed repeats <<<"$(
 	psql -X -At -F ' ' -d "$db" <<EOF
@@ -113,13 +86,6 @@ log "  $rounds rounds, $committed transactions committed, $kills backends termin
 log "  hot: usage $used, ledger $ledger_sum ($allowed allowed, $denied denied), limit $LIMIT"
 log "  keys: usage $idem_used, ledger $idem_sum, $idem_keys keys stored, $idem_rows in ledger, $repeats repeats, $disagreed disagreed"
 
-fail=0
-check() {
-	if ! eval "$1"; then
-		log "FAILED: $2"
-		fail=1
-	fi
-}
 check '[ -z "$unexpected" ]' "unexpected pgbench errors: $unexpected"
 check '[ "$kills" -ge 3 ]' "only $kills backends were terminated"
 check '[ "$used" = "$ledger_sum" ]' "usage $used differs from the committed allowed amounts $ledger_sum"
@@ -147,4 +113,4 @@ control=$(psql -X -At -d "$db" -c "SELECT entitlock.usage('control', 'api')")
 log "  control without the lock: usage $control against a limit of 200"
 check '[ "$control" -gt 200 ]' "the unlocked control did not overshoot, so this test cannot see the bug"
 
-exit "$fail"
+exit "$check_failed"
