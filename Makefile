@@ -14,7 +14,8 @@ OBJS = \
 	src/locks.o \
 	src/table.o \
 	src/usage.o \
-	src/idempotency.o
+	src/idempotency.o \
+	src/leases.o
 
 DATA = $(wildcard sql/$(EXTENSION)--*.sql)
 PGFILEDESC = "entitlock - named locks, usage limits, idempotency and leases"
@@ -23,7 +24,8 @@ REGRESS = \
 	keys \
 	locks \
 	usage \
-	idempotency
+	idempotency \
+	leases
 
 ISOLATION = \
 	lock-exclusive \
@@ -42,7 +44,10 @@ ISOLATION = \
 	idempotency-owner-rollback \
 	idempotency-first-time \
 	idempotency-keys-independent \
-	idempotency-purge-concurrent
+	idempotency-purge-concurrent \
+	lease-acquire-race \
+	lease-loser-retries \
+	lease-stale-owner
 
 # Isolation specs live under test/; pg_isolation_regress takes the last
 # --inputdir it is given.

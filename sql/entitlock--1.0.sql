@@ -343,3 +343,86 @@ REVOKE ALL ON FUNCTION entitlock.idempotency_begin(text, text, interval) FROM PU
 REVOKE ALL ON FUNCTION entitlock.idempotency_complete(text, jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION entitlock.first_time(text, interval) FROM PUBLIC;
 REVOKE ALL ON FUNCTION entitlock.purge_expired(bigint) FROM PUBLIC;
+
+--
+-- Leases (src/leases.c)
+--
+-- A lease is a row naming its holder, a random token and an expiry time,
+-- written under the name's transaction lock.  The name is stored in full
+-- and only a 64-bit hash of it is indexed, as for idempotency keys.
+-- Fencing numbers come from one sequence, without cache, so they never go
+-- back, not even for an acquisition that rolled back.
+--
+CREATE TABLE entitlock.lease_record (
+	key_hash bigint NOT NULL,
+	name text COLLATE pg_catalog."C" NOT NULL,
+	token uuid NOT NULL,
+	holder text COLLATE pg_catalog."C",
+	fencing bigint NOT NULL,
+	acquired_at timestamptz NOT NULL,
+	expires_at timestamptz NOT NULL
+) USING heap;
+
+CREATE INDEX lease_record_key_hash_idx
+	ON entitlock.lease_record USING btree (key_hash);
+
+COMMENT ON TABLE entitlock.lease_record IS
+'the current lease on each name, with its token; written only by entitlock''s functions (read entitlock.leases instead)';
+
+CREATE SEQUENCE entitlock.lease_fencing AS bigint
+	MINVALUE 1 NO MAXVALUE CACHE 1 NO CYCLE;
+
+COMMENT ON SEQUENCE entitlock.lease_fencing IS
+'fencing numbers of lease acquisitions; must not cache or cycle';
+
+SELECT pg_catalog.pg_extension_config_dump('entitlock.lease_record', '');
+SELECT pg_catalog.pg_extension_config_dump('entitlock.lease_fencing', '');
+
+CREATE FUNCTION entitlock.lease_acquire(
+	name text,
+	ttl interval,
+	holder text DEFAULT NULL)
+RETURNS TABLE (token uuid, fencing bigint)
+AS 'MODULE_PATHNAME', 'entitlock_lease_acquire'
+LANGUAGE C VOLATILE PARALLEL UNSAFE ROWS 1;
+
+COMMENT ON FUNCTION entitlock.lease_acquire(text, interval, text) IS
+'takes the lease on name for ttl and returns its token and fencing number; no row when it is held; never waits';
+
+CREATE FUNCTION entitlock.lease_renew(
+	name text,
+	token uuid,
+	ttl interval)
+RETURNS boolean
+AS 'MODULE_PATHNAME', 'entitlock_lease_renew'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+
+COMMENT ON FUNCTION entitlock.lease_renew(text, uuid, interval) IS
+'makes the lease on name expire ttl from now, if token is its current token';
+
+CREATE FUNCTION entitlock.lease_release(
+	name text,
+	token uuid)
+RETURNS boolean
+AS 'MODULE_PATHNAME', 'entitlock_lease_release'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+
+COMMENT ON FUNCTION entitlock.lease_release(text, uuid) IS
+'ends the lease on name, if token is its current token';
+
+-- The token is its holder's capability, so the view leaves it out.  The
+-- view reads the table with its owner's rights; granting SELECT on it
+-- shows leases without giving any access to the table.
+CREATE VIEW entitlock.leases AS
+SELECT name, holder, fencing, acquired_at, expires_at
+  FROM entitlock.lease_record
+ WHERE expires_at OPERATOR(pg_catalog.>) pg_catalog.clock_timestamp();
+
+COMMENT ON VIEW entitlock.leases IS
+'leases held now (not released, not expired); never shows tokens';
+
+-- Granted explicitly, like the other functions; see README, Privileges.
+REVOKE ALL ON FUNCTION entitlock.lease_acquire(text, interval, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION entitlock.lease_renew(text, uuid, interval) FROM PUBLIC;
+REVOKE ALL ON FUNCTION entitlock.lease_release(text, uuid) FROM PUBLIC;
+REVOKE ALL ON entitlock.leases FROM PUBLIC;

@@ -17,6 +17,7 @@
 #include "access/genam.h"
 #include "access/tableam.h"
 #include "nodes/execnodes.h"
+#include "datatype/timestamp.h"
 #include "storage/lockdefs.h"
 
 /* keys.c */
@@ -28,9 +29,14 @@ extern text *entitlock_text_arg(FunctionCallInfo fcinfo, int argno,
 								const char *what);
 extern text *entitlock_nonempty_text_arg(FunctionCallInfo fcinfo, int argno,
 										 const char *what);
+extern char *entitlock_text_for_message(text *t);
+extern TimestampTz entitlock_expiry(TimestampTz now, Interval *ttl);
+extern Interval *entitlock_ttl_arg(FunctionCallInfo fcinfo, int argno,
+								   const Interval *max, const char *max_text);
 
 /* locks.c */
 extern bool entitlock_acquire(int64 key, LOCKMODE mode, bool wait);
+extern void entitlock_release(int64 key, LOCKMODE mode);
 
 /* table.c */
 #define ENTITLOCK_MAX_INDEX_KEYS 4
@@ -83,6 +89,10 @@ extern IndexScanDesc entitlock_table_scan(EntitlockTable *t, int indexno,
 										  const Datum *keyvals);
 extern bool entitlock_table_probe(EntitlockTable *t, Snapshot snapshot,
 								  const Datum *keyvals);
+extern bool entitlock_datum_equals_text(Datum stored, text *t);
+extern bool entitlock_next_row_with_text(EntitlockTable *t,
+										 IndexScanDesc scan, int attno,
+										 text *value);
 extern bool entitlock_slot_is_mine(TupleTableSlot *slot);
 extern void entitlock_check_visible_to_transaction(TupleTableSlot *slot);
 extern void entitlock_table_insert(EntitlockTable *t, Datum *values,
@@ -95,5 +105,7 @@ extern ReturnSetInfo *entitlock_materialize_resultinfo(FunctionCallInfo fcinfo);
 extern void entitlock_return_one_row(FunctionCallInfo fcinfo,
 									 ReturnSetInfo *rsinfo,
 									 Datum *values, bool *nulls);
+extern void entitlock_return_no_rows(FunctionCallInfo fcinfo,
+									 ReturnSetInfo *rsinfo);
 
 #endif							/* ENTITLOCK_H */

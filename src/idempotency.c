@@ -52,9 +52,6 @@ PG_FUNCTION_INFO_V1(entitlock_purge_expired);
  */
 #define IDEMPOTENCY_REALM "entitlock.idempotency"
 
-/* How much of a key an error message quotes. */
-#define KEY_MESSAGE_CHARS 64
-
 /* entitlock.idempotency_key, 0-based column numbers */
 #define COL_KEY_HASH 0
 #define COL_KEY 1
@@ -97,51 +94,6 @@ typedef struct Claim
 } Claim;
 
 /*
- * Arguments
- */
-
-/*
- * The moment a claim made at "now" with ttl expires.  Checked before any
- * lock is taken, so a bad ttl fails without waiting.
- */
-static TimestampTz
-expiry(TimestampTz now, Interval *ttl)
-{
-	return DatumGetTimestampTz(DirectFunctionCall2(timestamptz_pl_interval,
-												   TimestampTzGetDatum(now),
-												   PointerGetDatum(ttl)));
-}
-
-static Interval *
-ttl_arg(FunctionCallInfo fcinfo, int argno)
-{
-	Interval   *ttl;
-	TimestampTz now = GetCurrentTimestamp();
-
-	entitlock_require_arg(fcinfo, argno, "ttl");
-	ttl = PG_GETARG_INTERVAL_P(argno);
-	if (expiry(now, ttl) <= now)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("ttl must be greater than zero")));
-	return ttl;
-}
-
-/* The key for an error message: quoted whole if short, else its start. */
-static char *
-key_for_message(text *key)
-{
-	const char *s = VARDATA_ANY(key);
-	int			len = VARSIZE_ANY_EXHDR(key);
-	int			cut;
-
-	if (pg_mbstrlen_with_len(s, len) <= KEY_MESSAGE_CHARS)
-		return text_to_cstring(key);
-	cut = pg_mbcharcliplen(s, len, KEY_MESSAGE_CHARS);
-	return psprintf("%.*s...", cut, s);
-}
-
-/*
  * Finding a key's rows
  */
 
@@ -149,42 +101,6 @@ static int64
 key_hash(text *key)
 {
 	return entitlock_pair_key(cstring_to_text(IDEMPOTENCY_REALM), key);
-}
-
-/* Does stored, which may be toasted, hold the same bytes as t? */
-static bool
-same_text(Datum stored, text *t)
-{
-	int			len = VARSIZE_ANY_EXHDR(t);
-	text	   *s;
-	bool		same;
-
-	/* Compare lengths first: a key whose hash collides is not detoasted. */
-	if (toast_raw_datum_size(stored) != (Size) len + VARHDRSZ)
-		return false;
-	s = DatumGetTextPP(stored);
-	same = memcmp(VARDATA_ANY(s), VARDATA_ANY(t), len) == 0;
-	if ((Pointer) s != DatumGetPointer(stored))
-		pfree(s);
-	return same;
-}
-
-/*
- * Advance scan (over the hash index) to the next row of key, leaving it in
- * t->slot.  Rows of other keys whose hash collides with key's are skipped.
- */
-static bool
-next_row_of_key(EntitlockTable *t, IndexScanDesc scan, text *key)
-{
-	while (index_getnext_slot(scan, ForwardScanDirection, t->slot))
-	{
-		bool		isnull;
-		Datum		stored = slot_getattr(t->slot, COL_KEY + 1, &isnull);
-
-		if (!isnull && same_text(stored, key))
-			return true;
-	}
-	return false;
 }
 
 static IndexScanDesc
@@ -208,7 +124,7 @@ find_claim(EntitlockTable *t, int64 hash, text *key, TimestampTz now,
 	IndexScanDesc scan = scan_key_rows(t, hash);
 
 	memset(claim, 0, sizeof(Claim));
-	while (next_row_of_key(t, scan, key))
+	while (entitlock_next_row_with_text(t, scan, COL_KEY + 1, key))
 	{
 		bool		isnull;
 		Datum		d;
@@ -250,12 +166,13 @@ static void
 check_fingerprint(const Claim *claim, text *fingerprint, text *key)
 {
 	if (fingerprint == NULL || claim->fingerprint == NULL ||
-		same_text(PointerGetDatum(claim->fingerprint), fingerprint))
+		entitlock_datum_equals_text(PointerGetDatum(claim->fingerprint),
+								   fingerprint))
 		return;
 	ereport(ERROR,
 			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 			 errmsg("idempotency key \"%s\" was reused with a different request",
-					key_for_message(key)),
+					entitlock_text_for_message(key)),
 			 errdetail("The fingerprint differs from the one the key was first used with."),
 			 errhint("Use a new idempotency key for a different request.")));
 }
@@ -314,7 +231,7 @@ claim_key(text *key, text *fingerprint, Interval *ttl, Jsonb **response,
 	values[COL_FINGERPRINT] = PointerGetDatum(fingerprint);
 	values[COL_RESPONSE] = (Datum) 0;
 	values[COL_CLAIMED_AT] = TimestampTzGetDatum(now);
-	values[COL_EXPIRES_AT] = TimestampTzGetDatum(expiry(now, ttl));
+	values[COL_EXPIRES_AT] = TimestampTzGetDatum(entitlock_expiry(now, ttl));
 	values[COL_COMPLETED_AT] = (Datum) 0;
 	memset(nulls, 0, sizeof(nulls));
 	nulls[COL_FINGERPRINT] = fingerprint == NULL;
@@ -354,7 +271,7 @@ entitlock_idempotency_begin(PG_FUNCTION_ARGS)
 	ReturnSetInfo *rsinfo = entitlock_materialize_resultinfo(fcinfo);
 	text	   *key = entitlock_nonempty_text_arg(fcinfo, 0, "idempotency key");
 	text	   *fingerprint = PG_ARGISNULL(1) ? NULL : PG_GETARG_TEXT_PP(1);
-	Interval   *ttl = ttl_arg(fcinfo, 2);
+	Interval   *ttl = entitlock_ttl_arg(fcinfo, 2, NULL, NULL);
 	Jsonb	   *response;
 	bool		claimed;
 	Datum		values[2];
@@ -382,7 +299,7 @@ Datum
 entitlock_first_time(PG_FUNCTION_ARGS)
 {
 	text	   *key = entitlock_nonempty_text_arg(fcinfo, 0, "idempotency key");
-	Interval   *ttl = ttl_arg(fcinfo, 1);
+	Interval   *ttl = entitlock_ttl_arg(fcinfo, 1, NULL, NULL);
 	Jsonb	   *response;
 
 	PG_RETURN_BOOL(claim_key(key, NULL, ttl, &response, "first_time()"));
@@ -394,7 +311,7 @@ not_claimed_error(text *key, const char *detail)
 	ereport(ERROR,
 			(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 			 errmsg("idempotency key \"%s\" was not claimed by this transaction",
-					key_for_message(key)),
+					entitlock_text_for_message(key)),
 			 errdetail_internal("%s", detail),
 			 errhint("Call idempotency_complete() in the transaction whose idempotency_begin() returned \"new\", before it commits.")));
 }
@@ -435,7 +352,7 @@ entitlock_idempotency_complete(PG_FUNCTION_ARGS)
 	CommandCounterIncrement();
 
 	scan = scan_key_rows(&t, hash);
-	while (next_row_of_key(&t, scan, key))
+	while (entitlock_next_row_with_text(&t, scan, COL_KEY + 1, key))
 	{
 		if (entitlock_slot_is_mine(t.slot))
 		{

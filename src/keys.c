@@ -17,7 +17,7 @@
  * single name, nor by any other split of the same characters.
  *
  * This file also holds the module's magic block and the argument checks
- * shared by every SQL-callable function that takes a name.
+ * shared by every SQL-callable function that takes a name or a ttl.
  *
  *-------------------------------------------------------------------------
  */
@@ -26,6 +26,8 @@
 #include "entitlock.h"
 #include "mb/pg_wchar.h"
 #include "port/pg_bswap.h"
+#include "utils/builtins.h"
+#include "utils/timestamp.h"
 
 PG_MODULE_MAGIC;
 
@@ -247,6 +249,66 @@ entitlock_nonempty_text_arg(FunctionCallInfo fcinfo, int argno,
 
 	check_not_empty(t, what);
 	return t;
+}
+
+/* How much of a name or key an error message quotes. */
+#define MESSAGE_CHARS 64
+
+/*
+ * A name or key for an error message: whole if short, else its first
+ * characters followed by "...".  Keys may be megabytes long.
+ */
+char *
+entitlock_text_for_message(text *t)
+{
+	const char *s = VARDATA_ANY(t);
+	int			len = VARSIZE_ANY_EXHDR(t);
+	int			cut;
+
+	if (pg_mbstrlen_with_len(s, len) <= MESSAGE_CHARS)
+		return text_to_cstring(t);
+	cut = pg_mbcharcliplen(s, len, MESSAGE_CHARS);
+	return psprintf("%.*s...", cut, s);
+}
+
+/* The moment something made at now with ttl expires. */
+TimestampTz
+entitlock_expiry(TimestampTz now, Interval *ttl)
+{
+	return DatumGetTimestampTz(DirectFunctionCall2(timestamptz_pl_interval,
+												   TimestampTzGetDatum(now),
+												   PointerGetDatum(ttl)));
+}
+
+/*
+ * Fetch a ttl argument: present, greater than zero from now, and no longer
+ * than max when max is given.  The bound is checked first, as intervals
+ * compare (a month as 30 days), so that an absurd ttl gets this error and
+ * not a timestamp overflow.  Checked before any lock is taken, so a bad
+ * ttl fails without waiting.
+ */
+Interval *
+entitlock_ttl_arg(FunctionCallInfo fcinfo, int argno, const Interval *max,
+				  const char *max_text)
+{
+	Interval   *ttl;
+	TimestampTz now;
+
+	entitlock_require_arg(fcinfo, argno, "ttl");
+	ttl = PG_GETARG_INTERVAL_P(argno);
+	if (max != NULL &&
+		DatumGetInt32(DirectFunctionCall2(interval_cmp,
+										  PointerGetDatum(ttl),
+										  PointerGetDatum(max))) > 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("ttl must not be longer than %s", max_text)));
+	now = GetCurrentTimestamp();
+	if (entitlock_expiry(now, ttl) <= now)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("ttl must be greater than zero")));
+	return ttl;
 }
 
 /*

@@ -81,12 +81,13 @@ entitlock_acquire(int64 key, LOCKMODE mode, bool wait)
 }
 
 /*
- * Undo one entitlock_acquire of key in mode by this transaction.  Only used
- * to back out of a half-taken pair of locks; a lock taken earlier in the
- * transaction stays held, as its count only drops by one.
+ * Undo one entitlock_acquire of key in mode by this transaction.  Used to
+ * back out of a half-taken pair of locks, and by a lease call that changed
+ * nothing; a lock taken earlier in the transaction stays held, as its
+ * count only drops by one.
  */
-static void
-release_key(int64 key, LOCKMODE mode)
+void
+entitlock_release(int64 key, LOCKMODE mode)
 {
 	LOCKTAG		tag;
 
@@ -400,7 +401,7 @@ entitlock_try_lock_entity(PG_FUNCTION_ARGS)
 		PG_RETURN_BOOL(false);
 	if (!entitlock_acquire(pair_key, ExclusiveLock, false))
 	{
-		release_key(realm_key, ShareLock);
+		entitlock_release(realm_key, ShareLock);
 		PG_RETURN_BOOL(false);
 	}
 	PG_RETURN_BOOL(true);

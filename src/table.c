@@ -23,6 +23,7 @@
  */
 #include "postgres.h"
 
+#include "access/detoast.h"
 #include "access/genam.h"
 #include "access/heapam.h"
 #include "access/htup_details.h"
@@ -40,6 +41,7 @@
 #include "miscadmin.h"
 #include "nodes/execnodes.h"
 #include "utils/fmgroids.h"
+#include "utils/builtins.h"
 #include "utils/inval.h"
 #include "utils/lsyscache.h"
 #include "utils/rel.h"
@@ -275,6 +277,45 @@ entitlock_table_probe(EntitlockTable *t, Snapshot snapshot,
 	return found;
 }
 
+/* Does stored, which may be toasted, hold the same bytes as t? */
+bool
+entitlock_datum_equals_text(Datum stored, text *t)
+{
+	int			len = VARSIZE_ANY_EXHDR(t);
+	text	   *s;
+	bool		same;
+
+	/* Compare lengths first: a key whose hash collides is not detoasted. */
+	if (toast_raw_datum_size(stored) != (Size) len + VARHDRSZ)
+		return false;
+	s = DatumGetTextPP(stored);
+	same = memcmp(VARDATA_ANY(s), VARDATA_ANY(t), len) == 0;
+	if ((Pointer) s != DatumGetPointer(stored))
+		pfree(s);
+	return same;
+}
+
+/*
+ * Tables keyed by text of any length index a 64-bit hash of it, not the
+ * text itself.  Advance scan (over such a hash index) to the next row whose
+ * column attno (1-based) equals value, leaving it in t->slot; rows of
+ * other values with the same hash are skipped.
+ */
+bool
+entitlock_next_row_with_text(EntitlockTable *t, IndexScanDesc scan,
+							 int attno, text *value)
+{
+	while (index_getnext_slot(scan, ForwardScanDirection, t->slot))
+	{
+		bool		isnull;
+		Datum		stored = slot_getattr(t->slot, attno, &isnull);
+
+		if (!isnull && entitlock_datum_equals_text(stored, value))
+			return true;
+	}
+	return false;
+}
+
 /* The transaction that wrote the row in slot. */
 static TransactionId
 slot_xmin(TupleTableSlot *slot)
@@ -431,10 +472,13 @@ entitlock_materialize_resultinfo(FunctionCallInfo fcinfo)
 	return rsinfo;
 }
 
-/* Return the single row values/nulls as the function's whole result set. */
-void
-entitlock_return_one_row(FunctionCallInfo fcinfo, ReturnSetInfo *rsinfo,
-						 Datum *values, bool *nulls)
+/*
+ * Set up an empty result set with the caller's row type; with values, put
+ * one row in it.
+ */
+static void
+return_rows(FunctionCallInfo fcinfo, ReturnSetInfo *rsinfo,
+			Datum *values, bool *nulls)
 {
 	TupleDesc	tupdesc;
 	Tuplestorestate *store;
@@ -452,10 +496,26 @@ entitlock_return_one_row(FunctionCallInfo fcinfo, ReturnSetInfo *rsinfo,
 		elog(ERROR, "return type must be a row type");
 	tupdesc = CreateTupleDescCopy(tupdesc);
 	store = tuplestore_begin_heap(false, false, work_mem);
-	tuplestore_putvalues(store, tupdesc, values, nulls);
+	if (values != NULL)
+		tuplestore_putvalues(store, tupdesc, values, nulls);
 	MemoryContextSwitchTo(oldcontext);
 
 	rsinfo->returnMode = SFRM_Materialize;
 	rsinfo->setResult = store;
 	rsinfo->setDesc = tupdesc;
+}
+
+/* Return the single row values/nulls as the function's whole result set. */
+void
+entitlock_return_one_row(FunctionCallInfo fcinfo, ReturnSetInfo *rsinfo,
+						 Datum *values, bool *nulls)
+{
+	return_rows(fcinfo, rsinfo, values, nulls);
+}
+
+/* Return no rows. */
+void
+entitlock_return_no_rows(FunctionCallInfo fcinfo, ReturnSetInfo *rsinfo)
+{
+	return_rows(fcinfo, rsinfo, NULL, NULL);
 }

@@ -1,0 +1,382 @@
+/*-------------------------------------------------------------------------
+ *
+ * leases.c
+ *	  Leases: entitlock.lease_acquire, lease_renew and lease_release.
+ *
+ * A lease is a lock that outlives the transaction that takes it: a row of
+ * entitlock.lease_record naming its holder, a random token and an expiry
+ * time.  Once the acquiring transaction commits, the lease is held until
+ * its holder releases it or it expires; a worker that dies simply stops
+ * renewing, and the lease frees itself when its time is up.
+ *
+ * Every call that reads or writes a name's row first takes the name's
+ * transaction lock, so calls on one name happen one at a time and each
+ * sees the outcome of the ones before it (it reads with a snapshot taken
+ * after the lock is granted).  lease_acquire only tries that lock: a name
+ * that another transaction is acquiring, renewing or releasing at that
+ * moment is busy, and the answer is the same as for a held lease, no row.
+ * So acquiring never waits, never raises a duplicate-key error (only the
+ * lock holder inserts, after looking) and can never be part of a deadlock.
+ * When it changes nothing, it gives the lock back at once rather than at
+ * the end of its transaction, where it would keep the owner from renewing.
+ * lease_renew and lease_release do wait for the lock, so that an acquirer
+ * that is merely looking cannot make an owner believe it lost its lease.
+ *
+ * The token is the holder's proof of ownership: renew and release succeed
+ * only with the token of the name's current row.  An expired lease that
+ * nobody has taken over is still that row, so its holder may renew or
+ * release it; once another acquirer takes it over, the row has a new token
+ * and the old holder's calls return false.
+ *
+ * Fencing numbers come from one sequence, entitlock.lease_fencing, with
+ * no cache.  A sequence never goes back: not after a rolled-back
+ * acquisition (whose number a client has seen), not after release, and
+ * not after a crash, as it is WAL-logged ahead of what it hands out.  As
+ * acquisitions of one name are serialised by the name's lock, each gets a
+ * number larger than every earlier one's.  pg_dump saves its position.
+ *
+ * Time is the server's wall clock at the moment of each call, after the
+ * name's lock is granted (clock_timestamp(), not now()): a transaction
+ * that has been open for a while would otherwise judge expiry, and
+ * compute new expiry times, with the clock as it was when it began.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/htup_details.h"
+#include "access/xact.h"
+#include "catalog/namespace.h"
+#include "catalog/pg_sequence.h"
+#include "catalog/pg_type.h"
+#include "commands/sequence.h"
+#include "entitlock.h"
+#include "miscadmin.h"
+#include "utils/builtins.h"
+#include "utils/lsyscache.h"
+#include "utils/snapmgr.h"
+#include "utils/syscache.h"
+#include "utils/timestamp.h"
+#include "utils/uuid.h"
+
+PG_FUNCTION_INFO_V1(entitlock_lease_acquire);
+PG_FUNCTION_INFO_V1(entitlock_lease_renew);
+PG_FUNCTION_INFO_V1(entitlock_lease_release);
+
+/*
+ * A name's lock is entitlock.key(realm, name) with this realm, distinct
+ * from any lock an application takes by name.
+ */
+#define LEASE_REALM "entitlock.lease"
+
+#define FENCING_SEQUENCE "lease_fencing"
+
+/*
+ * The longest ttl.  A lease is meant to be renewed while its work goes on;
+ * its ttl is how long a dead holder keeps others out.  A ttl beyond this
+ * is almost certainly a mistake (a unit typed wrong), and would leave a
+ * name blocked for good by a worker that died.  366 days lets '1 year'
+ * through from any date.
+ */
+#define MAX_TTL_DAYS 366
+#define MAX_TTL_TEXT "366 days"
+
+/* entitlock.lease_record, 0-based column numbers */
+#define COL_KEY_HASH 0
+#define COL_NAME 1
+#define COL_TOKEN 2
+#define COL_HOLDER 3
+#define COL_FENCING 4
+#define COL_ACQUIRED_AT 5
+#define COL_EXPIRES_AT 6
+#define LEASE_NATTS 7
+
+static const Oid lease_types[LEASE_NATTS] = {
+	INT8OID,					/* key_hash */
+	TEXTOID,					/* name */
+	UUIDOID,					/* token */
+	TEXTOID,					/* holder */
+	INT8OID,					/* fencing */
+	TIMESTAMPTZOID,				/* acquired_at */
+	TIMESTAMPTZOID				/* expires_at */
+};
+
+#define HASH_INDEX 0
+
+static EntitlockTableDef lease_def = {
+	"lease_record", lease_types, LEASE_NATTS, 1,
+	{
+		{"lease_record_key_hash_idx", false, 1, {COL_KEY_HASH + 1}}
+	}
+};
+
+/* A name's current row, as a call finds it. */
+typedef struct Lease
+{
+	bool		found;
+	ItemPointerData tid;
+	Datum		values[LEASE_NATTS];
+	bool		nulls[LEASE_NATTS];
+} Lease;
+
+static Interval *
+lease_ttl_arg(FunctionCallInfo fcinfo, int argno)
+{
+	Interval	max = {0};
+
+	max.day = MAX_TTL_DAYS;
+	return entitlock_ttl_arg(fcinfo, argno, &max, MAX_TTL_TEXT);
+}
+
+static int64
+name_hash(text *name)
+{
+	return entitlock_pair_key(cstring_to_text(LEASE_REALM), name);
+}
+
+/*
+ * Take the name's lock, open the table and find the name's row, reading
+ * with a snapshot taken after the lock was granted.  Without wait, returns
+ * false (having done nothing) when another transaction holds the lock.
+ */
+static bool
+begin_lease_call(EntitlockTable *t, int64 hash, text *name, bool wait,
+				 Lease *lease, const char *cmdname)
+{
+	IndexScanDesc scan;
+	Datum		hashval = Int64GetDatum(hash);
+
+	PreventCommandIfReadOnly(cmdname);
+	PreventCommandDuringRecovery(cmdname);
+
+	if (!entitlock_acquire(hash, ExclusiveLock, wait))
+		return false;
+
+	entitlock_table_open(t, &lease_def, RowExclusiveLock);
+
+	/* This transaction's own earlier calls, too, must be seen. */
+	CommandCounterIncrement();
+
+	scan = entitlock_table_scan(t, HASH_INDEX, GetLatestSnapshot(),
+								BTEqualStrategyNumber, 1, &hashval);
+	lease->found = entitlock_next_row_with_text(t, scan, COL_NAME + 1, name);
+	if (lease->found)
+	{
+		slot_getallattrs(t->slot);
+		lease->tid = t->slot->tts_tid;
+		memcpy(lease->values, t->slot->tts_values, sizeof(lease->values));
+		memcpy(lease->nulls, t->slot->tts_isnull, sizeof(lease->nulls));
+	}
+	index_endscan(scan);
+	return true;
+}
+
+/*
+ * Finish a call.  One that wrote nothing gives the name's lock back now,
+ * so that it does not hold up the name's owner until the end of the
+ * caller's transaction.  (The lock count only drops by one, so a lock the
+ * transaction held before the call stays held.)
+ */
+static void
+end_lease_call(EntitlockTable *t, int64 hash, bool wrote)
+{
+	ExecClearTuple(t->slot);
+	entitlock_table_close(t);
+	if (!wrote)
+		entitlock_release(hash, ExclusiveLock);
+}
+
+/* Does the row hold token?  (A row's token is never NULL.) */
+static bool
+lease_has_token(const Lease *lease, pg_uuid_t *token)
+{
+	pg_uuid_t  *stored;
+
+	if (!lease->found || lease->nulls[COL_TOKEN])
+		return false;
+	stored = DatumGetUUIDP(lease->values[COL_TOKEN]);
+	return memcmp(stored->data, token->data, UUID_LEN) == 0;
+}
+
+/* A version 4 (random) UUID from the strong random source. */
+static pg_uuid_t *
+new_token(void)
+{
+	pg_uuid_t  *token = palloc(sizeof(pg_uuid_t));
+
+	if (!pg_strong_random(token->data, UUID_LEN))
+		ereport(ERROR,
+				(errcode(ERRCODE_INTERNAL_ERROR),
+				 errmsg("could not generate a random lease token")));
+	token->data[6] = (token->data[6] & 0x0f) | 0x40;
+	token->data[8] = (token->data[8] & 0x3f) | 0x80;
+	return token;
+}
+
+/*
+ * The next fencing number.  A cached or cycling sequence would hand out
+ * numbers out of order across backends, so refuse one.
+ */
+static int64
+next_fencing(void)
+{
+	Oid			seqid;
+	HeapTuple	tuple;
+	bool		usable;
+
+	seqid = get_relname_relid(FENCING_SEQUENCE,
+							  get_namespace_oid("entitlock", false));
+	tuple = SearchSysCache1(SEQRELID, ObjectIdGetDatum(seqid));
+	usable = HeapTupleIsValid(tuple) &&
+		((Form_pg_sequence) GETSTRUCT(tuple))->seqcache == 1 &&
+		!((Form_pg_sequence) GETSTRUCT(tuple))->seqcycle &&
+		((Form_pg_sequence) GETSTRUCT(tuple))->seqincrement > 0;
+	if (HeapTupleIsValid(tuple))
+		ReleaseSysCache(tuple);
+	if (!usable)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("sequence \"entitlock.%s\" is not as this version of entitlock created it",
+						FENCING_SEQUENCE),
+				 errdetail("Fencing numbers need a sequence that increases, without cache or cycle."),
+				 errhint("Update the extension with ALTER EXTENSION entitlock UPDATE, or reinstall it.")));
+
+	/* Callers need no rights on the sequence, as on the table. */
+	return nextval_internal(seqid, false);
+}
+
+/*
+ * entitlock.lease_acquire(name text, ttl interval, holder text DEFAULT NULL)
+ * returns table (token uuid, fencing bigint)
+ *
+ * Takes the lease on name for ttl, from now, when nobody holds it: when it
+ * was never taken, was released, or has expired (the expired holder's
+ * token stops working).  Returns the new token and fencing number; others
+ * see the lease once the calling transaction commits.  Returns no row when
+ * another holder's lease is unexpired, or another transaction is working
+ * on the name at this moment.  Never waits.
+ */
+Datum
+entitlock_lease_acquire(PG_FUNCTION_ARGS)
+{
+	text	   *name = entitlock_nonempty_text_arg(fcinfo, 0, "lease name");
+	Interval   *ttl = lease_ttl_arg(fcinfo, 1);
+	text	   *holder = PG_ARGISNULL(2) ? NULL : PG_GETARG_TEXT_PP(2);
+	ReturnSetInfo *rsinfo = entitlock_materialize_resultinfo(fcinfo);
+	EntitlockTable t;
+	Lease		lease;
+	int64		hash = name_hash(name);
+	TimestampTz now;
+	pg_uuid_t  *token;
+	int64		fencing;
+	Datum		values[LEASE_NATTS];
+	bool		nulls[LEASE_NATTS];
+	Datum		result[2];
+	bool		result_nulls[2] = {false, false};
+
+	if (!begin_lease_call(&t, hash, name, false, &lease, "lease_acquire()"))
+	{
+		entitlock_return_no_rows(fcinfo, rsinfo);
+		return (Datum) 0;
+	}
+
+	now = GetCurrentTimestamp();
+	if (lease.found &&
+		DatumGetTimestampTz(lease.values[COL_EXPIRES_AT]) > now)
+	{
+		end_lease_call(&t, hash, false);
+		entitlock_return_no_rows(fcinfo, rsinfo);
+		return (Datum) 0;
+	}
+
+	token = new_token();
+	fencing = next_fencing();
+
+	values[COL_KEY_HASH] = Int64GetDatum(hash);
+	values[COL_NAME] = PointerGetDatum(name);
+	values[COL_TOKEN] = UUIDPGetDatum(token);
+	values[COL_HOLDER] = PointerGetDatum(holder);
+	values[COL_FENCING] = Int64GetDatum(fencing);
+	values[COL_ACQUIRED_AT] = TimestampTzGetDatum(now);
+	values[COL_EXPIRES_AT] = TimestampTzGetDatum(entitlock_expiry(now, ttl));
+	memset(nulls, 0, sizeof(nulls));
+	nulls[COL_HOLDER] = holder == NULL;
+
+	/* Only the lock's holder writes the name's row, so it cannot be busy. */
+	if (!lease.found)
+		entitlock_table_insert(&t, values, nulls);
+	else if (entitlock_table_update(&t, &lease.tid, values, nulls,
+									true) != TM_Ok)
+		elog(ERROR, "lease row was changed without its lock");
+	end_lease_call(&t, hash, true);
+
+	result[0] = UUIDPGetDatum(token);
+	result[1] = Int64GetDatum(fencing);
+	entitlock_return_one_row(fcinfo, rsinfo, result, result_nulls);
+	return (Datum) 0;
+}
+
+/*
+ * entitlock.lease_renew(name text, token uuid, ttl interval) returns boolean
+ *
+ * Extends the lease on name to expire ttl from now, if token is its
+ * current token; false otherwise (released, taken over by another
+ * acquirer, or never this token's).  Waits while another transaction is
+ * working on the name.
+ */
+Datum
+entitlock_lease_renew(PG_FUNCTION_ARGS)
+{
+	text	   *name = entitlock_nonempty_text_arg(fcinfo, 0, "lease name");
+	pg_uuid_t  *token;
+	Interval   *ttl = lease_ttl_arg(fcinfo, 2);
+	EntitlockTable t;
+	Lease		lease;
+	int64		hash = name_hash(name);
+	bool		mine;
+
+	entitlock_require_arg(fcinfo, 1, "lease token");
+	token = PG_GETARG_UUID_P(1);
+
+	(void) begin_lease_call(&t, hash, name, true, &lease, "lease_renew()");
+	mine = lease_has_token(&lease, token);
+	if (mine)
+	{
+		lease.values[COL_EXPIRES_AT] =
+			TimestampTzGetDatum(entitlock_expiry(GetCurrentTimestamp(), ttl));
+		if (entitlock_table_update(&t, &lease.tid, lease.values, lease.nulls,
+								   true) != TM_Ok)
+			elog(ERROR, "lease row was changed without its lock");
+	}
+	end_lease_call(&t, hash, mine);
+	PG_RETURN_BOOL(mine);
+}
+
+/*
+ * entitlock.lease_release(name text, token uuid) returns boolean
+ *
+ * Ends the lease on name if token is its current token, so the next
+ * acquirer gets it at once; false otherwise, changing nothing.  Waits
+ * while another transaction is working on the name.
+ */
+Datum
+entitlock_lease_release(PG_FUNCTION_ARGS)
+{
+	text	   *name = entitlock_nonempty_text_arg(fcinfo, 0, "lease name");
+	pg_uuid_t  *token;
+	EntitlockTable t;
+	Lease		lease;
+	int64		hash = name_hash(name);
+	bool		mine;
+
+	entitlock_require_arg(fcinfo, 1, "lease token");
+	token = PG_GETARG_UUID_P(1);
+
+	(void) begin_lease_call(&t, hash, name, true, &lease, "lease_release()");
+	mine = lease_has_token(&lease, token);
+	if (mine &&
+		entitlock_table_delete(&t, &lease.tid, true) != TM_Ok)
+		elog(ERROR, "lease row was changed without its lock");
+	end_lease_call(&t, hash, mine);
+	PG_RETURN_BOOL(mine);
+}
