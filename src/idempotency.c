@@ -30,11 +30,9 @@
  */
 #include "postgres.h"
 
-#include "access/detoast.h"
 #include "access/xact.h"
 #include "catalog/pg_type.h"
 #include "entitlock.h"
-#include "mb/pg_wchar.h"
 #include "miscadmin.h"
 #include "utils/builtins.h"
 #include "utils/jsonb.h"
@@ -167,7 +165,7 @@ check_fingerprint(const Claim *claim, text *fingerprint, text *key)
 {
 	if (fingerprint == NULL || claim->fingerprint == NULL ||
 		entitlock_datum_equals_text(PointerGetDatum(claim->fingerprint),
-								   fingerprint))
+									fingerprint))
 		return;
 	ereport(ERROR,
 			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),

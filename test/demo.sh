@@ -196,6 +196,93 @@ EOF
 psql -X -c "SELECT * FROM entitlock.idempotency_begin('webhook:evt_7')"
 
 cat <<'EOF'
+== Slow workers and leases ==
+EOF
+
+# Workers take turns at one job under a 200 ms lease.  Some pause longer
+# than that (a GC pause, a slow disk) and then finish anyway: they write
+# their result and release.  By hand: a lock table with a unique name
+# (acquire correctly with ON CONFLICT, but release by name, and write
+# without checking).  With entitlock: lease_acquire, a fencing check on the
+# write, and lease_release with the token.
+psql -X -q -v ON_ERROR_STOP=1 <<'EOF' >/dev/null || exit 1
+CREATE TABLE IF NOT EXISTS report (id int PRIMARY KEY, fencing_seen bigint NOT NULL DEFAULT 0, body text);
+CREATE TABLE IF NOT EXISTS job_log (impl text, event text, fencing bigint, at timestamptz, ok boolean);
+CREATE TABLE IF NOT EXISTS naive_lock (name text PRIMARY KEY, fencing bigint, expires_at timestamptz);
+CREATE SEQUENCE IF NOT EXISTS naive_fencing;
+TRUNCATE report, job_log, naive_lock;
+INSERT INTO report VALUES (1, 0, NULL);
+EOF
+cat >"$scripts/job-naive.sql" <<'EOF'
+\set pause random(20, 400)
+WITH a AS (INSERT INTO naive_lock AS l VALUES ('nightly-report', nextval('naive_fencing'), clock_timestamp() + interval '200 ms')
+			ON CONFLICT (name) DO UPDATE SET fencing = excluded.fencing, expires_at = excluded.expires_at
+			WHERE l.expires_at <= clock_timestamp() RETURNING fencing),
+	 g AS (INSERT INTO job_log SELECT 'naive', 'acquired', fencing, clock_timestamp(), true FROM a RETURNING fencing)
+SELECT count(*) AS got, coalesce(max(fencing), 0) AS fencing FROM g \gset
+\if :got
+\sleep :pause ms
+WITH w AS (UPDATE report SET body = 'by ' || :fencing WHERE id = 1 RETURNING 1)
+INSERT INTO job_log SELECT 'naive', 'wrote', :fencing, clock_timestamp(), count(*) > 0 FROM w;
+WITH d AS (DELETE FROM naive_lock WHERE name = 'nightly-report' RETURNING 1)
+INSERT INTO job_log SELECT 'naive', 'released', :fencing, clock_timestamp(), count(*) > 0 FROM d;
+\endif
+EOF
+cat >"$scripts/job-entitlock.sql" <<'EOF'
+\set pause random(20, 400)
+WITH a AS (SELECT * FROM entitlock.lease_acquire('nightly-report', '200 ms', 'worker-' || :client_id)),
+	 g AS (INSERT INTO job_log SELECT 'entitlock', 'acquired', fencing, clock_timestamp(), true FROM a RETURNING fencing)
+SELECT count(*) AS got, coalesce(max(a.fencing), 0) AS fencing,
+	   coalesce(max(a.token::text), '00000000-0000-0000-0000-000000000000') AS token
+  FROM g, a \gset
+\if :got
+UPDATE report SET fencing_seen = :fencing WHERE id = 1 AND fencing_seen < :fencing;
+\sleep :pause ms
+WITH w AS (UPDATE report SET body = 'by ' || :fencing WHERE id = 1 AND fencing_seen = :fencing RETURNING 1)
+INSERT INTO job_log SELECT 'entitlock', 'wrote', :fencing, clock_timestamp(), count(*) > 0 FROM w;
+INSERT INTO job_log SELECT 'entitlock', 'released', :fencing, clock_timestamp(),
+	   entitlock.lease_release('nightly-report', :token::uuid);
+\endif
+EOF
+pgbench -n -M prepared -c 8 -j 2 -T 4 -f "$scripts/job-naive.sql" >/dev/null 2>&1
+pgbench -n -M prepared -c 8 -j 2 -T 4 -f "$scripts/job-entitlock.sql" >/dev/null 2>&1
+# holders; late writes accepted and late releases that succeeded, "late"
+# meaning after another worker had acquired the job
+job_stats() {
+	psql -X -At -F ' ' -v impl="$1" <<'EOF'
+SELECT count(*) FILTER (WHERE event = 'acquired'),
+	   count(*) FILTER (WHERE event = 'wrote' AND ok AND late),
+	   count(*) FILTER (WHERE event = 'released' AND ok AND late)
+  FROM (SELECT j.*, EXISTS (SELECT FROM job_log n
+							 WHERE n.impl = j.impl AND n.event = 'acquired'
+							   AND n.fencing > j.fencing AND n.at < j.at) AS late
+		  FROM job_log j WHERE j.impl = :'impl') AS s;
+EOF
+}
+read -r n_held n_writes n_releases <<<"$(job_stats naive)"
+read -r e_held e_writes e_releases <<<"$(job_stats entitlock)"
+cat <<EOF
+8 workers for 4 s on one job with a 200 ms lease; a worker pauses 20-400 ms
+before it writes and releases, so many overrun their lease.
+
+                                       turns   stale writes   stale releases
+                                               accepted       that succeeded
+  lock table, release by name       $(printf '%6s %14s %16s' "$n_held" "$n_writes" "$n_releases")
+  lease + fencing check             $(printf '%6s %14s %16s' "$e_held" "$e_writes" "$e_releases")
+
+A stale release by name frees the next worker's lock, letting a third one in;
+a stale write overwrites a newer worker's result.  With entitlock the
+stale worker's release returns false, and its write finds a higher fencing
+number and changes nothing.
+EOF
+psql -X <<'EOF'
+SELECT token AS t, fencing FROM entitlock.lease_acquire('demo-job', '1 minute', 'demo-worker') \gset
+SELECT name, holder, fencing, expires_at - acquired_at AS ttl FROM entitlock.leases;
+SELECT entitlock.lease_release('demo-job', gen_random_uuid()) AS a_stranger_releases;
+SELECT entitlock.lease_release('demo-job', :'t') AS the_holder_releases;
+EOF
+
+cat <<'EOF'
 == Waiting with a limit ==
 EOF
 
