@@ -47,7 +47,8 @@ ISOLATION = \
 	idempotency-purge-concurrent \
 	lease-acquire-race \
 	lease-loser-retries \
-	lease-stale-owner
+	lease-stale-owner \
+	lease-serializable
 
 # Isolation specs live under test/; pg_isolation_regress takes the last
 # --inputdir it is given.

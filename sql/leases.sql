@@ -242,6 +242,18 @@ ROLLBACK;
 ALTER SEQUENCE entitlock.lease_fencing CACHE 10;
 SELECT * FROM entitlock.lease_acquire('cache', '1 minute');
 ALTER SEQUENCE entitlock.lease_fencing CACHE 1;
+-- A sequence set back behind a lease's fencing number is caught when the
+-- lease is taken over, and nothing is written.
+SELECT * FROM acquire('sb1', 'set back', '10 milliseconds');
+SELECT pg_sleep(0.05);
+SELECT last_value AS fencing_now FROM entitlock.lease_fencing \gset
+SELECT setval('entitlock.lease_fencing', 1) IS NOT NULL AS set_back;
+\set VERBOSITY default
+SELECT * FROM entitlock.lease_acquire('set back', '1 minute');
+\echo :LAST_ERROR_SQLSTATE
+\set VERBOSITY terse
+SELECT setval('entitlock.lease_fencing', :fencing_now) IS NOT NULL AS restored;
+SELECT token_of, fencing FROM records WHERE name = 'set back';
 
 --
 -- Privileges: nothing by default

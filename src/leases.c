@@ -16,7 +16,9 @@
  * that another transaction is acquiring, renewing or releasing at that
  * moment is busy, and the answer is the same as for a held lease, no row.
  * So acquiring never waits, never raises a duplicate-key error (only the
- * lock holder inserts, after looking) and can never be part of a deadlock.
+ * lock holder inserts, after looking) and never gets a deadlock error.
+ * (The lock of a lease it took stays held until its transaction ends, and
+ * a renew or release of that name in another transaction waits for it.)
  * When it changes nothing, it gives the lock back at once rather than at
  * the end of its transaction, where it would keep the owner from renewing.
  * lease_renew and lease_release do wait for the lock, so that an acquirer
@@ -31,7 +33,7 @@
  * Fencing numbers come from one sequence, entitlock.lease_fencing, with
  * no cache.  A sequence never goes back: not after a rolled-back
  * acquisition (whose number a client has seen), not after release, and
- * not after a crash, as it is WAL-logged ahead of what it hands out.  As
+ * not after a crash, as its WAL is flushed ahead of what it hands out.  As
  * acquisitions of one name are serialised by the name's lock, each gets a
  * number larger than every earlier one's.  pg_dump saves its position.
  *
@@ -45,6 +47,7 @@
 #include "postgres.h"
 
 #include "access/htup_details.h"
+#include "access/xlog.h"
 #include "access/xact.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_sequence.h"
@@ -135,9 +138,9 @@ name_hash(text *name)
 }
 
 /*
- * Take the name's lock, open the table and find the name's row, reading
- * with a snapshot taken after the lock was granted.  Without wait, returns
- * false (having done nothing) when another transaction holds the lock.
+ * Take the name's lock, open the table and find the name's row as it is
+ * now that the lock is granted.  Without wait, returns false (having done
+ * nothing) when another transaction holds the lock.
  */
 static bool
 begin_lease_call(EntitlockTable *t, int64 hash, text *name, bool wait,
@@ -157,7 +160,16 @@ begin_lease_call(EntitlockTable *t, int64 hash, text *name, bool wait,
 	/* This transaction's own earlier calls, too, must be seen. */
 	CommandCounterIncrement();
 
-	scan = entitlock_table_scan(t, HASH_INDEX, GetLatestSnapshot(),
+	/*
+	 * Only the holder of the name's lock writes the name's row, and this
+	 * call holds it now, so the row's committed state cannot change under
+	 * the scan: SnapshotSelf (committed rows, and this transaction's own)
+	 * reads what a fresh MVCC snapshot would.  Unlike an MVCC snapshot, it
+	 * takes no SERIALIZABLE predicate locks, which are kept on index pages
+	 * that all names share and would make lease calls on unrelated names
+	 * fail with serialization errors.
+	 */
+	scan = entitlock_table_scan(t, HASH_INDEX, SnapshotSelf,
 								BTEqualStrategyNumber, 1, &hashval);
 	lease->found = entitlock_next_row_with_text(t, scan, COL_NAME + 1, name);
 	if (lease->found)
@@ -223,6 +235,8 @@ next_fencing(void)
 	Oid			seqid;
 	HeapTuple	tuple;
 	bool		usable;
+	XLogRecPtr	before;
+	int64		fencing;
 
 	seqid = get_relname_relid(FENCING_SEQUENCE,
 							  get_namespace_oid("entitlock", false));
@@ -241,8 +255,20 @@ next_fencing(void)
 				 errdetail("Fencing numbers need a sequence that increases, without cache or cycle."),
 				 errhint("Update the extension with ALTER EXTENSION entitlock UPDATE, or reinstall it.")));
 
-	/* Callers need no rights on the sequence, as on the table. */
-	return nextval_internal(seqid, false);
+	/*
+	 * Callers need no rights on the sequence, as on the table.  A sequence
+	 * writes WAL once for many numbers ahead and leaves flushing it to the
+	 * commit, so a number handed out by an acquisition that never commits
+	 * (rolled back, or cut short by a crash, or committed asynchronously)
+	 * could be handed out again after a crash.  Flush when it wrote: one
+	 * flush per batch of numbers keeps every number ever returned below
+	 * what the sequence restarts from.
+	 */
+	before = XactLastRecEnd;
+	fencing = nextval_internal(seqid, false);
+	if (XactLastRecEnd != before)
+		XLogFlush(XactLastRecEnd);
+	return fencing;
 }
 
 /*
@@ -291,6 +317,23 @@ entitlock_lease_acquire(PG_FUNCTION_ARGS)
 
 	token = new_token();
 	fencing = next_fencing();
+
+	/*
+	 * A sequence set back by hand (or recreated by a restore or logical
+	 * replication that did not carry its position) would hand out numbers
+	 * a holder has already used.  The row being taken over shows it.
+	 */
+	if (lease.found &&
+		fencing <= DatumGetInt64(lease.values[COL_FENCING]))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("sequence \"entitlock.%s\" is behind the fencing numbers already handed out",
+						FENCING_SEQUENCE),
+				 errdetail("The next number is %lld, but the lease being taken over had %lld.",
+						   (long long) fencing,
+						   (long long) DatumGetInt64(lease.values[COL_FENCING])),
+				 errhint("Move the sequence past every fencing number in use, with setval() on entitlock.%s.",
+						 FENCING_SEQUENCE)));
 
 	values[COL_KEY_HASH] = Int64GetDatum(hash);
 	values[COL_NAME] = PointerGetDatum(name);

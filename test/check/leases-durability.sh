@@ -86,7 +86,9 @@ crash_dir=$(mktemp -d /tmp/entitlock-crash.XXXXXX)
 	echo "after restart, higher: $(cq "SELECT fencing > $before FROM entitlock.lease_acquire('fresh', '1 hour')")"
 
 	# An acquisition in progress when the server goes down.  Its number
-	# is the highest handed out so far.
+	# is the highest handed out so far, and the first since a checkpoint,
+	# so it is the one that makes the sequence write WAL.
+	cq "CHECKPOINT" >/dev/null
 	psql -X -q -At -c "BEGIN" \
 		-c "SELECT fencing FROM entitlock.lease_acquire('in-flight', '1 hour', 'worker-2')" \
 		-c "SELECT pg_sleep(600)" >"$tmp/in-flight.out" 2>&1 &
