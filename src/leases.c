@@ -161,13 +161,13 @@ begin_lease_call(EntitlockTable *t, int64 hash, text *name, bool wait,
 	CommandCounterIncrement();
 
 	/*
-	 * Only the holder of the name's lock writes the name's row, and this
-	 * call holds it now, so the row's committed state cannot change under
-	 * the scan: SnapshotSelf (committed rows, and this transaction's own)
-	 * reads what a fresh MVCC snapshot would.  Unlike an MVCC snapshot, it
-	 * takes no SERIALIZABLE predicate locks, which are kept on index pages
-	 * that all names share and would make lease calls on unrelated names
-	 * fail with serialization errors.
+	 * Only the holder of the name's lock writes the name's row, and this call
+	 * holds it now, so the row's committed state cannot change under the
+	 * scan: SnapshotSelf (committed rows, and this transaction's own) reads
+	 * what a fresh MVCC snapshot would.  Unlike an MVCC snapshot, it takes no
+	 * SERIALIZABLE predicate locks, which are kept on index pages that all
+	 * names share and would make lease calls on unrelated names fail with
+	 * serialization errors.
 	 */
 	scan = entitlock_table_scan(t, HASH_INDEX, SnapshotSelf,
 								BTEqualStrategyNumber, 1, &hashval);
@@ -198,16 +198,37 @@ end_lease_call(EntitlockTable *t, int64 hash, bool wrote)
 		entitlock_release(hash, ExclusiveLock);
 }
 
-/* Does the row hold token?  (A row's token is never NULL.) */
+/*
+ * The start of lease_renew and lease_release: fetch the token (argument 1),
+ * wait for the name's lock and find its row.  Returns whether the row
+ * holds the token.  (A row's token is never NULL.)
+ */
 static bool
-lease_has_token(const Lease *lease, pg_uuid_t *token)
+begin_owner_call(FunctionCallInfo fcinfo, EntitlockTable *t, int64 hash,
+				 text *name, Lease *lease, const char *cmdname)
 {
+	pg_uuid_t  *token;
 	pg_uuid_t  *stored;
 
+	entitlock_require_arg(fcinfo, 1, "lease token");
+	token = PG_GETARG_UUID_P(1);
+
+	(void) begin_lease_call(t, hash, name, true, lease, cmdname);
 	if (!lease->found || lease->nulls[COL_TOKEN])
 		return false;
 	stored = DatumGetUUIDP(lease->values[COL_TOKEN]);
 	return memcmp(stored->data, token->data, UUID_LEN) == 0;
+}
+
+/*
+ * A write to the name's row.  Every writer of the row holds the name's
+ * lock, which this call holds, so nobody else can be changing it.
+ */
+static void
+check_row_written(TM_Result result)
+{
+	if (result != TM_Ok)
+		elog(ERROR, "lease row was changed without its lock");
 }
 
 /* A version 4 (random) UUID from the strong random source. */
@@ -261,8 +282,8 @@ next_fencing(void)
 	 * commit, so a number handed out by an acquisition that never commits
 	 * (rolled back, or cut short by a crash, or committed asynchronously)
 	 * could be handed out again after a crash.  Flush when it wrote: one
-	 * flush per batch of numbers keeps every number ever returned below
-	 * what the sequence restarts from.
+	 * flush per batch of numbers keeps every number ever returned below what
+	 * the sequence restarts from.
 	 */
 	before = XactLastRecEnd;
 	fencing = nextval_internal(seqid, false);
@@ -320,8 +341,8 @@ entitlock_lease_acquire(PG_FUNCTION_ARGS)
 
 	/*
 	 * A sequence set back by hand (or recreated by a restore or logical
-	 * replication that did not carry its position) would hand out numbers
-	 * a holder has already used.  The row being taken over shows it.
+	 * replication that did not carry its position) would hand out numbers a
+	 * holder has already used.  The row being taken over shows it.
 	 */
 	if (lease.found &&
 		fencing <= DatumGetInt64(lease.values[COL_FENCING]))
@@ -345,12 +366,11 @@ entitlock_lease_acquire(PG_FUNCTION_ARGS)
 	memset(nulls, 0, sizeof(nulls));
 	nulls[COL_HOLDER] = holder == NULL;
 
-	/* Only the lock's holder writes the name's row, so it cannot be busy. */
 	if (!lease.found)
 		entitlock_table_insert(&t, values, nulls);
-	else if (entitlock_table_update(&t, &lease.tid, values, nulls,
-									true) != TM_Ok)
-		elog(ERROR, "lease row was changed without its lock");
+	else
+		check_row_written(entitlock_table_update(&t, &lease.tid, values,
+												 nulls, true));
 	end_lease_call(&t, hash, true);
 
 	result[0] = UUIDPGetDatum(token);
@@ -371,25 +391,19 @@ Datum
 entitlock_lease_renew(PG_FUNCTION_ARGS)
 {
 	text	   *name = entitlock_nonempty_text_arg(fcinfo, 0, "lease name");
-	pg_uuid_t  *token;
 	Interval   *ttl = lease_ttl_arg(fcinfo, 2);
 	EntitlockTable t;
 	Lease		lease;
 	int64		hash = name_hash(name);
 	bool		mine;
 
-	entitlock_require_arg(fcinfo, 1, "lease token");
-	token = PG_GETARG_UUID_P(1);
-
-	(void) begin_lease_call(&t, hash, name, true, &lease, "lease_renew()");
-	mine = lease_has_token(&lease, token);
+	mine = begin_owner_call(fcinfo, &t, hash, name, &lease, "lease_renew()");
 	if (mine)
 	{
 		lease.values[COL_EXPIRES_AT] =
 			TimestampTzGetDatum(entitlock_expiry(GetCurrentTimestamp(), ttl));
-		if (entitlock_table_update(&t, &lease.tid, lease.values, lease.nulls,
-								   true) != TM_Ok)
-			elog(ERROR, "lease row was changed without its lock");
+		check_row_written(entitlock_table_update(&t, &lease.tid, lease.values,
+												 lease.nulls, true));
 	}
 	end_lease_call(&t, hash, mine);
 	PG_RETURN_BOOL(mine);
@@ -406,20 +420,15 @@ Datum
 entitlock_lease_release(PG_FUNCTION_ARGS)
 {
 	text	   *name = entitlock_nonempty_text_arg(fcinfo, 0, "lease name");
-	pg_uuid_t  *token;
 	EntitlockTable t;
 	Lease		lease;
 	int64		hash = name_hash(name);
 	bool		mine;
 
-	entitlock_require_arg(fcinfo, 1, "lease token");
-	token = PG_GETARG_UUID_P(1);
-
-	(void) begin_lease_call(&t, hash, name, true, &lease, "lease_release()");
-	mine = lease_has_token(&lease, token);
-	if (mine &&
-		entitlock_table_delete(&t, &lease.tid, true) != TM_Ok)
-		elog(ERROR, "lease row was changed without its lock");
+	mine = begin_owner_call(fcinfo, &t, hash, name, &lease,
+							"lease_release()");
+	if (mine)
+		check_row_written(entitlock_table_delete(&t, &lease.tid, true));
 	end_lease_call(&t, hash, mine);
 	PG_RETURN_BOOL(mine);
 }

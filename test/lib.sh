@@ -178,6 +178,26 @@ bench_ratio() {
 	awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }'
 }
 
+# bench_rounds CLIENTS [RESET-ARGS...]: ROUNDS pgbench runs of each of
+# VARIANTS ($scripts/<variant>.sql) with CLIENTS clients, each run after
+# "reset RESET-ARGS".  The variants take turns within each round, so that a
+# slow moment of the machine does not land on one variant only.  Leaves
+# each variant's median TPS in median[<variant>].
+bench_rounds() {
+	local c=$1 v r t
+	shift
+	declare -gA median
+	for v in $VARIANTS; do : >"$scripts/tps-$v"; done
+	for r in $(seq "$ROUNDS"); do
+		for v in $VARIANTS; do
+			reset "$@"
+			t=$(bench_tps "$scripts/$v.sql" "$c")
+			echo "${t:-0}" >>"$scripts/tps-$v"
+		done
+	done
+	for v in $VARIANTS; do median[$v]=$(bench_median <"$scripts/tps-$v"); done
+}
+
 # kill_loop DB: terminate a random pgbench backend of DB every 0.2-0.5 s,
 # printing how many each time, until killed.
 kill_loop() {
@@ -224,6 +244,17 @@ check_failed=0
 check() {
 	if ! eval "$1"; then
 		log "FAILED: $2"
+		check_failed=1
+	fi
+}
+
+# expect WHAT GOT WANTED: log "ok: WHAT" when GOT equals WANTED, else log
+# both and set check_failed=1, as check does.
+expect() {
+	if [ "$2" = "$3" ]; then
+		log "ok: $1"
+	else
+		log "FAILED: $1: got '$2', expected '$3'"
 		check_failed=1
 	fi
 }

@@ -114,18 +114,12 @@ for workload in new retry; do
 		write_scripts "'r-' || :r"
 	fi
 	for c in $CLIENT_COUNTS; do
-		for v in $VARIANTS; do : >"$scripts/tps-$v"; done
-		for round in $(seq "$ROUNDS"); do
-			for v in $VARIANTS; do
-				reset 1000
-				t=$(bench_tps "$scripts/$v.sql" "$c")
-				echo "${t:-0}" >>"$scripts/tps-$v"
-			done
-		done
-		for v in $VARIANTS; do eval "m_$v=\$(bench_median <\"\$scripts/tps-$v\")"; done
+		bench_rounds "$c" 1000
 		printf '%-8s %-8s %10.0f %10.0f %6s %10.0f %10.0f %6s\n' \
-			"$workload" "$c" "$m_plain" "$m_entitlock" "$(bench_ratio "$m_entitlock" "$m_plain")" \
-			"$m_plain1" "$m_first" "$(bench_ratio "$m_first" "$m_plain1")"
+			"$workload" "$c" "${median[plain]}" "${median[entitlock]}" \
+			"$(bench_ratio "${median[entitlock]}" "${median[plain]}")" \
+			"${median[plain1]}" "${median[first]}" \
+			"$(bench_ratio "${median[first]}" "${median[plain1]}")"
 	done
 done
 test_db_drop "$db"

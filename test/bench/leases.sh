@@ -89,17 +89,10 @@ printf '%-8s %-8s %10s %10s %6s\n' names clients plain entitlock ratio
 for names in 1000 1; do
 	write_scripts "$names"
 	for c in $CLIENT_COUNTS; do
-		for v in $VARIANTS; do : >"$scripts/tps-$v"; done
-		for round in $(seq "$ROUNDS"); do
-			for v in $VARIANTS; do
-				reset
-				t=$(bench_tps "$scripts/$v.sql" "$c")
-				echo "${t:-0}" >>"$scripts/tps-$v"
-			done
-		done
-		for v in $VARIANTS; do eval "m_$v=\$(bench_median <\"\$scripts/tps-$v\")"; done
+		bench_rounds "$c"
 		printf '%-8s %-8s %10.0f %10.0f %6s\n' \
-			"$names" "$c" "$m_plain" "$m_entitlock" "$(bench_ratio "$m_entitlock" "$m_plain")"
+			"$names" "$c" "${median[plain]}" "${median[entitlock]}" \
+			"$(bench_ratio "${median[entitlock]}" "${median[plain]}")"
 	done
 done
 test_db_drop "$db"

@@ -102,26 +102,16 @@ CHECKPOINT;
 EOF
 }
 
-# median TPS of ROUNDS runs; the variants take turns within each round so
-# that a slow moment of the machine does not land on one variant only
+# median TPS of ROUNDS runs (bench_rounds)
 echo "TPS (median of $ROUNDS rounds of $SECS s), pgbench -M $PROTOCOL; ratio = variant / upsert"
 printf '%-6s %-8s %-10s %10s %8s\n' keys clients variant tps ratio
 for keys in 1000 1; do
 	write_scripts "$keys" 1000000000000
 	for c in $CLIENT_COUNTS; do
-		for v in $VARIANTS; do : >"$scripts/tps-$v"; done
-		for r in $(seq "$ROUNDS"); do
-			for v in $VARIANTS; do
-				reset "$keys"
-				t=$(bench_tps "$scripts/$v.sql" "$c")
-				echo "${t:-0}" >>"$scripts/tps-$v"
-			done
-		done
-		base=$(bench_median <"$scripts/tps-upsert")
+		bench_rounds "$c" "$keys"
 		for v in $VARIANTS; do
-			t=$(bench_median <"$scripts/tps-$v")
-			printf '%-6s %-8s %-10s %10.0f %8s\n' "$keys" "$c" "$v" "$t" \
-				"$(bench_ratio "$t" "$base")"
+			printf '%-6s %-8s %-10s %10.0f %8s\n' "$keys" "$c" "$v" "${median[$v]}" \
+				"$(bench_ratio "${median[$v]}" "${median[upsert]}")"
 		done
 	done
 done

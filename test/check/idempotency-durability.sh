@@ -23,16 +23,6 @@ chmod 755 "$tmp"
 crash_dir=
 trap 'kill $(jobs -p) 2>/dev/null; [ -n "$crash_dir" ] && cluster_destroy "$crash_dir"; rm -rf "$tmp"; test_db_drop "$src"; test_db_drop "$dst"' EXIT
 
-status=0
-expect() {
-	if [ "$2" = "$3" ]; then
-		log "ok: $1"
-	else
-		log "FAILED: $1: got '$2', expected '$3'"
-		status=1
-	fi
-}
-
 test_db_create "$src" || exit 1
 psql -X -q -v ON_ERROR_STOP=1 -d "$src" >/dev/null <<'EOF' || exit 1
 BEGIN;
@@ -105,4 +95,4 @@ expect "committed claim survives the crash" "$(sed -n 's/^committed: //p' "$tmp/
 expect "open claim does not survive the crash" "$(sed -n 's/^in-flight: //p' "$tmp/crash.out")" new
 expect "only committed claims remain" "$(sed -n 's/^rows: //p' "$tmp/crash.out")" 'committed="kept",in-flight=none'
 
-exit "$status"
+exit "$check_failed"

@@ -23,16 +23,6 @@ chmod 755 "$tmp"
 crash_dir=
 trap 'kill $(jobs -p) 2>/dev/null; [ -n "$crash_dir" ] && cluster_destroy "$crash_dir"; rm -rf "$tmp"; test_db_drop "$src"; test_db_drop "$dst"' EXIT
 
-status=0
-expect() {
-	if [ "$2" = "$3" ]; then
-		log "ok: $1"
-	else
-		log "FAILED: $1: got '$2', expected '$3'"
-		status=1
-	fi
-}
-
 test_db_create "$src" || exit 1
 q() { psql -X -q -At -d "$1" -c "$2" 2>&1; }
 
@@ -113,4 +103,4 @@ expect "an acquisition in progress at the crash is gone" "$(field 'after crash, 
 expect "the number the lost acquisition was handed is never handed out again" \
 	"$(field 'after crash, above the lost number')" t
 
-exit "$status"
+exit "$check_failed"
