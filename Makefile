@@ -48,7 +48,8 @@ ISOLATION = \
 	lease-acquire-race \
 	lease-loser-retries \
 	lease-stale-owner \
-	lease-serializable
+	lease-serializable \
+	serializable-independent
 
 # Isolation specs live under test/; pg_isolation_regress takes the last
 # --inputdir it is given.

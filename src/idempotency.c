@@ -101,17 +101,28 @@ key_hash(text *key)
 	return entitlock_pair_key(cstring_to_text(IDEMPOTENCY_REALM), key);
 }
 
+/*
+ * The key's rows as of now: committed ones, and this transaction's own.
+ * SnapshotSelf judges each row when the scan reaches it, which is enough
+ * here.  A row it shows is final (a committed claim changes only when it
+ * expires), and under the key's lock nothing else can change at all; a
+ * claim committing during the lock-free first look may be missed, which
+ * only sends the caller on to the lock.  Unlike an MVCC snapshot it takes
+ * no SERIALIZABLE predicate locks, which sit on index pages that all keys
+ * share and would make calls on unrelated keys fail each other with
+ * serialization errors.
+ */
 static IndexScanDesc
 scan_key_rows(EntitlockTable *t, int64 hash)
 {
 	Datum		hashval = Int64GetDatum(hash);
 
-	return entitlock_table_scan(t, HASH_INDEX, GetLatestSnapshot(),
+	return entitlock_table_scan(t, HASH_INDEX, SnapshotSelf,
 								BTEqualStrategyNumber, 1, &hashval);
 }
 
 /*
- * Look for the key's unexpired claim as of now, with a snapshot taken now.
+ * Look for the key's unexpired claim as of now.
  * Its fingerprint and response are copied out, detoasted.  Without one,
  * note an expired row of the key for reuse.
  */

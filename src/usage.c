@@ -14,7 +14,12 @@
  * locks.c: shared on the subject, exclusive on the pair.  That serialises
  * the calls of one meter (and lets an exclusive lock(subject) freeze all of
  * a subject's usage) while other pairs run in parallel.  Only after the
- * lock is granted are the tables read, with a snapshot taken then; see
+ * lock is granted are the tables read.  They are read with SnapshotSelf:
+ * only holders of the pair lock write the pair's rows (prune_usage only
+ * deletes ended periods and old keys), so under the lock committed rows
+ * are what a fresh MVCC snapshot would show, and unlike one, SnapshotSelf
+ * takes no SERIALIZABLE predicate locks on the index pages that all pairs
+ * share, which would make calls on unrelated pairs fail each other.  See
  * entitlock_check_visible_to_transaction() for REPEATABLE READ and
  * SERIALIZABLE.
  *
@@ -348,7 +353,7 @@ idempotent_lookup(EntitlockTable *idem, const UsageMeter *meter, text *key)
 
 	idempotency_values(meter, key, values, nulls);
 
-	rec.found = entitlock_table_probe(idem, GetLatestSnapshot(), values);
+	rec.found = entitlock_table_probe(idem, SnapshotSelf, values);
 
 	if (rec.found)
 	{
@@ -467,7 +472,7 @@ record(const UsageMeter *meter, int64 amount, bool conditional, int64 limit,
 
 	for (;;)
 	{
-		bool		found = entitlock_table_probe(&counter, GetLatestSnapshot(),
+		bool		found = entitlock_table_probe(&counter, SnapshotSelf,
 												  values);
 		int64		used = 0;
 		int64		new_used;
