@@ -25,7 +25,8 @@ REGRESS = \
 	locks \
 	usage \
 	idempotency \
-	leases
+	leases \
+	security
 
 ISOLATION = \
 	lock-exclusive \

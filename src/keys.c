@@ -282,29 +282,51 @@ entitlock_expiry(TimestampTz now, Interval *ttl)
 
 /*
  * Fetch a ttl argument: present, greater than zero from now, and no longer
- * than max when max is given.  The bound is checked first, as intervals
- * compare (a month as 30 days), so that an absurd ttl gets this error and
- * not a timestamp overflow.  Checked before any lock is taken, so a bad
- * ttl fails without waiting.
+ * than max (or, without one, than TTL_BOUND_YEARS).  The bounds are
+ * checked first, as intervals compare (a month as 30 days), so that an
+ * absurd ttl, long or negative, gets a message about the ttl and not a
+ * timestamp overflow.  Checked before any lock is taken, so a bad ttl fails
+ * without waiting.
  */
+#define TTL_BOUND_YEARS 10000
+
 Interval *
 entitlock_ttl_arg(FunctionCallInfo fcinfo, int argno, const Interval *max,
 				  const char *max_text)
 {
 	Interval   *ttl;
+	Interval	bound = {0};
+	Interval	negative_bound = {0};
 	TimestampTz now;
 
 	entitlock_require_arg(fcinfo, argno, "ttl");
 	ttl = PG_GETARG_INTERVAL_P(argno);
-	if (max != NULL &&
-		DatumGetInt32(DirectFunctionCall2(interval_cmp,
+	if (max == NULL)
+	{
+		bound.month = TTL_BOUND_YEARS * MONTHS_PER_YEAR;
+		max = &bound;
+		max_text = CppAsString2(TTL_BOUND_YEARS) " years";
+	}
+	if (DatumGetInt32(DirectFunctionCall2(interval_cmp,
 										  PointerGetDatum(ttl),
 										  PointerGetDatum(max))) > 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("ttl must not be longer than %s", max_text)));
+
+	/*
+	 * Below -max it cannot come out positive, and adding it could overflow.
+	 * Between the bounds, a ttl such as '1 month -30 days' is judged by what
+	 * it adds up to from now.
+	 */
+	negative_bound.month = -max->month;
+	negative_bound.day = -max->day;
+	negative_bound.time = -max->time;
 	now = GetCurrentTimestamp();
-	if (entitlock_expiry(now, ttl) <= now)
+	if (DatumGetInt32(DirectFunctionCall2(interval_cmp,
+										  PointerGetDatum(ttl),
+										  PointerGetDatum(&negative_bound))) < 0 ||
+		entitlock_expiry(now, ttl) <= now)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("ttl must be greater than zero")));

@@ -147,7 +147,8 @@ period_arg(FunctionCallInfo fcinfo, int argno)
 		return (UsagePeriod) period;
 	ereport(ERROR,
 			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-			 errmsg("unrecognized period \"%s\"", name),
+			 errmsg("unrecognized period \"%s\"",
+					entitlock_text_for_message(PG_GETARG_TEXT_PP(argno))),
 			 errhint("Valid periods are lifetime, minute, hour, day, week, month and year.")));
 	pg_unreachable();
 }
@@ -386,7 +387,7 @@ idempotent_check_same(const IdempotentRecord *rec, const UsageMeter *meter,
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("idempotency key \"%s\" was already used with a different request",
-						text_to_cstring(key)),
+						entitlock_text_for_message(key)),
 				 errdetail("The first call recorded amount " INT64_FORMAT " for period \"%s\"; this call asks for amount " INT64_FORMAT " for period \"%s\".",
 						   rec->amount, period_names[rec->period],
 						   amount, period_names[meter->period])));
