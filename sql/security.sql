@@ -7,6 +7,7 @@
 --
 SET client_min_messages = warning;
 CREATE EXTENSION IF NOT EXISTS entitlock;
+DROP DATABASE IF EXISTS regress_entitlock_trust;
 DROP ROLE IF EXISTS regress_entitlock_none;
 DROP ROLE IF EXISTS regress_entitlock_schema_only;
 DROP ROLE IF EXISTS regress_entitlock_granted;
