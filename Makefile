@@ -26,7 +26,9 @@ REGRESS = \
 	usage \
 	idempotency \
 	leases \
-	security
+	security \
+	hostile \
+	fuzz
 
 ISOLATION = \
 	lock-exclusive \
