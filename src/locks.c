@@ -198,7 +198,13 @@ acquire_with_timeout(int64 key, LOCKMODE mode, int timeout_ms)
 			ReThrowError(edata);
 		FreeErrorData(edata);
 
-		/* An expired timer is no longer active; see above. */
+		/*
+		 * An expired timer is no longer active; see above.  If it expired
+		 * only during the rollback, its cancel is still pending: let
+		 * PostgreSQL raise that one, so that no second cancel is left behind
+		 * for a caller that catches this error.
+		 */
+		CHECK_FOR_INTERRUPTS();
 		if (statement_timer_armed && !get_timeout_active(STATEMENT_TIMEOUT))
 			ereport(ERROR,
 					(errcode(ERRCODE_QUERY_CANCELED),
