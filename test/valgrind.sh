@@ -137,7 +137,7 @@ log ""
 log "valgrind: $processes processes checked; errors through entitlock's code: $in_ours; elsewhere: $elsewhere"
 log "backends that exited with valgrind's error status: $crashes"
 log "known false positives suppressed (test/valgrind.supp):"
-sed -n 's/^==[0-9]*== used_suppression: *\([0-9]*\) \([^ ]*\) .*/\2 \1/p' "$dir"/valgrind.*.log |
+sed -n 's/^[-=]*[0-9]*[-=]* used_suppression: *\([0-9]*\) \([^ ]*\) .*/\2 \1/p' "$dir"/valgrind.*.log |
 	awk '{ n[$1] += $2 } END { for (s in n) printf "  %6d  %s\n", n[s], s }' | sort >&2
 failed=$(cat "$dir/regress.log" "$dir/isolation.log" 2>/dev/null |
 	sed -n 's/^test \([^ ]*\) *\.\.\. FAILED.*/\1/p' | tr '\n' ' ')
