@@ -40,6 +40,12 @@ ensure_packages() {
 		die "apt-get install ${missing[*]} failed"
 }
 
+# control_value NAME: the value of NAME in entitlock.control, unquoted.
+control_value() {
+	sed -n "s/^[[:space:]]*$1[[:space:]]*=[[:space:]]*//p" "$ENTITLOCK_ROOT/entitlock.control" |
+		sed -e 's/[[:space:]]*#.*$//' -e "s/^'\(.*\)'$/\1/" | tail -1
+}
+
 pg_bindir() {
 	echo "/usr/lib/postgresql/$PG_MAJOR/bin"
 }
@@ -152,11 +158,15 @@ bench_start() {
 
 # pgbench_unexpected_errors FILE...: pgbench's error lines in the given
 # outputs other than those a terminated backend causes (its FATAL, the
-# lost connection, the aborted client and run); at most five.
+# lost connection, the aborted client and run) and those matching the
+# extended regular expression $PGBENCH_EXPECTED_ERRORS, if set (errors a
+# caller causes on purpose, or a pooler's words for a lost backend); at
+# most five.
 pgbench_unexpected_errors() {
 	cat "$@" |
 		grep -iE 'error|aborted|fatal' |
 		grep -viE 'terminating connection due to administrator command|server closed the connection|connection to server .* lost|lost synchronization with server|perhaps the backend died|Run was aborted|number of failed transactions' |
+		grep -vE "${PGBENCH_EXPECTED_ERRORS:-^\$}" |
 		head -5
 }
 

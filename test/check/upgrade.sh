@@ -104,12 +104,6 @@ export PGOPTIONS="${PGOPTIONS:-} -c jit=off"
 
 q() { psql -X -q -At -v ON_ERROR_STOP=1 -d "$1" -c "$2"; }
 
-# control_value KEY: its value in entitlock.control, without quotes.
-control_value() {
-	sed -n "s/^[[:space:]]*$1[[:space:]]*=[[:space:]]*//p" entitlock.control |
-		sed -e 's/[[:space:]]*#.*$//' -e "s/^'\(.*\)'$/\1/" | tail -1
-}
-
 default_version=$(control_value default_version)
 [ -n "$default_version" ] || die "no default_version in entitlock.control"
 

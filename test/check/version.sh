@@ -8,7 +8,7 @@ set -uo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
 cd "$ENTITLOCK_ROOT" || exit 1
 
-version=$(sed -n "s/^default_version *= *'\([^']*\)'.*/\1/p" entitlock.control)
+version=$(control_value default_version)
 [ -n "$version" ] || { log "no default_version in entitlock.control"; exit 1; }
 status=0
 

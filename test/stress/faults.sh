@@ -583,7 +583,7 @@ runs=$(cat "$work"/out.* "$work"/lease.* |
 # it fires before their block starts (as do some plain statement timeouts
 # on a busy machine).
 expected='canceling statement due to (statement timeout|lock timeout|user request)|terminating connection due to immediate shutdown'
-unexpected=$(pgbench_unexpected_errors <(grep -vhE "$expected" "$work"/out.* "$work"/lease.*))
+unexpected=$(PGBENCH_EXPECTED_ERRORS=$expected pgbench_unexpected_errors "$work"/out.* "$work"/lease.*)
 escaped_st=$(grep -c 'ERROR:  canceling statement due to statement timeout' "$dir/server.log")
 escaped_lt=$(grep -c 'ERROR:  canceling statement due to lock timeout' "$dir/server.log")
 escaped_ur=$(grep -c 'ERROR:  canceling statement due to user request' "$dir/server.log")

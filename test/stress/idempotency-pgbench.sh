@@ -71,11 +71,6 @@ log "idempotency stress: $CLIENTS clients, ${SECONDS_RUN}s, $KEYS keys, random b
 # Lost connections are what the kills cause; anything else is a failure.
 stress_under_kills "$db" "$SECONDS_RUN" "$scripts" -c "$CLIENTS" -j 2 \
 	-f "$scripts/pay.sql@3" -f "$scripts/job.sql@1"
-# Through a pooler, a killed backend reaches its client in the pooler's
-# words: test/stress/pgbouncer.sh passes them in STRESS_KILL_ERRORS.
-if [ -n "${STRESS_KILL_ERRORS:-}" ]; then
-	unexpected=$(grep -hvE "$STRESS_KILL_ERRORS" "$scripts"/out.* | pgbench_unexpected_errors)
-fi
 
 read -r payments paid_keys claims unmatched replays bad_replays jobs job_keys job_claims <<<"$(
 	psql -X -At -F ' ' -d "$db" <<'EOF'

@@ -201,7 +201,7 @@ sampler=$!
 for s in usage idempotency leases locks; do
 	log "--- $s-pgbench through pgbouncer"
 	PGHOST=$dir PGPORT=$port STRESS_SECONDS=$SECONDS_RUN STRESS_CLIENTS=$CLIENTS \
-		STRESS_KILL_ERRORS='server conn crashed\?|server connection closed|invalid server parameter' \
+		PGBENCH_EXPECTED_ERRORS='server conn crashed\?|server connection closed|invalid server parameter' \
 		bash "$ENTITLOCK_ROOT/test/stress/$s-pgbench.sh"
 	rc=$?
 	check '[ "$rc" = 0 ]' "$s-pgbench through pgbouncer: exit $rc"

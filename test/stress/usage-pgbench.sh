@@ -66,11 +66,6 @@ log "usage stress: $CLIENTS clients, ${SECONDS_RUN}s, random backend kills"
 # Lost connections are what the kills cause; anything else is a failure.
 stress_under_kills "$db" "$SECONDS_RUN" "$scripts" -c "$CLIENTS" -j 2 \
 	-f "$scripts/hot.sql@3" -f "$scripts/idem.sql@1"
-# Through a pooler, a killed backend reaches its client in the pooler's
-# words: test/stress/pgbouncer.sh passes them in STRESS_KILL_ERRORS.
-if [ -n "${STRESS_KILL_ERRORS:-}" ]; then
-	unexpected=$(grep -hvE "$STRESS_KILL_ERRORS" "$scripts"/out.* | pgbench_unexpected_errors)
-fi
 
 read -r used ledger_sum allowed denied over idem_used idem_sum idem_keys idem_rows disagreed repeats <<<"$(
 	psql -X -At -F ' ' -d "$db" <<EOF
