@@ -212,7 +212,8 @@ SELECT key, hash_ok FROM claims WHERE key LIKE '1048576 chars%';
 -- here by planting a row with another key under 'evt_collide''s hash.)
 INSERT INTO entitlock.idempotency_key
 VALUES (entitlock.key('entitlock.idempotency', 'evt_collide'), 'impostor',
-        NULL, '{"impostor": true}', now(), now() + interval '1 day', now());
+        NULL, '{"impostor": true}', now(), now() + interval '1 day', now(),
+        gen_random_uuid());
 SELECT * FROM entitlock.idempotency_begin('evt_collide');
 SELECT * FROM entitlock.idempotency_begin('evt_collide');
 SELECT key, response FROM entitlock.idempotency_key

@@ -18,7 +18,9 @@
 #include "access/tableam.h"
 #include "nodes/execnodes.h"
 #include "datatype/timestamp.h"
+#include "nodes/lockoptions.h"
 #include "storage/lockdefs.h"
+#include "utils/uuid.h"
 
 /* keys.c */
 extern int64 entitlock_name_key(text *name);
@@ -31,6 +33,7 @@ extern text *entitlock_nonempty_text_arg(FunctionCallInfo fcinfo, int argno,
 										 const char *what);
 extern char *entitlock_text_for_message(text *t);
 extern TimestampTz entitlock_expiry(TimestampTz now, Interval *ttl);
+extern pg_uuid_t *entitlock_random_uuid(void);
 extern Interval *entitlock_ttl_arg(FunctionCallInfo fcinfo, int argno,
 								   const Interval *max, const char *max_text);
 
@@ -53,9 +56,12 @@ typedef struct EntitlockIndexDef
 } EntitlockIndexDef;
 
 /*
- * One of entitlock's tables as the code writes it: its name in schema
- * entitlock, column types in order, and indexes.  Where table and indexes
- * are is looked up once per backend and forgotten when any of them is
+ * One of entitlock's tables as the code reads and writes it: its name in
+ * schema entitlock, column types in order, and the indexes the code scans.
+ * Columns past min_natts were added by a later version of the extension:
+ * until ALTER EXTENSION UPDATE adds them, the table has only the first
+ * min_natts, and writes leave the others out.  Where table and indexes are
+ * is looked up once per backend and forgotten when any of them is
  * invalidated (altered, dropped, or the extension recreated).
  */
 typedef struct EntitlockTableDef
@@ -63,6 +69,7 @@ typedef struct EntitlockTableDef
 	const char *relname;
 	const Oid  *types;
 	int			natts;
+	int			min_natts;
 	int			nindexes;
 	EntitlockIndexDef indexes[ENTITLOCK_MAX_INDEXES];
 	Oid			relid;			/* cached; InvalidOid until looked up */
@@ -70,15 +77,27 @@ typedef struct EntitlockTableDef
 	struct EntitlockTableDef *next;
 } EntitlockTableDef;
 
-/* An open table: the heap, its indexes and a slot for reading rows. */
+/*
+ * An open table: the heap, the indexes it is read through, a slot for
+ * reading rows and, once something is written, the executor state that
+ * writes go through (see table.c).
+ */
 typedef struct EntitlockTable
 {
 	EntitlockTableDef *def;
 	Relation	heap;
 	Relation	index[ENTITLOCK_MAX_INDEXES];
-	struct IndexInfo *info[ENTITLOCK_MAX_INDEXES];
 	TupleTableSlot *slot;
+	struct EState *estate;
+	struct ResultRelInfo *rri;
+	EPQState	epqstate;
+	struct Bitmapset **updated_cols;
+	TupleTableSlot *newslot;	/* the row being written */
+	TupleTableSlot *oldslot;	/* the row being changed */
 } EntitlockTable;
+
+/* The bit for 0-based column n in entitlock_table_update()'s changed. */
+#define ENTITLOCK_COLUMN(n) ((uint32) 1 << (n))
 
 extern void entitlock_table_open(EntitlockTable *t, EntitlockTableDef *def,
 								 LOCKMODE lockmode);
@@ -97,10 +116,12 @@ extern bool entitlock_slot_is_mine(TupleTableSlot *slot);
 extern void entitlock_check_visible_to_transaction(TupleTableSlot *slot);
 extern void entitlock_table_insert(EntitlockTable *t, Datum *values,
 								   bool *nulls);
-extern TM_Result entitlock_table_update(EntitlockTable *t, ItemPointer otid,
-										Datum *values, bool *nulls, bool wait);
-extern TM_Result entitlock_table_delete(EntitlockTable *t, ItemPointer tid,
-										bool wait);
+extern TM_Result entitlock_table_lock_row(EntitlockTable *t, ItemPointer tid,
+										  LockTupleMode mode, bool wait);
+extern void entitlock_table_update(EntitlockTable *t, ItemPointer otid,
+								   Datum *values, bool *nulls,
+								   uint32 changed);
+extern void entitlock_table_delete(EntitlockTable *t, ItemPointer tid);
 extern ReturnSetInfo *entitlock_materialize_resultinfo(FunctionCallInfo fcinfo);
 extern void entitlock_return_one_row(FunctionCallInfo fcinfo,
 									 ReturnSetInfo *rsinfo,

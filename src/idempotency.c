@@ -58,7 +58,9 @@ PG_FUNCTION_INFO_V1(entitlock_purge_expired);
 #define COL_CLAIMED_AT 4
 #define COL_EXPIRES_AT 5
 #define COL_COMPLETED_AT 6
-#define CLAIM_NATTS 7
+#define COL_CLAIM_ID 7			/* added in 1.1 */
+#define CLAIM_NATTS 8
+#define CLAIM_NATTS_1_0 7
 
 static const Oid claim_types[CLAIM_NATTS] = {
 	INT8OID,					/* key_hash */
@@ -67,14 +69,15 @@ static const Oid claim_types[CLAIM_NATTS] = {
 	JSONBOID,					/* response */
 	TIMESTAMPTZOID,				/* claimed_at */
 	TIMESTAMPTZOID,				/* expires_at */
-	TIMESTAMPTZOID				/* completed_at */
+	TIMESTAMPTZOID,				/* completed_at */
+	UUIDOID						/* claim_id */
 };
 
 #define HASH_INDEX 0
 #define EXPIRY_INDEX 1
 
 static EntitlockTableDef claim_def = {
-	"idempotency_key", claim_types, CLAIM_NATTS, 2,
+	"idempotency_key", claim_types, CLAIM_NATTS, CLAIM_NATTS_1_0, 2,
 	{
 		{"idempotency_key_hash_idx", false, 1, {COL_KEY_HASH + 1}},
 		{"idempotency_key_expires_at_idx", false, 1, {COL_EXPIRES_AT + 1}}
@@ -242,20 +245,37 @@ claim_key(text *key, text *fingerprint, Interval *ttl, Jsonb **response,
 	values[COL_CLAIMED_AT] = TimestampTzGetDatum(now);
 	values[COL_EXPIRES_AT] = TimestampTzGetDatum(entitlock_expiry(now, ttl));
 	values[COL_COMPLETED_AT] = (Datum) 0;
+	values[COL_CLAIM_ID] = (Datum) 0;
 	memset(nulls, 0, sizeof(nulls));
 	nulls[COL_FINGERPRINT] = fingerprint == NULL;
 	nulls[COL_RESPONSE] = true;
 	nulls[COL_COMPLETED_AT] = true;
 
 	/*
-	 * Reuse an expired row.  If purge_expired() is deleting it, do not wait
-	 * for that: the row is as good as gone, and a new one serves as well
-	 * (should the purge roll back, the old row is still expired and ignored).
+	 * Reuse an expired row, keeping its identity (claim_id).  If
+	 * purge_expired() is deleting it, do not wait for that: the row is as
+	 * good as gone, and a new one serves as well (should the purge roll
+	 * back, the old row is still expired and ignored).
 	 */
-	if (!claim.have_expired ||
+	if (claim.have_expired &&
+		entitlock_table_lock_row(&t, &claim.expired_tid,
+								 LockTupleNoKeyExclusive, false) == TM_Ok)
+	{
+		if (RelationGetNumberOfAttributes(t.heap) > COL_CLAIM_ID)
+			values[COL_CLAIM_ID] = slot_getattr(t.oldslot, COL_CLAIM_ID + 1,
+												&nulls[COL_CLAIM_ID]);
 		entitlock_table_update(&t, &claim.expired_tid, values, nulls,
-							   false) != TM_Ok)
+							   ENTITLOCK_COLUMN(COL_FINGERPRINT) |
+							   ENTITLOCK_COLUMN(COL_RESPONSE) |
+							   ENTITLOCK_COLUMN(COL_CLAIMED_AT) |
+							   ENTITLOCK_COLUMN(COL_EXPIRES_AT) |
+							   ENTITLOCK_COLUMN(COL_COMPLETED_AT));
+	}
+	else
+	{
+		values[COL_CLAIM_ID] = UUIDPGetDatum(entitlock_random_uuid());
 		entitlock_table_insert(&t, values, nulls);
+	}
 
 	entitlock_table_close(&t);
 	*response = NULL;
@@ -376,10 +396,12 @@ entitlock_idempotency_complete(PG_FUNCTION_ARGS)
 		not_claimed_error(key, "The key is unclaimed or was claimed by an earlier transaction.");
 	}
 
-	/* Keep every column but the response, completed_at and the new value. */
+	/* Keep every column but the response and completed_at. */
 	slot_getallattrs(t.slot);
-	memcpy(values, t.slot->tts_values, sizeof(values));
-	memcpy(nulls, t.slot->tts_isnull, sizeof(nulls));
+	memcpy(values, t.slot->tts_values,
+		   t.slot->tts_tupleDescriptor->natts * sizeof(Datum));
+	memcpy(nulls, t.slot->tts_isnull,
+		   t.slot->tts_tupleDescriptor->natts * sizeof(bool));
 	tid = t.slot->tts_tid;
 	values[COL_RESPONSE] = JsonbPGetDatum(response);
 	nulls[COL_RESPONSE] = response == NULL;
@@ -387,8 +409,9 @@ entitlock_idempotency_complete(PG_FUNCTION_ARGS)
 	nulls[COL_COMPLETED_AT] = false;
 
 	/* The row is this transaction's, so no one else can be changing it. */
-	if (entitlock_table_update(&t, &tid, values, nulls, false) != TM_Ok)
-		elog(ERROR, "could not update this transaction's idempotency claim");
+	entitlock_table_update(&t, &tid, values, nulls,
+						   ENTITLOCK_COLUMN(COL_RESPONSE) |
+						   ENTITLOCK_COLUMN(COL_COMPLETED_AT));
 	ExecClearTuple(t.slot);
 	entitlock_table_close(&t);
 	PG_RETURN_VOID();
@@ -437,8 +460,16 @@ entitlock_purge_expired(PG_FUNCTION_ARGS)
 		if (entitlock_slot_is_mine(t.slot))
 			continue;
 		tid = t.slot->tts_tid;
-		if (entitlock_table_delete(&t, &tid, false) == TM_Ok)
-			deleted++;
+
+		/*
+		 * A claim reusing the row, or another purge, has it locked or has
+		 * changed it since the snapshot: skip it.
+		 */
+		if (entitlock_table_lock_row(&t, &tid, LockTupleExclusive,
+									 false) != TM_Ok)
+			continue;
+		entitlock_table_delete(&t, &tid);
+		deleted++;
 	}
 	index_endscan(scan);
 	UnregisterSnapshot(snapshot);

@@ -355,3 +355,21 @@ entitlock_key_pair(PG_FUNCTION_ARGS)
 	PG_RETURN_INT64(entitlock_pair_key(PG_GETARG_TEXT_PP(0),
 									   PG_GETARG_TEXT_PP(1)));
 }
+
+/*
+ * A version 4 (random) UUID from the strong random source: lease tokens,
+ * which are capabilities and must not be guessable, and row identities.
+ */
+pg_uuid_t *
+entitlock_random_uuid(void)
+{
+	pg_uuid_t  *uuid = palloc(sizeof(pg_uuid_t));
+
+	if (!pg_strong_random(uuid->data, UUID_LEN))
+		ereport(ERROR,
+				(errcode(ERRCODE_INTERNAL_ERROR),
+				 errmsg("could not generate random values")));
+	uuid->data[6] = (uuid->data[6] & 0x0f) | 0x40;
+	uuid->data[8] = (uuid->data[8] & 0x3f) | 0x80;
+	return uuid;
+}

@@ -107,7 +107,7 @@ static const Oid lease_types[LEASE_NATTS] = {
 #define HASH_INDEX 0
 
 static EntitlockTableDef lease_def = {
-	"lease_record", lease_types, LEASE_NATTS, 1,
+	"lease_record", lease_types, LEASE_NATTS, LEASE_NATTS, 1,
 	{
 		{"lease_record_key_hash_idx", false, 1, {COL_KEY_HASH + 1}}
 	}
@@ -221,32 +221,6 @@ begin_owner_call(FunctionCallInfo fcinfo, EntitlockTable *t, int64 hash,
 }
 
 /*
- * A write to the name's row.  Every writer of the row holds the name's
- * lock, which this call holds, so nobody else can be changing it.
- */
-static void
-check_row_written(TM_Result result)
-{
-	if (result != TM_Ok)
-		elog(ERROR, "lease row was changed without its lock");
-}
-
-/* A version 4 (random) UUID from the strong random source. */
-static pg_uuid_t *
-new_token(void)
-{
-	pg_uuid_t  *token = palloc(sizeof(pg_uuid_t));
-
-	if (!pg_strong_random(token->data, UUID_LEN))
-		ereport(ERROR,
-				(errcode(ERRCODE_INTERNAL_ERROR),
-				 errmsg("could not generate a random lease token")));
-	token->data[6] = (token->data[6] & 0x0f) | 0x40;
-	token->data[8] = (token->data[8] & 0x3f) | 0x80;
-	return token;
-}
-
-/*
  * The next fencing number.  A cached or cycling sequence would hand out
  * numbers out of order across backends, so refuse one.
  */
@@ -336,7 +310,7 @@ entitlock_lease_acquire(PG_FUNCTION_ARGS)
 		return (Datum) 0;
 	}
 
-	token = new_token();
+	token = entitlock_random_uuid();
 	fencing = next_fencing();
 
 	/*
@@ -366,11 +340,20 @@ entitlock_lease_acquire(PG_FUNCTION_ARGS)
 	memset(nulls, 0, sizeof(nulls));
 	nulls[COL_HOLDER] = holder == NULL;
 
+	/*
+	 * A takeover keeps the row (its key_hash and name) and replaces the rest.
+	 * Only the holder of the name's lock writes the name's row, and this call
+	 * holds it, so the row is there to change.
+	 */
 	if (!lease.found)
 		entitlock_table_insert(&t, values, nulls);
 	else
-		check_row_written(entitlock_table_update(&t, &lease.tid, values,
-												 nulls, true));
+		entitlock_table_update(&t, &lease.tid, values, nulls,
+							   ENTITLOCK_COLUMN(COL_TOKEN) |
+							   ENTITLOCK_COLUMN(COL_HOLDER) |
+							   ENTITLOCK_COLUMN(COL_FENCING) |
+							   ENTITLOCK_COLUMN(COL_ACQUIRED_AT) |
+							   ENTITLOCK_COLUMN(COL_EXPIRES_AT));
 	end_lease_call(&t, hash, true);
 
 	result[0] = UUIDPGetDatum(token);
@@ -402,8 +385,8 @@ entitlock_lease_renew(PG_FUNCTION_ARGS)
 	{
 		lease.values[COL_EXPIRES_AT] =
 			TimestampTzGetDatum(entitlock_expiry(GetCurrentTimestamp(), ttl));
-		check_row_written(entitlock_table_update(&t, &lease.tid, lease.values,
-												 lease.nulls, true));
+		entitlock_table_update(&t, &lease.tid, lease.values, lease.nulls,
+							   ENTITLOCK_COLUMN(COL_EXPIRES_AT));
 	}
 	end_lease_call(&t, hash, mine);
 	PG_RETURN_BOOL(mine);
@@ -428,7 +411,7 @@ entitlock_lease_release(PG_FUNCTION_ARGS)
 	mine = begin_owner_call(fcinfo, &t, hash, name, &lease,
 							"lease_release()");
 	if (mine)
-		check_row_written(entitlock_table_delete(&t, &lease.tid, true));
+		entitlock_table_delete(&t, &lease.tid);
 	end_lease_call(&t, hash, mine);
 	PG_RETURN_BOOL(mine);
 }

@@ -4,20 +4,20 @@
  *	  Reading and writing entitlock's own tables beneath SQL, and handing
  *	  back a function's one result row.
  *
- * The usage and idempotency tables are read and written through the heap
- * and btree access methods directly, not through SQL: a call is then an
- * index probe and a heap insert or update, with nothing to parse, plan or
- * start up, and a hot key's lock is held for as short a time as possible.
- * Working beneath the executor means doing here what it would do: lock the
- * relations, add index entries when an update cannot be HOT, and check
- * uniqueness.  It also means no privilege checks apply, which is the
- * intent: EXECUTE on a function is the permission, and no role needs or
- * gets rights on the tables themselves.
+ * Rows are read with direct index scans: a call is then an index probe,
+ * with nothing to parse, plan or start up, and a hot key's lock is held for
+ * as short a time as possible.  Rows are written through the executor's
+ * single-row routines (see "Writing" below), so that entitlock's writes
+ * obey every rule any other write to the table obeys: indexes, constraints,
+ * row triggers and replica identity.  Neither path checks privileges on
+ * the tables, which is the intent: EXECUTE on a function is the
+ * permission, and no role needs or gets rights on the tables themselves.
  *
- * Because heap tuples and index entries are formed here, each table is
- * described once (EntitlockTableDef) and checked against the catalogs on
- * every open: a column added or retyped behind entitlock's back must stop
- * it rather than be written wrongly.
+ * Each table is described once (EntitlockTableDef), with the columns and
+ * indexes the code reads, and checked against the catalogs on every open:
+ * a column dropped, added or retyped behind entitlock's back must stop it
+ * rather than be read or written wrongly.  Indexes, constraints and
+ * triggers an operator adds are fine; the writes maintain and obey them.
  *
  *-------------------------------------------------------------------------
  */
@@ -30,12 +30,14 @@
 #include "access/table.h"
 #include "access/tableam.h"
 #include "access/xact.h"
-#include "catalog/index.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_am.h"
 #include "catalog/pg_collation.h"
 #include "catalog/pg_type.h"
+#include "commands/trigger.h"
+#include "compat.h"
 #include "entitlock.h"
+#include "executor/executor.h"
 #include "executor/tuptable.h"
 #include "funcapi.h"
 #include "miscadmin.h"
@@ -46,6 +48,8 @@
 #include "utils/lsyscache.h"
 #include "utils/rel.h"
 #include "utils/snapmgr.h"
+
+static void end_writes(EntitlockTable *t);
 
 /* Every table opened so far, so an invalidation can reach its cached OIDs. */
 static EntitlockTableDef *known_tables = NULL;
@@ -169,9 +173,9 @@ entitlock_table_open(EntitlockTable *t, EntitlockTableDef *def,
 	desc = RelationGetDescr(t->heap);
 	if (t->heap->rd_rel->relkind != RELKIND_RELATION ||
 		t->heap->rd_rel->relam != HEAP_TABLE_AM_OID ||
-		desc->natts != def->natts)
+		desc->natts < def->min_natts || desc->natts > def->natts)
 		table_layout_error(def->relname);
-	for (i = 0; i < def->natts; i++)
+	for (i = 0; i < desc->natts; i++)
 	{
 		Form_pg_attribute att = TupleDescAttr(desc, i);
 
@@ -184,9 +188,9 @@ entitlock_table_open(EntitlockTable *t, EntitlockTableDef *def,
 	{
 		t->index[i] = index_open(indexids[i], lockmode);
 		check_index(def, &def->indexes[i], t->index[i], relid);
-		t->info[i] = NULL;
 	}
 	t->slot = table_slot_create(t->heap, NULL);
+	t->estate = NULL;
 }
 
 void
@@ -194,6 +198,7 @@ entitlock_table_close(EntitlockTable *t)
 {
 	int			i;
 
+	end_writes(t);
 	ExecDropSingleTupleTableSlot(t->slot);
 	for (i = 0; i < t->def->nindexes; i++)
 		index_close(t->index[i], NoLock);
@@ -249,7 +254,7 @@ entitlock_table_scan(EntitlockTable *t, int indexno, Snapshot snapshot,
 							   scan_proc(typid, strategy), keyvals[i]);
 	}
 
-	scan = index_beginscan(t->heap, t->index[indexno], snapshot, nkeys, 0);
+	scan = compat_index_beginscan(t->heap, t->index[indexno], snapshot, nkeys, 0);
 	index_rescan(scan, skey, nkeys, NULL, 0);
 	return scan;
 }
@@ -363,89 +368,193 @@ entitlock_check_visible_to_transaction(TupleTableSlot *slot)
 }
 
 /*
- * Add the entries of a heap tuple at tid to every index.  Only unique
- * indexes are checked; that check is a safety net, as writers of a key
- * hold its lock and have just looked.
+ * Writing
+ *
+ * Every write goes through the executor's single-row routines, the ones
+ * logical replication's apply worker uses (ExecSimpleRelationInsert,
+ * Update and Delete): they maintain every index of the table, including
+ * indexes an operator added, check its constraints, fire its row
+ * triggers, and refuse an update or delete that a publication could not
+ * replicate, exactly as an INSERT, UPDATE or DELETE statement would.
+ * Statement triggers do not fire, as they do not for the apply worker: an
+ * entitlock call is not a statement on the table.  The executor state is
+ * made by the first write of a call and freed when the table is closed;
+ * AFTER row triggers fire then, before the call returns.
  */
 static void
-insert_index_entries(EntitlockTable *t, Datum *values, bool *nulls,
-					 ItemPointer tid, bool update)
+begin_writes(EntitlockTable *t)
 {
-	int			i;
+	MemoryContext oldcontext;
+	EState	   *estate;
 
-	for (i = 0; i < t->def->nindexes; i++)
-	{
-		const EntitlockIndexDef *idef = &t->def->indexes[i];
-		Datum		ivalues[ENTITLOCK_MAX_INDEX_KEYS];
-		bool		inulls[ENTITLOCK_MAX_INDEX_KEYS];
-		int			k;
+	if (t->estate != NULL)
+		return;
 
-		for (k = 0; k < idef->nkeys; k++)
-		{
-			ivalues[k] = values[idef->keys[k] - 1];
-			inulls[k] = nulls[idef->keys[k] - 1];
-		}
-		if (t->info[i] == NULL)
-			t->info[i] = BuildIndexInfo(t->index[i]);
-		(void) index_insert(t->index[i], ivalues, inulls, tid, t->heap,
-							idef->unique ? UNIQUE_CHECK_YES : UNIQUE_CHECK_NO,
-#if PG_VERSION_NUM >= 140000
-							update,
-#endif
-							t->info[i]);
-	}
+	estate = CreateExecutorState();
+	oldcontext = MemoryContextSwitchTo(estate->es_query_cxt);
+
+	t->updated_cols = compat_init_range_table(estate, t->heap);
+	estate->es_output_cid = GetCurrentCommandId(true);
+	if (ActiveSnapshotSet())
+		estate->es_snapshot = GetActiveSnapshot();
+
+	t->rri = makeNode(ResultRelInfo);
+	InitResultRelInfo(t->rri, t->heap, 1, NULL, 0);
+
+	/*
+	 * As the apply worker does: listed here, though not in the array of
+	 * result relations, the relation is where the trigger machinery finds
+	 * it.  Its indexes are closed with ExecCloseResultRelations(); the
+	 * relation itself stays open, as table_open() opened it.
+	 */
+	estate->es_opened_result_relations =
+		lappend(estate->es_opened_result_relations, t->rri);
+	ExecOpenIndices(t->rri, false);
+	compat_EvalPlanQualInit(&t->epqstate, estate);
+
+	t->newslot = ExecInitExtraTupleSlot(estate, RelationGetDescr(t->heap),
+										&TTSOpsVirtual);
+	t->oldslot = table_slot_create(t->heap, &estate->es_tupleTable);
+
+	MemoryContextSwitchTo(oldcontext);
+
+	/* AFTER row triggers queue here and fire in end_writes() */
+	AfterTriggerBeginQuery();
+	t->estate = estate;
 }
 
-void
-entitlock_table_insert(EntitlockTable *t, Datum *values, bool *nulls)
+static void
+end_writes(EntitlockTable *t)
 {
-	HeapTuple	tuple = heap_form_tuple(RelationGetDescr(t->heap), values, nulls);
+	EState	   *estate = t->estate;
+	MemoryContext oldcontext;
 
-	heap_insert(t->heap, tuple, GetCurrentCommandId(true), 0, NULL);
-	insert_index_entries(t, values, nulls, &tuple->t_self, false);
+	if (estate == NULL)
+		return;
+
+	oldcontext = MemoryContextSwitchTo(estate->es_query_cxt);
+	AfterTriggerEndQuery(estate);
+	EvalPlanQualEnd(&t->epqstate);
+	ExecCloseResultRelations(estate);
+	ExecResetTupleTable(estate->es_tupleTable, false);
+	MemoryContextSwitchTo(oldcontext);
+	FreeExecutorState(estate);
+	t->estate = NULL;
+}
+
+/* Put the row values/nulls, in the table's columns, in t->newslot. */
+static TupleTableSlot *
+new_row(EntitlockTable *t, Datum *values, bool *nulls)
+{
+	TupleTableSlot *slot = t->newslot;
+	int			natts = RelationGetDescr(t->heap)->natts;
+
+	ExecClearTuple(slot);
+	memcpy(slot->tts_values, values, natts * sizeof(Datum));
+	memcpy(slot->tts_isnull, nulls, natts * sizeof(bool));
+	return ExecStoreVirtualTuple(slot);
+}
+
+/* Leave the row version at tid in t->oldslot, unless it is already there. */
+static void
+fetch_old_row(EntitlockTable *t, ItemPointer tid)
+{
+	if (!TTS_EMPTY(t->oldslot) && ItemPointerEquals(&t->oldslot->tts_tid, tid))
+		return;
+	if (!table_tuple_fetch_row_version(t->heap, tid, SnapshotAny, t->oldslot))
+		elog(ERROR, "could not find the row of \"entitlock.%s\" to change",
+			 t->def->relname);
 }
 
 /*
- * Replace the row at otid.  With wait, waits for a transaction still
- * changing it; without, returns TM_BeingModified at once.
+ * Insert the row values/nulls.  values has a value for each of
+ * t->def->natts columns; a table of an older layout takes only the
+ * columns it has.
+ */
+void
+entitlock_table_insert(EntitlockTable *t, Datum *values, bool *nulls)
+{
+	MemoryContext oldcontext;
+
+	begin_writes(t);
+	oldcontext = MemoryContextSwitchTo(t->estate->es_query_cxt);
+	ExecSimpleRelationInsert(t->rri, t->estate, new_row(t, values, nulls));
+	MemoryContextSwitchTo(oldcontext);
+	ResetPerTupleExprContext(t->estate);
+}
+
+/*
+ * Lock the row at tid in mode, as SELECT ... FOR UPDATE would, before
+ * changing it: a writer that does not hold the row's entitlock lock (a
+ * purge, a prune) may be deleting it.  With wait, waits for a transaction
+ * that is changing the row; without, returns TM_WouldBlock at once.
+ * Returns TM_Ok, with the row left for entitlock_table_update() or
+ * _delete(), or why the row cannot be had: TM_Deleted or TM_Updated (it is
+ * gone, or not the latest version any more).
  */
 TM_Result
-entitlock_table_update(EntitlockTable *t, ItemPointer otid, Datum *values,
-					   bool *nulls, bool wait)
+entitlock_table_lock_row(EntitlockTable *t, ItemPointer tid,
+						 LockTupleMode mode, bool wait)
 {
-	HeapTuple	tuple = heap_form_tuple(RelationGetDescr(t->heap), values, nulls);
 	TM_FailureData tmfd;
-	LockTupleMode lockmode;
 	TM_Result	result;
-	bool		new_entries;
 
-#if PG_VERSION_NUM >= 160000
-	TU_UpdateIndexes update_indexes;
-
-	result = heap_update(t->heap, otid, tuple, GetCurrentCommandId(true),
-						 InvalidSnapshot, wait, &tmfd, &lockmode,
-						 &update_indexes);
-	/* all indexes are btrees, which TU_Summarizing leaves alone */
-	new_entries = result == TM_Ok && update_indexes == TU_All;
-#else
-	result = heap_update(t->heap, otid, tuple, GetCurrentCommandId(true),
-						 InvalidSnapshot, wait, &tmfd, &lockmode);
-	new_entries = result == TM_Ok && !HeapTupleIsHeapOnly(tuple);
-#endif
-
-	if (new_entries)
-		insert_index_entries(t, values, nulls, &tuple->t_self, true);
+	begin_writes(t);
+	result = table_tuple_lock(t->heap, tid, t->estate->es_snapshot,
+							  t->oldslot, t->estate->es_output_cid, mode,
+							  wait ? LockWaitBlock : LockWaitSkip, 0, &tmfd);
+	if (result != TM_Ok)
+		ExecClearTuple(t->oldslot);
 	return result;
 }
 
-/* Delete the row at tid; without wait, skip it when someone is changing it. */
-TM_Result
-entitlock_table_delete(EntitlockTable *t, ItemPointer tid, bool wait)
+/*
+ * Replace the row at otid with values/nulls; changed has a bit
+ * (ENTITLOCK_COLUMN) for each column the caller sets, which is what an
+ * UPDATE's SET list would name, for column triggers.  Every writer of the
+ * row holds the lock that serialises it (or has locked the row itself), so
+ * the row is there to change; anything else is an error.
+ */
+void
+entitlock_table_update(EntitlockTable *t, ItemPointer otid, Datum *values,
+					   bool *nulls, uint32 changed)
 {
-	TM_FailureData tmfd;
+	MemoryContext oldcontext;
+	Bitmapset  *cols = NULL;
+	int			natts = RelationGetDescr(t->heap)->natts;
+	int			i;
 
-	return heap_delete(t->heap, tid, GetCurrentCommandId(true),
-					   InvalidSnapshot, wait, &tmfd, false);
+	begin_writes(t);
+	fetch_old_row(t, otid);
+
+	oldcontext = MemoryContextSwitchTo(t->estate->es_query_cxt);
+	for (i = 0; i < natts; i++)
+	{
+		if (changed & ENTITLOCK_COLUMN(i))
+			cols = bms_add_member(cols,
+								  i + 1 - FirstLowInvalidHeapAttributeNumber);
+	}
+	*t->updated_cols = cols;
+	ExecSimpleRelationUpdate(t->rri, t->estate, &t->epqstate, t->oldslot,
+							 new_row(t, values, nulls));
+	MemoryContextSwitchTo(oldcontext);
+	ResetPerTupleExprContext(t->estate);
+	ExecClearTuple(t->oldslot);
+}
+
+/* Delete the row at tid, under the same rules as entitlock_table_update(). */
+void
+entitlock_table_delete(EntitlockTable *t, ItemPointer tid)
+{
+	MemoryContext oldcontext;
+
+	begin_writes(t);
+	fetch_old_row(t, tid);
+	oldcontext = MemoryContextSwitchTo(t->estate->es_query_cxt);
+	ExecSimpleRelationDelete(t->rri, t->estate, &t->epqstate, t->oldslot);
+	MemoryContextSwitchTo(oldcontext);
+	ResetPerTupleExprContext(t->estate);
+	ExecClearTuple(t->oldslot);
 }
 
 /*

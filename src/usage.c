@@ -308,11 +308,11 @@ static const Oid idem_types[IDEM_NATTS] = {
 };
 
 static EntitlockTableDef counter_def = {
-	"usage_counter", counter_types, COUNTER_NATTS, 1,
+	"usage_counter", counter_types, COUNTER_NATTS, COUNTER_NATTS, 1,
 	{{"usage_counter_pkey", true, 4, {1, 2, 3, 4}}}
 };
 static EntitlockTableDef idem_def = {
-	"usage_idempotency", idem_types, IDEM_NATTS, 1,
+	"usage_idempotency", idem_types, IDEM_NATTS, IDEM_NATTS, 1,
 	{{"usage_idempotency_pkey", true, 3, {1, 2, 3}}}
 };
 
@@ -516,8 +516,19 @@ record(const UsageMeter *meter, int64 amount, bool conditional, int64 limit,
 			entitlock_table_insert(&counter, values, nulls);
 			break;
 		}
-		if (entitlock_table_update(&counter, &otid, values, nulls, true) == TM_Ok)
+
+		/*
+		 * Every recorder of the meter holds the pair lock, but prune_usage()
+		 * does not: lock the row first, and if a prune deleted it meanwhile,
+		 * its usage is gone with it.
+		 */
+		if (entitlock_table_lock_row(&counter, &otid, LockTupleNoKeyExclusive,
+									 true) == TM_Ok)
+		{
+			entitlock_table_update(&counter, &otid, values, nulls,
+								   ENTITLOCK_COLUMN(COUNTER_USED));
 			break;
+		}
 
 		/*
 		 * prune_usage() deleted the row meanwhile.  Under READ COMMITTED look

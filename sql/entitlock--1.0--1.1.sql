@@ -1,0 +1,23 @@
+/* sql/entitlock--1.0--1.1.sql */
+
+-- complain if script is sourced in psql, rather than via ALTER EXTENSION
+\echo Use "ALTER EXTENSION entitlock UPDATE TO '1.1'" to load this file. \quit
+
+--
+-- Every table gets a primary key, so that its updates and deletes can be
+-- published by logical replication (the primary key is the default replica
+-- identity).  The usage tables have one already.
+--
+
+-- A claim's row identity.  Existing rows get one each; the default is
+-- dropped again, as entitlock's functions supply the value.
+ALTER TABLE entitlock.idempotency_key
+	ADD COLUMN claim_id uuid NOT NULL DEFAULT pg_catalog.gen_random_uuid();
+ALTER TABLE entitlock.idempotency_key
+	ALTER COLUMN claim_id DROP DEFAULT;
+ALTER TABLE entitlock.idempotency_key
+	ADD CONSTRAINT idempotency_key_pkey PRIMARY KEY (claim_id);
+
+-- Tokens are unique to each acquisition already.
+ALTER TABLE entitlock.lease_record
+	ADD CONSTRAINT lease_record_pkey PRIMARY KEY (token);

@@ -1,0 +1,435 @@
+/* sql/entitlock--1.0.sql */
+
+-- complain if script is sourced in psql, rather than via CREATE EXTENSION
+\echo Use "CREATE EXTENSION entitlock" to load this file. \quit
+
+--
+-- Keys
+--
+
+CREATE FUNCTION entitlock.key(name text)
+RETURNS bigint
+AS 'MODULE_PATHNAME', 'entitlock_key'
+LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+
+COMMENT ON FUNCTION entitlock.key(text) IS
+'lock key of a name: XXH64 (seed 0) of its UTF-8 bytes, as a signed bigint';
+
+CREATE FUNCTION entitlock.key(realm text, entity text)
+RETURNS bigint
+AS 'MODULE_PATHNAME', 'entitlock_key_pair'
+LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+
+COMMENT ON FUNCTION entitlock.key(text, text) IS
+'lock key of a (realm, entity) pair: XXH64 of realm, a zero byte and entity';
+
+--
+-- Transaction-scoped locks
+--
+-- Not STRICT: a NULL name raises an error instead of quietly taking no lock.
+-- VOLATILE and PARALLEL UNSAFE: they change lock state.
+--
+
+CREATE FUNCTION entitlock.lock(name text)
+RETURNS void
+AS 'MODULE_PATHNAME', 'entitlock_lock'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+
+COMMENT ON FUNCTION entitlock.lock(text) IS
+'exclusive lock on a name until the end of the transaction; waits';
+
+CREATE FUNCTION entitlock.lock(name text, timeout interval)
+RETURNS boolean
+AS 'MODULE_PATHNAME', 'entitlock_lock_timeout'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+
+COMMENT ON FUNCTION entitlock.lock(text, interval) IS
+'exclusive lock on a name until the end of the transaction; waits at most timeout, false when it expires';
+
+CREATE FUNCTION entitlock.try_lock(name text)
+RETURNS boolean
+AS 'MODULE_PATHNAME', 'entitlock_try_lock'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+
+COMMENT ON FUNCTION entitlock.try_lock(text) IS
+'exclusive lock on a name until the end of the transaction if it is free now; never waits';
+
+CREATE FUNCTION entitlock.lock_shared(name text)
+RETURNS void
+AS 'MODULE_PATHNAME', 'entitlock_lock_shared'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+
+COMMENT ON FUNCTION entitlock.lock_shared(text) IS
+'shared lock on a name until the end of the transaction; waits';
+
+CREATE FUNCTION entitlock.try_lock_shared(name text)
+RETURNS boolean
+AS 'MODULE_PATHNAME', 'entitlock_try_lock_shared'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+
+COMMENT ON FUNCTION entitlock.try_lock_shared(text) IS
+'shared lock on a name until the end of the transaction if it is free now; never waits';
+
+CREATE FUNCTION entitlock.lock_all(names text[])
+RETURNS void
+AS 'MODULE_PATHNAME', 'entitlock_lock_all'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+
+COMMENT ON FUNCTION entitlock.lock_all(text[]) IS
+'exclusive locks on every name, in ascending key order, until the end of the transaction';
+
+CREATE FUNCTION entitlock.lock_entity(realm text, entity text)
+RETURNS void
+AS 'MODULE_PATHNAME', 'entitlock_lock_entity'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+
+COMMENT ON FUNCTION entitlock.lock_entity(text, text) IS
+'shared lock on realm, then exclusive lock on (realm, entity), until the end of the transaction';
+
+CREATE FUNCTION entitlock.try_lock_entity(realm text, entity text)
+RETURNS boolean
+AS 'MODULE_PATHNAME', 'entitlock_try_lock_entity'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+
+COMMENT ON FUNCTION entitlock.try_lock_entity(text, text) IS
+'lock_entity if both locks are free now; never waits and takes nothing on false';
+
+--
+-- Who holds or waits for a lock.  PostgreSQL's own views already answer
+-- this and apply their privilege rules (xact_start of other roles' sessions
+-- shows as NULL unless the caller may see it).
+--
+CREATE FUNCTION entitlock.holders(name text)
+RETURNS TABLE (pid integer, mode text, granted boolean,
+			   xact_start timestamptz, application_name text)
+LANGUAGE plpgsql VOLATILE STRICT PARALLEL RESTRICTED
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	-- Computed up front so that a bad name is an error even when no
+	-- advisory lock exists at all.
+	k bigint := entitlock.key(holders.name);
+BEGIN
+	RETURN QUERY
+	SELECT l.pid,
+		   CASE l.mode
+			   WHEN 'ExclusiveLock' THEN 'exclusive'
+			   WHEN 'ShareLock' THEN 'shared'
+			   ELSE l.mode
+		   END,
+		   l.granted,
+		   a.xact_start,
+		   a.application_name::text
+	  FROM pg_catalog.pg_locks AS l
+	  LEFT JOIN pg_catalog.pg_stat_activity AS a
+		ON a.pid OPERATOR(pg_catalog.=) l.pid
+	 WHERE l.locktype OPERATOR(pg_catalog.=) 'advisory'
+	   AND l.database OPERATOR(pg_catalog.=)
+		   (SELECT d.oid FROM pg_catalog.pg_database AS d
+			 WHERE d.datname OPERATOR(pg_catalog.=) pg_catalog.current_database())
+	   AND l.classid OPERATOR(pg_catalog.=)
+		   pg_catalog.oid((k OPERATOR(pg_catalog.>>) 32)
+						  OPERATOR(pg_catalog.&) 4294967295)
+	   AND l.objid OPERATOR(pg_catalog.=)
+		   pg_catalog.oid(k OPERATOR(pg_catalog.&) 4294967295)
+	   AND l.objsubid OPERATOR(pg_catalog.=) 1
+	 ORDER BY l.granted DESC, a.xact_start NULLS LAST, l.pid;
+END
+$$;
+
+COMMENT ON FUNCTION entitlock.holders(text) IS
+'sessions that hold or wait for the lock on a name, from pg_locks and pg_stat_activity';
+
+--
+-- Usage limits
+--
+-- A meter is (subject, feature, period kind); each calendar period of it is
+-- one counter row, so deciding is one index probe and one update.  Names
+-- use the "C" collation: meters are told apart byte by byte, and lookups
+-- skip locale-aware comparison.  The counter is rewritten on every call,
+-- so pages keep room for HOT updates.
+--
+CREATE TABLE entitlock.usage_counter (
+	subject text COLLATE pg_catalog."C" NOT NULL,
+	feature text COLLATE pg_catalog."C" NOT NULL,
+	period text COLLATE pg_catalog."C" NOT NULL,
+	period_start timestamptz NOT NULL,
+	period_end timestamptz,
+	used bigint NOT NULL,
+	CONSTRAINT usage_counter_pkey
+		PRIMARY KEY (subject, feature, period, period_start),
+	CONSTRAINT usage_counter_used_check CHECK (used >= 0),
+	CONSTRAINT usage_counter_period_check
+		CHECK (period IN ('lifetime', 'minute', 'hour', 'day', 'week',
+						  'month', 'year'))
+) USING heap WITH (fillfactor = 50);
+
+COMMENT ON TABLE entitlock.usage_counter IS
+'usage recorded per (subject, feature, period kind) and calendar period; period_start is -infinity for lifetime; written only by entitlock''s functions';
+
+CREATE TABLE entitlock.usage_idempotency (
+	subject text COLLATE pg_catalog."C" NOT NULL,
+	feature text COLLATE pg_catalog."C" NOT NULL,
+	idempotency_key text COLLATE pg_catalog."C" NOT NULL,
+	period text COLLATE pg_catalog."C" NOT NULL,
+	amount bigint NOT NULL,
+	allowed boolean NOT NULL,
+	used bigint NOT NULL,
+	period_end timestamptz,
+	recorded_at timestamptz NOT NULL,
+	CONSTRAINT usage_idempotency_pkey
+		PRIMARY KEY (subject, feature, idempotency_key)
+) USING heap;
+
+COMMENT ON TABLE entitlock.usage_idempotency IS
+'the first outcome of each usage call made with an idempotency key, returned again to its retries';
+
+-- pg_dump keeps their rows (CREATE EXTENSION recreates the tables).
+SELECT pg_catalog.pg_extension_config_dump('entitlock.usage_counter', '');
+SELECT pg_catalog.pg_extension_config_dump('entitlock.usage_idempotency', '');
+
+CREATE FUNCTION entitlock.record_usage_if_under_limit(
+	subject text,
+	feature text,
+	amount bigint,
+	usage_limit bigint,
+	period text DEFAULT 'lifetime',
+	idempotency_key text DEFAULT NULL)
+RETURNS TABLE (allowed boolean, used bigint, remaining bigint,
+			   period_end timestamptz)
+AS 'MODULE_PATHNAME', 'entitlock_record_usage_if_under_limit'
+LANGUAGE C VOLATILE PARALLEL UNSAFE ROWS 1;
+
+COMMENT ON FUNCTION entitlock.record_usage_if_under_limit(text, text, bigint, bigint, text, text) IS
+'records amount in the current period only if usage stays within usage_limit; atomic per (subject, feature)';
+
+CREATE FUNCTION entitlock.record_usage(
+	subject text,
+	feature text,
+	amount bigint,
+	period text DEFAULT 'lifetime',
+	idempotency_key text DEFAULT NULL)
+RETURNS bigint
+AS 'MODULE_PATHNAME', 'entitlock_record_usage'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+
+COMMENT ON FUNCTION entitlock.record_usage(text, text, bigint, text, text) IS
+'records amount (negative: a refund, never below zero) in the current period; returns the usage after it';
+
+CREATE FUNCTION entitlock.usage(
+	subject text,
+	feature text,
+	period text DEFAULT 'lifetime')
+RETURNS bigint
+AS 'MODULE_PATHNAME', 'entitlock_usage'
+LANGUAGE C STABLE PARALLEL RESTRICTED;
+
+COMMENT ON FUNCTION entitlock.usage(text, text, text) IS
+'usage of (subject, feature) in the current period, 0 if none';
+
+CREATE FUNCTION entitlock.usage_period(
+	period text,
+	at timestamptz DEFAULT pg_catalog.now())
+RETURNS TABLE (period_start timestamptz, period_end timestamptz)
+AS 'MODULE_PATHNAME', 'entitlock_usage_period'
+LANGUAGE C IMMUTABLE PARALLEL SAFE ROWS 1;
+
+COMMENT ON FUNCTION entitlock.usage_period(text, timestamptz) IS
+'the UTC calendar period holding a moment, as the usage functions count it';
+
+--
+-- Forgetting old periods: counters of periods that ended by "before", and
+-- idempotency keys recorded before it (a retry of one after that records
+-- again).  Runs as the tables' owner, like the other usage functions.
+--
+CREATE FUNCTION entitlock.prune_usage(before timestamptz)
+RETURNS bigint
+LANGUAGE sql VOLATILE STRICT PARALLEL UNSAFE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+	WITH counters AS (
+		DELETE FROM entitlock.usage_counter
+		 WHERE period_end OPERATOR(pg_catalog.<=) $1
+		RETURNING 1
+	), idempotency AS (
+		DELETE FROM entitlock.usage_idempotency
+		 WHERE recorded_at OPERATOR(pg_catalog.<) $1
+		RETURNING 1
+	)
+	SELECT (SELECT pg_catalog.count(*) FROM counters) OPERATOR(pg_catalog.+)
+		   (SELECT pg_catalog.count(*) FROM idempotency)
+$$;
+
+COMMENT ON FUNCTION entitlock.prune_usage(timestamptz) IS
+'deletes usage counters of periods that ended by before and usage idempotency keys recorded before it; returns how many rows';
+
+-- Reading or writing usage is granted explicitly; see README, Privileges.
+REVOKE ALL ON FUNCTION entitlock.record_usage_if_under_limit(text, text, bigint, bigint, text, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION entitlock.record_usage(text, text, bigint, text, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION entitlock.usage(text, text, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION entitlock.prune_usage(timestamptz) FROM PUBLIC;
+
+--
+-- Idempotent writes (src/idempotency.c)
+--
+-- A claim is a row written in the caller's transaction under the key's
+-- transaction lock, so it commits or rolls back with the caller's write.
+-- Keys are stored in full and compared in full; only a 64-bit hash of the
+-- key is indexed, so a key of any length fits.  The hash index is not
+-- unique (two keys may share a hash); the key's lock keeps one claim per
+-- key.  No btree can hold a key of any length, so each row has a
+-- random identity, claim_id, as its primary key, by which logical
+-- replication identifies it.
+--
+CREATE TABLE entitlock.idempotency_key (
+	key_hash bigint NOT NULL,
+	key text COLLATE pg_catalog."C" NOT NULL,
+	fingerprint text COLLATE pg_catalog."C",
+	response jsonb,
+	claimed_at timestamptz NOT NULL,
+	expires_at timestamptz NOT NULL,
+	completed_at timestamptz,
+	claim_id uuid NOT NULL,
+	CONSTRAINT idempotency_key_pkey PRIMARY KEY (claim_id)
+) USING heap;
+
+CREATE INDEX idempotency_key_hash_idx
+	ON entitlock.idempotency_key USING btree (key_hash);
+CREATE INDEX idempotency_key_expires_at_idx
+	ON entitlock.idempotency_key USING btree (expires_at);
+
+COMMENT ON TABLE entitlock.idempotency_key IS
+'idempotency keys claimed by committed transactions, with the response to replay; written only by entitlock''s functions';
+
+SELECT pg_catalog.pg_extension_config_dump('entitlock.idempotency_key', '');
+
+CREATE FUNCTION entitlock.idempotency_begin(
+	key text,
+	fingerprint text DEFAULT NULL,
+	ttl interval DEFAULT '24 hours')
+RETURNS TABLE (status text, response jsonb)
+AS 'MODULE_PATHNAME', 'entitlock_idempotency_begin'
+LANGUAGE C VOLATILE PARALLEL UNSAFE ROWS 1;
+
+COMMENT ON FUNCTION entitlock.idempotency_begin(text, text, interval) IS
+'claims key for this transaction (status new), or returns the stored response of the transaction that did (status replay); waits while another transaction holds key';
+
+CREATE FUNCTION entitlock.idempotency_complete(
+	key text,
+	response jsonb DEFAULT NULL)
+RETURNS void
+AS 'MODULE_PATHNAME', 'entitlock_idempotency_complete'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+
+COMMENT ON FUNCTION entitlock.idempotency_complete(text, jsonb) IS
+'stores the response replayed for key; key must have been claimed by this transaction';
+
+CREATE FUNCTION entitlock.first_time(
+	key text,
+	ttl interval DEFAULT '24 hours')
+RETURNS boolean
+AS 'MODULE_PATHNAME', 'entitlock_first_time'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+
+COMMENT ON FUNCTION entitlock.first_time(text, interval) IS
+'true for the one transaction that claims key until it expires, false for every other';
+
+CREATE FUNCTION entitlock.purge_expired(max_rows bigint DEFAULT NULL)
+RETURNS bigint
+AS 'MODULE_PATHNAME', 'entitlock_purge_expired'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+
+COMMENT ON FUNCTION entitlock.purge_expired(bigint) IS
+'deletes expired idempotency keys (at most max_rows, all when NULL); returns how many';
+
+-- Granted explicitly, like the usage functions; see README, Privileges.
+REVOKE ALL ON FUNCTION entitlock.idempotency_begin(text, text, interval) FROM PUBLIC;
+REVOKE ALL ON FUNCTION entitlock.idempotency_complete(text, jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION entitlock.first_time(text, interval) FROM PUBLIC;
+REVOKE ALL ON FUNCTION entitlock.purge_expired(bigint) FROM PUBLIC;
+
+--
+-- Leases (src/leases.c)
+--
+-- A lease is a row naming its holder, a random token and an expiry time,
+-- written under the name's transaction lock.  The name is stored in full
+-- and only a 64-bit hash of it is indexed, as for idempotency keys.  The
+-- token, unique to each acquisition, is the row's primary key, by which
+-- logical replication identifies it.  Fencing numbers come from one
+-- sequence, without cache, so they never go back, not even for an
+-- acquisition that rolled back.
+--
+CREATE TABLE entitlock.lease_record (
+	key_hash bigint NOT NULL,
+	name text COLLATE pg_catalog."C" NOT NULL,
+	token uuid NOT NULL,
+	holder text COLLATE pg_catalog."C",
+	fencing bigint NOT NULL,
+	acquired_at timestamptz NOT NULL,
+	expires_at timestamptz NOT NULL,
+	CONSTRAINT lease_record_pkey PRIMARY KEY (token)
+) USING heap;
+
+CREATE INDEX lease_record_key_hash_idx
+	ON entitlock.lease_record USING btree (key_hash);
+
+COMMENT ON TABLE entitlock.lease_record IS
+'the current lease on each name, with its token; written only by entitlock''s functions (read entitlock.leases instead)';
+
+CREATE SEQUENCE entitlock.lease_fencing AS bigint
+	MINVALUE 1 NO MAXVALUE CACHE 1 NO CYCLE;
+
+COMMENT ON SEQUENCE entitlock.lease_fencing IS
+'fencing numbers of lease acquisitions; must not cache or cycle';
+
+SELECT pg_catalog.pg_extension_config_dump('entitlock.lease_record', '');
+SELECT pg_catalog.pg_extension_config_dump('entitlock.lease_fencing', '');
+
+CREATE FUNCTION entitlock.lease_acquire(
+	name text,
+	ttl interval,
+	holder text DEFAULT NULL)
+RETURNS TABLE (token uuid, fencing bigint)
+AS 'MODULE_PATHNAME', 'entitlock_lease_acquire'
+LANGUAGE C VOLATILE PARALLEL UNSAFE ROWS 1;
+
+COMMENT ON FUNCTION entitlock.lease_acquire(text, interval, text) IS
+'takes the lease on name for ttl and returns its token and fencing number; no row when it is held; never waits';
+
+CREATE FUNCTION entitlock.lease_renew(
+	name text,
+	token uuid,
+	ttl interval)
+RETURNS boolean
+AS 'MODULE_PATHNAME', 'entitlock_lease_renew'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+
+COMMENT ON FUNCTION entitlock.lease_renew(text, uuid, interval) IS
+'makes the lease on name expire ttl from now, if token is its current token';
+
+CREATE FUNCTION entitlock.lease_release(
+	name text,
+	token uuid)
+RETURNS boolean
+AS 'MODULE_PATHNAME', 'entitlock_lease_release'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+
+COMMENT ON FUNCTION entitlock.lease_release(text, uuid) IS
+'ends the lease on name, if token is its current token';
+
+-- The token is its holder's capability, so the view leaves it out.  The
+-- view reads the table with its owner's rights; granting SELECT on it
+-- shows leases without giving any access to the table.
+CREATE VIEW entitlock.leases AS
+SELECT name, holder, fencing, acquired_at, expires_at
+  FROM entitlock.lease_record
+ WHERE expires_at OPERATOR(pg_catalog.>) pg_catalog.clock_timestamp();
+
+COMMENT ON VIEW entitlock.leases IS
+'leases held now (not released, not expired); never shows tokens';
+
+-- Granted explicitly, like the other functions; see README, Privileges.
+REVOKE ALL ON FUNCTION entitlock.lease_acquire(text, interval, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION entitlock.lease_renew(text, uuid, interval) FROM PUBLIC;
+REVOKE ALL ON FUNCTION entitlock.lease_release(text, uuid) FROM PUBLIC;
+REVOKE ALL ON entitlock.leases FROM PUBLIC;

@@ -1,0 +1,78 @@
+/*-------------------------------------------------------------------------
+ *
+ * compat.h
+ *	  Differences between the PostgreSQL major versions entitlock builds
+ *	  against (15, 17 and 18; the README names the tested ones).
+ *
+ * Every #if on PG_VERSION_NUM lives here, so the rest of the code is
+ * written once against one API.  Only table.c includes it.
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef ENTITLOCK_COMPAT_H
+#define ENTITLOCK_COMPAT_H
+
+#include "access/genam.h"
+#include "executor/executor.h"
+#include "nodes/parsenodes.h"
+#include "parser/parse_relation.h"
+
+#if PG_VERSION_NUM < 150000
+#error "entitlock needs PostgreSQL 15 or later"
+#endif
+
+/* 18 added instrumentation to index scans. */
+#if PG_VERSION_NUM >= 180000
+#define compat_index_beginscan(heap, index, snapshot, nkeys, norderbys) \
+	index_beginscan(heap, index, snapshot, NULL, nkeys, norderbys)
+#else
+#define compat_index_beginscan(heap, index, snapshot, nkeys, norderbys) \
+	index_beginscan(heap, index, snapshot, nkeys, norderbys)
+#endif
+
+/* 16 added the result relations an EvalPlanQual recheck may touch. */
+#if PG_VERSION_NUM >= 160000
+#define compat_EvalPlanQualInit(epqstate, estate) \
+	EvalPlanQualInit(epqstate, estate, NULL, NIL, -1, NIL)
+#else
+#define compat_EvalPlanQualInit(epqstate, estate) \
+	EvalPlanQualInit(epqstate, estate, NULL, NIL, -1)
+#endif
+
+/*
+ * Give estate a range table of one entry, rel, as a statement writing rel
+ * would have.  The executor's per-row routines look there for the columns
+ * an update sets (column triggers, the index-unchanged hint) and for the
+ * permission information behind error details.  Returns where the updated
+ * columns are kept: 16 moved them from the range table entry into a
+ * separate RTEPermissionInfo, and 18 added the set of unpruned relations.
+ */
+static inline Bitmapset **
+compat_init_range_table(EState *estate, Relation rel)
+{
+	RangeTblEntry *rte = makeNode(RangeTblEntry);
+
+	rte->rtekind = RTE_RELATION;
+	rte->relid = RelationGetRelid(rel);
+	rte->relkind = rel->rd_rel->relkind;
+	rte->rellockmode = RowExclusiveLock;
+#if PG_VERSION_NUM >= 160000
+	{
+		List	   *perminfos = NIL;
+		RTEPermissionInfo *perminfo = addRTEPermissionInfo(&perminfos, rte);
+
+#if PG_VERSION_NUM >= 180000
+		ExecInitRangeTable(estate, list_make1(rte), perminfos,
+						   bms_make_singleton(1));
+#else
+		ExecInitRangeTable(estate, list_make1(rte), perminfos);
+#endif
+		return &perminfo->updatedCols;
+	}
+#else
+	ExecInitRangeTable(estate, list_make1(rte));
+	return &rte->updatedCols;
+#endif
+}
+
+#endif							/* ENTITLOCK_COMPAT_H */
