@@ -26,6 +26,7 @@ REGRESS = \
 	usage \
 	idempotency \
 	leases \
+	compose \
 	security \
 	hostile \
 	fuzz
