@@ -1,0 +1,109 @@
+#!/usr/bin/env bash
+#
+# test/tap.sh: run entitlock's TAP tests, written with PostgreSQL's own
+# framework (PostgreSQL::Test::Cluster, PostgreSQL::Test::Utils), with prove.
+#
+#   bash test/tap.sh                                   (every test/tap/*.pl)
+#   bash test/tap.sh test/tap/001_logical_replication.pl
+#
+# The extension must already be built and installed into the server's
+# directories (make && make install, or test/run.sh).  Missing Debian
+# packages (postgresql-server-dev-$PG_MAJOR ships the Perl modules and
+# pg_regress, libipc-run-perl the IPC::Run they use) are installed by
+# ensure_packages from test/lib.sh.
+#
+# PostgreSQL refuses to run as root, so as root prove runs as the postgres
+# OS user.  The tests' clusters and logs (tmp_check/) go to a fresh scratch
+# directory under /tmp; it is removed when every test passes, and kept (its
+# path printed, with the regress_log and server log tails of each failed
+# test) when one fails.  ENTITLOCK_KEEP=1 keeps it in any case.
+# PROVE_FLAGS adds options to prove (e.g. PROVE_FLAGS=--verbose).
+#
+# Exits 0 only when every test passes.
+
+set -uo pipefail
+
+# shellcheck source=test/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+# shellcheck disable=SC2119 # no extra packages
+ensure_packages
+
+bindir=$(pg_bindir)
+pgxs=/usr/lib/postgresql/$PG_MAJOR/lib/pgxs
+perl_lib=$pgxs/src/test/perl
+pg_regress=$pgxs/src/test/regress/pg_regress
+
+[ -f "$perl_lib/PostgreSQL/Test/Cluster.pm" ] ||
+	die "$perl_lib/PostgreSQL/Test/Cluster.pm not found (postgresql-server-dev-$PG_MAJOR)"
+[ -x "$pg_regress" ] || die "$pg_regress not found (postgresql-server-dev-$PG_MAJOR)"
+[ -f "$("$bindir/pg_config" --sharedir)/extension/entitlock.control" ] ||
+	die "entitlock is not installed for PostgreSQL $PG_MAJOR (make && make install first)"
+
+# The tests to run, as absolute paths: prove runs in the scratch directory.
+tests=()
+if [ $# -eq 0 ]; then
+	shopt -s nullglob
+	tests=("$ENTITLOCK_ROOT"/test/tap/*.pl)
+	shopt -u nullglob
+	[ ${#tests[@]} -gt 0 ] || die "no tests in $ENTITLOCK_ROOT/test/tap"
+else
+	for t in "$@"; do
+		[ -f "$t" ] || die "no such test: $t"
+		tests+=("$(cd "$(dirname "$t")" && pwd)/$(basename "$t")")
+	done
+fi
+
+work=$(mktemp -d /tmp/entitlock-tap.XXXXXX) || die "mktemp failed"
+chmod 755 "$work"
+[ "$(id -u)" -eq 0 ] && chown postgres: "$work"
+
+# PostgreSQL 15's PostgreSQL::Test::Utils writes to $TESTDIR/tmp_check;
+# 16 and later read TESTDATADIR and TESTLOGDIR instead.  Set all three so
+# that the logs land in the same place on any major.  PROVE_FLAGS is
+# split into words on purpose.
+cd "$work" || die "cannot enter $work"
+# shellcheck disable=SC2086
+as_pg env \
+	PATH="$bindir:$PATH" \
+	PG_REGRESS="$pg_regress" \
+	TESTDIR="$work" \
+	TESTDATADIR="$work/tmp_check" \
+	TESTLOGDIR="$work/tmp_check/log" \
+	PG_MAJOR="$PG_MAJOR" \
+	ENTITLOCK_ROOT="$ENTITLOCK_ROOT" \
+	prove -I "$perl_lib" -I "$ENTITLOCK_ROOT/test/tap" ${PROVE_FLAGS:-} \
+	"${tests[@]}" 2>&1 | tee "$work/prove.out"
+status=${PIPESTATUS[0]}
+
+if [ "$status" -eq 0 ]; then
+	if [ "${ENTITLOCK_KEEP:-0}" = 1 ]; then
+		log "logs kept in $work/tmp_check/log"
+	else
+		rm -rf "$work"
+	fi
+	exit 0
+fi
+
+# Which tests failed: prove's summary names them; when it names none (it
+# died before its summary), show every test's log.
+failed=()
+for t in "${tests[@]}"; do
+	grep -qF -- "$t (Wstat:" "$work/prove.out" && failed+=("$t")
+done
+[ ${#failed[@]} -gt 0 ] || failed=("${tests[@]}")
+
+for t in "${failed[@]}"; do
+	name=$(basename "$t")
+	name=${name%.*}
+	rlog=$work/tmp_check/log/regress_log_$name
+	printf '\n======== %s: %s\n' "$name" "$rlog"
+	if [ -f "$rlog" ]; then cat "$rlog"; else echo "(no regress_log)"; fi
+	for slog in "$work"/tmp_check/log/"${name}"_*.log; do
+		[ -f "$slog" ] || continue
+		printf '\n======== %s (last 60 lines)\n' "$slog"
+		tail -n 60 "$slog"
+	done
+done
+printf '\nFAILED: logs of the TAP tests are in %s/tmp_check/log\n' "$work"
+exit 1
