@@ -418,8 +418,13 @@ begin_writes(EntitlockTable *t)
 
 	MemoryContextSwitchTo(oldcontext);
 
-	/* AFTER row triggers queue here and fire in end_writes() */
-	AfterTriggerBeginQuery();
+	/*
+	 * AFTER row triggers (foreign keys and deferred unique checks are such
+	 * triggers too) queue here and fire in end_writes().  A table without
+	 * triggers queues nothing.
+	 */
+	if (t->rri->ri_TrigDesc != NULL)
+		AfterTriggerBeginQuery();
 	t->estate = estate;
 }
 
@@ -433,7 +438,8 @@ end_writes(EntitlockTable *t)
 		return;
 
 	oldcontext = MemoryContextSwitchTo(estate->es_query_cxt);
-	AfterTriggerEndQuery(estate);
+	if (t->rri->ri_TrigDesc != NULL)
+		AfterTriggerEndQuery(estate);
 	EvalPlanQualEnd(&t->epqstate);
 	ExecCloseResultRelations(estate);
 	ExecResetTupleTable(estate->es_tupleTable, false);
