@@ -379,16 +379,22 @@ entitlock_check_visible_to_transaction(TupleTableSlot *slot)
  * Statement triggers do not fire, as they do not for the apply worker: an
  * entitlock call is not a statement on the table.  The executor state is
  * made by the first write of a call and freed when the table is closed;
- * AFTER row triggers fire then, before the call returns.
+ * AFTER row triggers fire then, before the call returns.  A caller that
+ * will write under a contended lock may prepare before taking it, so that
+ * the lock is held no longer than the write takes.
  */
-static void
-begin_writes(EntitlockTable *t)
+void
+entitlock_table_prepare_writes(EntitlockTable *t)
 {
 	MemoryContext oldcontext;
 	EState	   *estate;
 
 	if (t->estate != NULL)
+	{
+		/* a command counter increment since may have moved it */
+		t->estate->es_output_cid = GetCurrentCommandId(true);
 		return;
+	}
 
 	estate = CreateExecutorState();
 	oldcontext = MemoryContextSwitchTo(estate->es_query_cxt);
@@ -482,7 +488,7 @@ entitlock_table_insert(EntitlockTable *t, Datum *values, bool *nulls)
 {
 	MemoryContext oldcontext;
 
-	begin_writes(t);
+	entitlock_table_prepare_writes(t);
 	oldcontext = MemoryContextSwitchTo(t->estate->es_query_cxt);
 	ExecSimpleRelationInsert(t->rri, t->estate, new_row(t, values, nulls));
 	MemoryContextSwitchTo(oldcontext);
@@ -505,7 +511,7 @@ entitlock_table_lock_row(EntitlockTable *t, ItemPointer tid,
 	TM_FailureData tmfd;
 	TM_Result	result;
 
-	begin_writes(t);
+	entitlock_table_prepare_writes(t);
 	result = table_tuple_lock(t->heap, tid, t->estate->es_snapshot,
 							  t->oldslot, t->estate->es_output_cid, mode,
 							  wait ? LockWaitBlock : LockWaitSkip, 0, &tmfd);
@@ -530,7 +536,7 @@ entitlock_table_update(EntitlockTable *t, ItemPointer otid, Datum *values,
 	int			natts = RelationGetDescr(t->heap)->natts;
 	int			i;
 
-	begin_writes(t);
+	entitlock_table_prepare_writes(t);
 	fetch_old_row(t, otid);
 
 	oldcontext = MemoryContextSwitchTo(t->estate->es_query_cxt);
@@ -554,7 +560,7 @@ entitlock_table_delete(EntitlockTable *t, ItemPointer tid)
 {
 	MemoryContext oldcontext;
 
-	begin_writes(t);
+	entitlock_table_prepare_writes(t);
 	fetch_old_row(t, tid);
 	oldcontext = MemoryContextSwitchTo(t->estate->es_query_cxt);
 	ExecSimpleRelationDelete(t->rri, t->estate, &t->epqstate, t->oldslot);

@@ -446,6 +446,9 @@ record(const UsageMeter *meter, int64 amount, bool conditional, int64 limit,
 	entitlock_table_open(&counter, &counter_def, RowExclusiveLock);
 	if (key != NULL)
 		entitlock_table_open(&idem, &idem_def, RowExclusiveLock);
+	entitlock_table_prepare_writes(&counter);
+	if (key != NULL)
+		entitlock_table_prepare_writes(&idem);
 	counter_values(meter, values, nulls);
 
 	/* lock_entity(subject, feature), before anything is read */
@@ -519,10 +522,13 @@ record(const UsageMeter *meter, int64 amount, bool conditional, int64 limit,
 
 		/*
 		 * Every recorder of the meter holds the pair lock, but prune_usage()
-		 * does not: lock the row first, and if a prune deleted it meanwhile,
-		 * its usage is gone with it.
+		 * does not: lock the row of a calendar period first, and if a prune
+		 * deleted it meanwhile, its usage is gone with it.  A lifetime
+		 * counter has no end and is never pruned, so nothing else changes
+		 * it, and it is written at once.
 		 */
-		if (entitlock_table_lock_row(&counter, &otid, LockTupleNoKeyExclusive,
+		if (!meter->has_end ||
+			entitlock_table_lock_row(&counter, &otid, LockTupleNoKeyExclusive,
 									 true) == TM_Ok)
 		{
 			entitlock_table_update(&counter, &otid, values, nulls,
