@@ -44,6 +44,7 @@ ISOLATION = \
 	usage-rollback-lets-waiter-in \
 	usage-idempotency-concurrent \
 	usage-features-independent \
+	usage-prune-concurrent \
 	idempotency-duplicate-waits \
 	idempotency-owner-rollback \
 	idempotency-first-time \

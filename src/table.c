@@ -420,7 +420,7 @@ entitlock_table_prepare_writes(EntitlockTable *t)
 
 	t->newslot = ExecInitExtraTupleSlot(estate, RelationGetDescr(t->heap),
 										&TTSOpsVirtual);
-	t->oldslot = table_slot_create(t->heap, &estate->es_tupleTable);
+	t->oldslot = NULL;
 
 	MemoryContextSwitchTo(oldcontext);
 
@@ -467,15 +467,33 @@ new_row(EntitlockTable *t, Datum *values, bool *nulls)
 	return ExecStoreVirtualTuple(slot);
 }
 
-/* Leave the row version at tid in t->oldslot, unless it is already there. */
-static void
-fetch_old_row(EntitlockTable *t, ItemPointer tid)
+/* A slot for the row being changed, made when first needed. */
+static TupleTableSlot *
+old_slot(EntitlockTable *t)
 {
-	if (!TTS_EMPTY(t->oldslot) && ItemPointerEquals(&t->oldslot->tts_tid, tid))
-		return;
-	if (!table_tuple_fetch_row_version(t->heap, tid, SnapshotAny, t->oldslot))
+	if (t->oldslot == NULL)
+		t->oldslot = table_slot_create(t->heap, &t->estate->es_tupleTable);
+	return t->oldslot;
+}
+
+/*
+ * The row version at tid, to change: where the caller's read (t->slot) or
+ * entitlock_table_lock_row() left it, or else fetched.
+ */
+static TupleTableSlot *
+old_row(EntitlockTable *t, ItemPointer tid)
+{
+	TupleTableSlot *slot;
+
+	if (!TTS_EMPTY(t->slot) && ItemPointerEquals(&t->slot->tts_tid, tid))
+		return t->slot;
+	slot = old_slot(t);
+	if (!TTS_EMPTY(slot) && ItemPointerEquals(&slot->tts_tid, tid))
+		return slot;
+	if (!table_tuple_fetch_row_version(t->heap, tid, SnapshotAny, slot))
 		elog(ERROR, "could not find the row of \"entitlock.%s\" to change",
 			 t->def->relname);
+	return slot;
 }
 
 /*
@@ -513,7 +531,7 @@ entitlock_table_lock_row(EntitlockTable *t, ItemPointer tid,
 
 	entitlock_table_prepare_writes(t);
 	result = table_tuple_lock(t->heap, tid, t->estate->es_snapshot,
-							  t->oldslot, t->estate->es_output_cid, mode,
+							  old_slot(t), t->estate->es_output_cid, mode,
 							  wait ? LockWaitBlock : LockWaitSkip, 0, &tmfd);
 	if (result != TM_Ok)
 		ExecClearTuple(t->oldslot);
@@ -532,12 +550,13 @@ entitlock_table_update(EntitlockTable *t, ItemPointer otid, Datum *values,
 					   bool *nulls, uint32 changed)
 {
 	MemoryContext oldcontext;
+	TupleTableSlot *oldslot;
 	Bitmapset  *cols = NULL;
 	int			natts = RelationGetDescr(t->heap)->natts;
 	int			i;
 
 	entitlock_table_prepare_writes(t);
-	fetch_old_row(t, otid);
+	oldslot = old_row(t, otid);
 
 	oldcontext = MemoryContextSwitchTo(t->estate->es_query_cxt);
 	for (i = 0; i < natts; i++)
@@ -547,11 +566,12 @@ entitlock_table_update(EntitlockTable *t, ItemPointer otid, Datum *values,
 								  i + 1 - FirstLowInvalidHeapAttributeNumber);
 	}
 	*t->updated_cols = cols;
-	ExecSimpleRelationUpdate(t->rri, t->estate, &t->epqstate, t->oldslot,
+	ExecSimpleRelationUpdate(t->rri, t->estate, &t->epqstate, oldslot,
 							 new_row(t, values, nulls));
 	MemoryContextSwitchTo(oldcontext);
 	ResetPerTupleExprContext(t->estate);
-	ExecClearTuple(t->oldslot);
+	if (oldslot != t->slot)
+		ExecClearTuple(oldslot);
 }
 
 /* Delete the row at tid, under the same rules as entitlock_table_update(). */
@@ -559,14 +579,16 @@ void
 entitlock_table_delete(EntitlockTable *t, ItemPointer tid)
 {
 	MemoryContext oldcontext;
+	TupleTableSlot *oldslot;
 
 	entitlock_table_prepare_writes(t);
-	fetch_old_row(t, tid);
+	oldslot = old_row(t, tid);
 	oldcontext = MemoryContextSwitchTo(t->estate->es_query_cxt);
-	ExecSimpleRelationDelete(t->rri, t->estate, &t->epqstate, t->oldslot);
+	ExecSimpleRelationDelete(t->rri, t->estate, &t->epqstate, oldslot);
 	MemoryContextSwitchTo(oldcontext);
 	ResetPerTupleExprContext(t->estate);
-	ExecClearTuple(t->oldslot);
+	if (oldslot != t->slot)
+		ExecClearTuple(oldslot);
 }
 
 /*

@@ -488,8 +488,6 @@ record(const UsageMeter *meter, int64 amount, bool conditional, int64 limit,
 			used = DatumGetInt64(counter.slot->tts_values[COUNTER_USED]);
 			otid = counter.slot->tts_tid;
 		}
-		/* The probe's buffer pin would keep the page from being pruned. */
-		ExecClearTuple(counter.slot);
 
 		if (amount > 0)
 		{
@@ -512,7 +510,11 @@ record(const UsageMeter *meter, int64 amount, bool conditional, int64 limit,
 		outcome.used = new_used;
 
 		if (new_used == used)
+		{
+			/* The probe's buffer pin would keep the page from being pruned. */
+			ExecClearTuple(counter.slot);
 			break;
+		}
 		values[COUNTER_USED] = Int64GetDatum(new_used);
 		if (!found)
 		{
@@ -533,6 +535,7 @@ record(const UsageMeter *meter, int64 amount, bool conditional, int64 limit,
 		{
 			entitlock_table_update(&counter, &otid, values, nulls,
 								   ENTITLOCK_COLUMN(COUNTER_USED));
+			ExecClearTuple(counter.slot);
 			break;
 		}
 

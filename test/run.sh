@@ -8,12 +8,18 @@
 # -Werror, installs the extension, starts a throwaway cluster owned by the
 # postgres OS user on a private port and socket, runs the regression and
 # isolation suites (make installcheck), then every script under test/check
-# and test/stress, stops the cluster and prints one closing line:
+# and test/stress and the TAP tests under test/tap, and stops the cluster.
+# Then test/matrix.sh builds and runs the regression and isolation suites
+# again on PostgreSQL 17 and 18, each in a Debian chroot it creates when
+# missing (ENTITLOCK_MATRIX="17 18" picks the majors, ENTITLOCK_MATRIX=
+# skips them).  Everything counts in one closing line:
 #
 #   N passed, N failed[, N skipped]
 #
 # It exits non-zero when anything failed.  Set ENTITLOCK_KEEP=1 to keep the
-# cluster's directory (logs, data) for a post-mortem.
+# cluster's directory (logs, data) for a post-mortem.  ENTITLOCK_SUITE=core
+# stops after the regression and isolation suites (test/matrix.sh runs that
+# inside each chroot, with PG_MAJOR set).
 
 set -uo pipefail
 
@@ -65,6 +71,44 @@ run_script() {
 	esac
 }
 
+# Each TAP test (test/tap/*.pl, PostgreSQL::Test::Cluster) through
+# test/tap.sh; they start clusters of their own.
+run_tap() {
+	local t name status started
+	for t in test/tap/*.pl; do
+		[ -e "$t" ] || continue
+		name=tap/$(basename "$t" .pl)
+		started=$SECONDS
+		printf -- '--- %s\n' "$name"
+		bash test/tap.sh "$t"
+		status=$?
+		printf -- '--- %s: exit %d after %ds\n' "$name" "$status" $((SECONDS - started))
+		if [ "$status" -eq 0 ]; then pass "$name"; else fail "$name"; fi
+	done
+}
+
+# test/matrix.sh, with its output shown as it comes; its ok/FAILED/skipped
+# lines count here.
+run_matrix() {
+	local line status started=$SECONDS before=$failed
+	printf -- '--- matrix\n'
+	ENTITLOCK_MATRIX_NESTED=1 bash test/matrix.sh 2>&1 | tee "$workdir/matrix.log"
+	status=${PIPESTATUS[0]}
+	printf -- '--- matrix: exit %d after %ds\n' "$status" $((SECONDS - started))
+	while IFS= read -r line; do
+		case $line in
+		'ok      '*) passed=$((passed + 1)) ;;
+		'FAILED  '*) failed=$((failed + 1)); failures+=("${line:8}") ;;
+		'skipped '*) skipped=$((skipped + 1)) ;;
+		esac
+	done <"$workdir/matrix.log"
+	case $status in
+	0) ;;
+	77) skip matrix ;;
+	*) [ $failed -gt "$before" ] || fail "matrix (exit $status)" ;;
+	esac
+}
+
 ensure_packages
 build_install
 
@@ -94,10 +138,14 @@ cat "$workdir/isolation.log"
 count_pg_regress isolation "$workdir/isolation.log"
 [ -f output_iso/regression.diffs ] && head -200 output_iso/regression.diffs
 
-for script in test/check/*.sh test/stress/*.sh; do
-	[ -e "$script" ] || continue
-	run_script "$script"
-done
+if [ "${ENTITLOCK_SUITE:-}" != core ]; then
+	for script in test/check/*.sh test/stress/*.sh; do
+		[ -e "$script" ] || continue
+		run_script "$script"
+	done
+	run_tap
+	run_matrix
+fi
 
 if [ ${#failures[@]} -gt 0 ]; then
 	printf '\nfailed:\n'
