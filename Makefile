@@ -72,6 +72,9 @@ PG_CONFIG ?= pg_config
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
 
+# PGXS tracks no header dependencies.
+$(OBJS): src/entitlock.h src/compat.h
+
 # A PGXN distribution archive of the committed tree.
 dist:
 	mkdir -p dist

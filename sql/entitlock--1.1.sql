@@ -275,11 +275,11 @@ REVOKE ALL ON FUNCTION entitlock.prune_usage(timestamptz) FROM PUBLIC;
 -- A claim is a row written in the caller's transaction under the key's
 -- transaction lock, so it commits or rolls back with the caller's write.
 -- Keys are stored in full and compared in full; only a 64-bit hash of the
--- key is indexed, so a key of any length fits.  The hash index is not
--- unique (two keys may share a hash); the key's lock keeps one claim per
--- key.  No btree can hold a key of any length, so each row has a
--- random identity, claim_id, as its primary key, by which logical
--- replication identifies it.
+-- key is indexed, so a key of any length fits.  Two keys may share a hash,
+-- so the hash is not unique; the key's lock keeps one claim per key.  Each
+-- row has a random identity, claim_id, and (key_hash, claim_id) is the
+-- primary key: the index that finds a key's rows by its hash, and the
+-- replica identity by which logical replication identifies a row.
 --
 CREATE TABLE entitlock.idempotency_key (
 	key_hash bigint NOT NULL,
@@ -290,11 +290,9 @@ CREATE TABLE entitlock.idempotency_key (
 	expires_at timestamptz NOT NULL,
 	completed_at timestamptz,
 	claim_id uuid NOT NULL,
-	CONSTRAINT idempotency_key_pkey PRIMARY KEY (claim_id)
+	CONSTRAINT idempotency_key_pkey PRIMARY KEY (key_hash, claim_id)
 ) USING heap;
 
-CREATE INDEX idempotency_key_hash_idx
-	ON entitlock.idempotency_key USING btree (key_hash);
 CREATE INDEX idempotency_key_expires_at_idx
 	ON entitlock.idempotency_key USING btree (expires_at);
 
@@ -353,11 +351,11 @@ REVOKE ALL ON FUNCTION entitlock.purge_expired(bigint) FROM PUBLIC;
 --
 -- A lease is a row naming its holder, a random token and an expiry time,
 -- written under the name's transaction lock.  The name is stored in full
--- and only a 64-bit hash of it is indexed, as for idempotency keys.  The
--- token, unique to each acquisition, is the row's primary key, by which
--- logical replication identifies it.  Fencing numbers come from one
--- sequence, without cache, so they never go back, not even for an
--- acquisition that rolled back.
+-- and only a 64-bit hash of it is indexed, as for idempotency keys: the
+-- primary key is (key_hash, fencing), as each acquisition has a fencing
+-- number of its own.  Fencing numbers come from one sequence, without
+-- cache, so they never go back, not even for an acquisition that rolled
+-- back.
 --
 CREATE TABLE entitlock.lease_record (
 	key_hash bigint NOT NULL,
@@ -367,11 +365,8 @@ CREATE TABLE entitlock.lease_record (
 	fencing bigint NOT NULL,
 	acquired_at timestamptz NOT NULL,
 	expires_at timestamptz NOT NULL,
-	CONSTRAINT lease_record_pkey PRIMARY KEY (token)
+	CONSTRAINT lease_record_pkey PRIMARY KEY (key_hash, fencing)
 ) USING heap;
-
-CREATE INDEX lease_record_key_hash_idx
-	ON entitlock.lease_record USING btree (key_hash);
 
 COMMENT ON TABLE entitlock.lease_record IS
 'the current lease on each name, with its token; written only by entitlock''s functions (read entitlock.leases instead)';

@@ -45,14 +45,21 @@ extern void entitlock_release(int64 key, LOCKMODE mode);
 #define ENTITLOCK_MAX_INDEX_KEYS 4
 #define ENTITLOCK_MAX_INDEXES 2
 
-/* A btree index over some of a table's columns, in order. */
+/*
+ * A btree index over some of a table's columns, in order.  Where an older
+ * version of the extension made a different index for the same lookups
+ * (the same leading columns), older describes it: until ALTER EXTENSION
+ * UPDATE replaces it, the code reads through that one.
+ */
 typedef struct EntitlockIndexDef
 {
 	const char *name;
 	bool		unique;
 	int			nkeys;
 	AttrNumber	keys[ENTITLOCK_MAX_INDEX_KEYS]; /* 1-based column numbers */
+	const struct EntitlockIndexDef *older;
 	Oid			indexid;		/* cached; InvalidOid until looked up */
+	const struct EntitlockIndexDef *layout; /* cached: this one or older */
 } EntitlockIndexDef;
 
 /*

@@ -76,10 +76,16 @@ static const Oid claim_types[CLAIM_NATTS] = {
 #define HASH_INDEX 0
 #define EXPIRY_INDEX 1
 
+/* 1.0's index on the hash, which 1.1's primary key replaces */
+static const EntitlockIndexDef claim_hash_1_0 = {
+	"idempotency_key_hash_idx", false, 1, {COL_KEY_HASH + 1}
+};
+
 static EntitlockTableDef claim_def = {
 	"idempotency_key", claim_types, CLAIM_NATTS, CLAIM_NATTS_1_0, 2,
 	{
-		{"idempotency_key_hash_idx", false, 1, {COL_KEY_HASH + 1}},
+		{"idempotency_key_pkey", true, 2, {COL_KEY_HASH + 1, COL_CLAIM_ID + 1},
+		&claim_hash_1_0},
 		{"idempotency_key_expires_at_idx", false, 1, {COL_EXPIRES_AT + 1}}
 	}
 };

@@ -358,7 +358,7 @@ entitlock_key_pair(PG_FUNCTION_ARGS)
 
 /*
  * A version 4 (random) UUID from the strong random source: lease tokens,
- * which are capabilities and must not be guessable, and row identities.
+ * which are capabilities and must not be guessable, and claim identities.
  */
 pg_uuid_t *
 entitlock_random_uuid(void)

@@ -106,10 +106,16 @@ static const Oid lease_types[LEASE_NATTS] = {
 
 #define HASH_INDEX 0
 
+/* 1.0's index on the hash, which 1.1's primary key replaces */
+static const EntitlockIndexDef lease_hash_1_0 = {
+	"lease_record_key_hash_idx", false, 1, {COL_KEY_HASH + 1}
+};
+
 static EntitlockTableDef lease_def = {
 	"lease_record", lease_types, LEASE_NATTS, LEASE_NATTS, 1,
 	{
-		{"lease_record_key_hash_idx", false, 1, {COL_KEY_HASH + 1}}
+		{"lease_record_pkey", true, 2, {COL_KEY_HASH + 1, COL_FENCING + 1},
+		&lease_hash_1_0}
 	}
 };
 

@@ -121,9 +121,17 @@ table_ids(EntitlockTableDef *def, Oid *relid, Oid *indexids)
 	*relid = get_relname_relid(def->relname, nspid);
 	for (i = 0; i < def->nindexes; i++)
 	{
-		indexids[i] = get_relname_relid(def->indexes[i].name, nspid);
+		const EntitlockIndexDef *idef = &def->indexes[i];
+
+		indexids[i] = get_relname_relid(idef->name, nspid);
+		if (!OidIsValid(indexids[i]) && idef->older != NULL)
+		{
+			idef = idef->older;
+			indexids[i] = get_relname_relid(idef->name, nspid);
+		}
 		if (!OidIsValid(indexids[i]))
 			table_layout_error(def->relname);
+		def->indexes[i].layout = idef;
 	}
 	if (!OidIsValid(*relid))
 		table_layout_error(def->relname);
@@ -187,7 +195,7 @@ entitlock_table_open(EntitlockTable *t, EntitlockTableDef *def,
 	for (i = 0; i < def->nindexes; i++)
 	{
 		t->index[i] = index_open(indexids[i], lockmode);
-		check_index(def, &def->indexes[i], t->index[i], relid);
+		check_index(def, def->indexes[i].layout, t->index[i], relid);
 	}
 	t->slot = table_slot_create(t->heap, NULL);
 	t->estate = NULL;
@@ -239,7 +247,7 @@ IndexScanDesc
 entitlock_table_scan(EntitlockTable *t, int indexno, Snapshot snapshot,
 					 StrategyNumber strategy, int nkeys, const Datum *keyvals)
 {
-	const EntitlockIndexDef *idef = &t->def->indexes[indexno];
+	const EntitlockIndexDef *idef = t->def->indexes[indexno].layout;
 	ScanKeyData skey[ENTITLOCK_MAX_INDEX_KEYS];
 	IndexScanDesc scan;
 	int			i;
@@ -271,9 +279,9 @@ entitlock_table_probe(EntitlockTable *t, Snapshot snapshot,
 	IndexScanDesc scan;
 	bool		found;
 
-	Assert(t->def->indexes[0].unique);
+	Assert(t->def->indexes[0].layout->unique);
 	scan = entitlock_table_scan(t, 0, snapshot, BTEqualStrategyNumber,
-								t->def->indexes[0].nkeys, keyvals);
+								t->def->indexes[0].layout->nkeys, keyvals);
 	found = index_getnext_slot(scan, ForwardScanDirection, t->slot);
 	index_endscan(scan);
 

@@ -32,8 +32,8 @@ my @tables = qw(idempotency_key lease_record usage_counter usage_idempotency);
 
 # The primary key of each table: the order rows are compared in.
 my %pkey = (
-	idempotency_key   => 'claim_id',
-	lease_record      => 'token',
+	idempotency_key   => 'key_hash, claim_id',
+	lease_record      => 'key_hash, fencing',
 	usage_counter     => 'subject, feature, period, period_start',
 	usage_idempotency => 'subject, feature, idempotency_key',);
 
@@ -177,8 +177,8 @@ is( $pub->safe_psql(
 			 ON k.conrelid = c.oid AND k.contype = 'p'
 		  WHERE c.relnamespace = 'entitlock'::regnamespace"),
 	join("\n",
-		'idempotency_key d PRIMARY KEY (claim_id)',
-		'lease_record d PRIMARY KEY (token)',
+		'idempotency_key d PRIMARY KEY (key_hash, claim_id)',
+		'lease_record d PRIMARY KEY (key_hash, fencing)',
 		'usage_counter d PRIMARY KEY (subject, feature, period, period_start)',
 		'usage_idempotency d PRIMARY KEY (subject, feature, idempotency_key)'),
 	'each table has a primary key, its replica identity (default)');
