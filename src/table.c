@@ -386,10 +386,9 @@ entitlock_check_visible_to_transaction(TupleTableSlot *slot)
  * replicate, exactly as an INSERT, UPDATE or DELETE statement would.
  * Statement triggers do not fire, as they do not for the apply worker: an
  * entitlock call is not a statement on the table.  The executor state is
- * made by the first write of a call and freed when the table is closed;
- * AFTER row triggers fire then, before the call returns.  A caller that
- * will write under a contended lock may prepare before taking it, so that
- * the lock is held no longer than the write takes.
+ * made by the first write of a call and freed when the table is closed.  A
+ * caller that will write under a contended lock may prepare before taking
+ * it, so that the lock is held no longer than the write takes.
  */
 void
 entitlock_table_prepare_writes(EntitlockTable *t)
@@ -431,14 +430,6 @@ entitlock_table_prepare_writes(EntitlockTable *t)
 	t->oldslot = NULL;
 
 	MemoryContextSwitchTo(oldcontext);
-
-	/*
-	 * AFTER row triggers (foreign keys and deferred unique checks are such
-	 * triggers too) queue here and fire in end_writes().  A table without
-	 * triggers queues nothing.
-	 */
-	if (t->rri->ri_TrigDesc != NULL)
-		AfterTriggerBeginQuery();
 	t->estate = estate;
 }
 
@@ -452,8 +443,6 @@ end_writes(EntitlockTable *t)
 		return;
 
 	oldcontext = MemoryContextSwitchTo(estate->es_query_cxt);
-	if (t->rri->ri_TrigDesc != NULL)
-		AfterTriggerEndQuery(estate);
 	EvalPlanQualEnd(&t->epqstate);
 	ExecCloseResultRelations(estate);
 	ExecResetTupleTable(estate->es_tupleTable, false);
@@ -505,6 +494,47 @@ old_row(EntitlockTable *t, ItemPointer tid)
 }
 
 /*
+ * Write one row: oldslot is the row an update or delete changes, newslot
+ * the row an insert or update writes.  Like the apply worker, each row
+ * write is a query of its own for AFTER triggers (foreign keys and
+ * deferred unique checks are such triggers too), which fire before this
+ * returns; a table without triggers queues none.
+ */
+static void
+write_row(EntitlockTable *t, CmdType operation, TupleTableSlot *oldslot,
+		  TupleTableSlot *newslot)
+{
+	MemoryContext oldcontext;
+	bool		triggers = t->rri->ri_TrigDesc != NULL;
+
+	oldcontext = MemoryContextSwitchTo(t->estate->es_query_cxt);
+	if (triggers)
+		AfterTriggerBeginQuery();
+	switch (operation)
+	{
+		case CMD_INSERT:
+			ExecSimpleRelationInsert(t->rri, t->estate, newslot);
+			break;
+		case CMD_UPDATE:
+			ExecSimpleRelationUpdate(t->rri, t->estate, &t->epqstate,
+									 oldslot, newslot);
+			break;
+		case CMD_DELETE:
+			ExecSimpleRelationDelete(t->rri, t->estate, &t->epqstate,
+									 oldslot);
+			break;
+		default:
+			elog(ERROR, "unexpected operation %d", (int) operation);
+	}
+	if (triggers)
+		AfterTriggerEndQuery(t->estate);
+	MemoryContextSwitchTo(oldcontext);
+	ResetPerTupleExprContext(t->estate);
+	if (oldslot != NULL && oldslot != t->slot)
+		ExecClearTuple(oldslot);
+}
+
+/*
  * Insert the row values/nulls.  values has a value for each of
  * t->def->natts columns; a table of an older layout takes only the
  * columns it has.
@@ -512,13 +542,8 @@ old_row(EntitlockTable *t, ItemPointer tid)
 void
 entitlock_table_insert(EntitlockTable *t, Datum *values, bool *nulls)
 {
-	MemoryContext oldcontext;
-
 	entitlock_table_prepare_writes(t);
-	oldcontext = MemoryContextSwitchTo(t->estate->es_query_cxt);
-	ExecSimpleRelationInsert(t->rri, t->estate, new_row(t, values, nulls));
-	MemoryContextSwitchTo(oldcontext);
-	ResetPerTupleExprContext(t->estate);
+	write_row(t, CMD_INSERT, NULL, new_row(t, values, nulls));
 }
 
 /*
@@ -558,14 +583,11 @@ entitlock_table_update(EntitlockTable *t, ItemPointer otid, Datum *values,
 					   bool *nulls, uint32 changed)
 {
 	MemoryContext oldcontext;
-	TupleTableSlot *oldslot;
 	Bitmapset  *cols = NULL;
 	int			natts = RelationGetDescr(t->heap)->natts;
 	int			i;
 
 	entitlock_table_prepare_writes(t);
-	oldslot = old_row(t, otid);
-
 	oldcontext = MemoryContextSwitchTo(t->estate->es_query_cxt);
 	for (i = 0; i < natts; i++)
 	{
@@ -573,30 +595,17 @@ entitlock_table_update(EntitlockTable *t, ItemPointer otid, Datum *values,
 			cols = bms_add_member(cols,
 								  i + 1 - FirstLowInvalidHeapAttributeNumber);
 	}
-	*t->updated_cols = cols;
-	ExecSimpleRelationUpdate(t->rri, t->estate, &t->epqstate, oldslot,
-							 new_row(t, values, nulls));
 	MemoryContextSwitchTo(oldcontext);
-	ResetPerTupleExprContext(t->estate);
-	if (oldslot != t->slot)
-		ExecClearTuple(oldslot);
+	*t->updated_cols = cols;
+	write_row(t, CMD_UPDATE, old_row(t, otid), new_row(t, values, nulls));
 }
 
 /* Delete the row at tid, under the same rules as entitlock_table_update(). */
 void
 entitlock_table_delete(EntitlockTable *t, ItemPointer tid)
 {
-	MemoryContext oldcontext;
-	TupleTableSlot *oldslot;
-
 	entitlock_table_prepare_writes(t);
-	oldslot = old_row(t, tid);
-	oldcontext = MemoryContextSwitchTo(t->estate->es_query_cxt);
-	ExecSimpleRelationDelete(t->rri, t->estate, &t->epqstate, oldslot);
-	MemoryContextSwitchTo(oldcontext);
-	ResetPerTupleExprContext(t->estate);
-	if (oldslot != t->slot)
-		ExecClearTuple(oldslot);
+	write_row(t, CMD_DELETE, old_row(t, tid), NULL);
 }
 
 /*

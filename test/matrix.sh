@@ -35,6 +35,8 @@ set -uo pipefail
 
 # shellcheck source=test/lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+# shellcheck source=test/tally.sh
+. "$(dirname "${BASH_SOURCE[0]}")/tally.sh"
 
 if [ "$(id -u)" -ne 0 ]; then
 	exec sudo --preserve-env=ENTITLOCK_MATRIX,ENTITLOCK_ROOTS,ENTITLOCK_SRC,ENTITLOCK_MIRROR,ENTITLOCK_KEEP,ENTITLOCK_MATRIX_NESTED \
@@ -55,14 +57,6 @@ declare -A suites=([17]=trixie [18]=sid)
 root_packages() {
 	echo "postgresql-$1 postgresql-server-dev-$1 make gcc libc6-dev libipc-run-perl xxhash"
 }
-
-passed=0
-failed=0
-skipped=0
-failures=()
-pass() { passed=$((passed + 1)); printf 'ok      %s\n' "$1"; }
-fail() { failed=$((failed + 1)); failures+=("$1"); printf 'FAILED  %s\n' "$1"; }
-skip() { skipped=$((skipped + 1)); printf 'skipped %s\n' "$1"; }
 
 if [ -z "${majors// /}" ]; then
 	log "ENTITLOCK_MATRIX is empty: no major to test"
@@ -336,16 +330,5 @@ for v in $majors; do
 	cleanup
 done
 
-if [ -z "${ENTITLOCK_MATRIX_NESTED:-}" ]; then
-	if [ ${#failures[@]} -gt 0 ]; then
-		printf '\nfailed:\n'
-		printf '  %s\n' "${failures[@]}"
-	fi
-	echo
-	if [ $skipped -gt 0 ]; then
-		echo "$passed passed, $failed failed, $skipped skipped"
-	else
-		echo "$passed passed, $failed failed"
-	fi
-fi
+[ -n "${ENTITLOCK_MATRIX_NESTED:-}" ] || print_summary
 [ $failed -eq 0 ]

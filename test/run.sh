@@ -24,16 +24,8 @@
 set -uo pipefail
 
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+. "$(dirname "${BASH_SOURCE[0]}")/tally.sh"
 cd "$ENTITLOCK_ROOT" || exit 1
-
-passed=0
-failed=0
-skipped=0
-failures=()
-
-pass() { passed=$((passed + 1)); printf 'ok      %s\n' "$1"; }
-fail() { failed=$((failed + 1)); failures+=("$1"); printf 'FAILED  %s\n' "$1"; }
-skip() { skipped=$((skipped + 1)); printf 'skipped %s\n' "$1"; }
 
 # Count pg_regress's per-test lines.  PostgreSQL 15 prints
 # "test name ... ok" ("... FAILED"); 16 and later print TAP-style
@@ -147,14 +139,5 @@ if [ "${ENTITLOCK_SUITE:-}" != core ]; then
 	run_matrix
 fi
 
-if [ ${#failures[@]} -gt 0 ]; then
-	printf '\nfailed:\n'
-	printf '  %s\n' "${failures[@]}"
-fi
-echo
-if [ $skipped -gt 0 ]; then
-	echo "$passed passed, $failed failed, $skipped skipped"
-else
-	echo "$passed passed, $failed failed"
-fi
+print_summary
 [ $failed -eq 0 ]
