@@ -15,7 +15,8 @@ OBJS = \
 	src/table.o \
 	src/usage.o \
 	src/idempotency.o \
-	src/leases.o
+	src/leases.o \
+	src/ratelimit.o
 
 DATA = $(wildcard sql/$(EXTENSION)--*.sql)
 PGFILEDESC = "entitlock - named locks, usage limits, idempotency and leases"

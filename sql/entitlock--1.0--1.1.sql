@@ -32,3 +32,185 @@ DROP INDEX entitlock.lease_record_key_hash_idx;
 ALTER TABLE entitlock.usage_counter
 	DROP CONSTRAINT IF EXISTS usage_counter_used_check,
 	DROP CONSTRAINT IF EXISTS usage_counter_period_check;
+
+--
+-- Usage keys remember their refund.
+--
+ALTER TABLE entitlock.usage_idempotency ADD COLUMN refunded_at timestamptz;
+COMMENT ON TABLE entitlock.usage_idempotency IS
+'the first outcome of each usage call made with an idempotency key, returned again to its retries; refunded_at is set by refund_usage()';
+
+--
+-- Several limits in one call (1.1)
+--
+-- One limit of a record_usage_if_under_limits() call: the meter (subject,
+-- feature, period) and its limit.  The constructor checks the fields as
+-- the usage functions check their arguments.
+--
+CREATE TYPE entitlock.usage_limit AS (
+	subject text,
+	feature text,
+	usage_limit bigint,
+	period text
+);
+
+COMMENT ON TYPE entitlock.usage_limit IS
+'one limit of a record_usage_if_under_limits() call: a meter (subject, feature, period) and its limit';
+
+CREATE FUNCTION entitlock.usage_limit(
+	subject text,
+	feature text,
+	usage_limit bigint,
+	period text DEFAULT 'lifetime')
+RETURNS entitlock.usage_limit
+AS 'MODULE_PATHNAME', 'entitlock_usage_limit'
+LANGUAGE C IMMUTABLE PARALLEL SAFE;
+
+COMMENT ON FUNCTION entitlock.usage_limit(text, text, bigint, text) IS
+'a checked entitlock.usage_limit, for record_usage_if_under_limits()';
+
+-- The first outcome of each keyed record_usage_if_under_limits() call, one
+-- array element per limit in the call's order; refunded marks the elements
+-- refund_usage() gave back.
+CREATE TABLE entitlock.usage_limits_idempotency (
+	idempotency_key text COLLATE pg_catalog."C" NOT NULL,
+	amount bigint NOT NULL,
+	subjects text[] NOT NULL,
+	features text[] NOT NULL,
+	periods text[] NOT NULL,
+	allowed boolean[] NOT NULL,
+	used bigint[] NOT NULL,
+	period_ends timestamptz[] NOT NULL,
+	refunded boolean[] NOT NULL,
+	recorded_at timestamptz NOT NULL,
+	CONSTRAINT usage_limits_idempotency_pkey PRIMARY KEY (idempotency_key)
+) USING heap;
+
+COMMENT ON TABLE entitlock.usage_limits_idempotency IS
+'the first outcome of each record_usage_if_under_limits() call made with an idempotency key, returned again to its retries';
+
+SELECT pg_catalog.pg_extension_config_dump('entitlock.usage_limits_idempotency', '');
+
+CREATE FUNCTION entitlock.record_usage_if_under_limits(
+	limits entitlock.usage_limit[],
+	amount bigint DEFAULT 1,
+	idempotency_key text DEFAULT NULL)
+RETURNS TABLE (subject text, feature text, period text, allowed boolean,
+			   used bigint, remaining bigint, period_end timestamptz)
+AS 'MODULE_PATHNAME', 'entitlock_record_usage_if_under_limits'
+LANGUAGE C VOLATILE PARALLEL UNSAFE ROWS 3;
+
+COMMENT ON FUNCTION entitlock.record_usage_if_under_limits(entitlock.usage_limit[], bigint, text) IS
+'records amount on every meter of limits if every limit has room, on none otherwise; one row per limit';
+
+CREATE FUNCTION entitlock.refund_usage(
+	subject text,
+	feature text,
+	idempotency_key text)
+RETURNS bigint
+AS 'MODULE_PATHNAME', 'entitlock_refund_usage'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+
+COMMENT ON FUNCTION entitlock.refund_usage(text, text, text) IS
+'gives back, once, what the call with this idempotency key recorded on (subject, feature), in the period it was recorded in';
+
+--
+-- Forgetting old periods: counters of periods that ended by "before", and
+-- idempotency keys recorded before it (a retry of one after that records
+-- again, and it can no longer be refunded).  Runs as the tables' owner,
+-- like the other usage functions.
+--
+CREATE OR REPLACE FUNCTION entitlock.prune_usage(before timestamptz)
+RETURNS bigint
+LANGUAGE sql VOLATILE STRICT PARALLEL UNSAFE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+	WITH counters AS (
+		DELETE FROM entitlock.usage_counter
+		 WHERE period_end OPERATOR(pg_catalog.<=) $1
+		RETURNING 1
+	), idempotency AS (
+		DELETE FROM entitlock.usage_idempotency
+		 WHERE recorded_at OPERATOR(pg_catalog.<) $1
+		RETURNING 1
+	), set_idempotency AS (
+		DELETE FROM entitlock.usage_limits_idempotency
+		 WHERE recorded_at OPERATOR(pg_catalog.<) $1
+		RETURNING 1
+	)
+	SELECT (SELECT pg_catalog.count(*) FROM counters) OPERATOR(pg_catalog.+)
+		   (SELECT pg_catalog.count(*) FROM idempotency) OPERATOR(pg_catalog.+)
+		   (SELECT pg_catalog.count(*) FROM set_idempotency)
+$$;
+
+COMMENT ON FUNCTION entitlock.prune_usage(timestamptz) IS
+'deletes usage counters of periods that ended by before and usage idempotency keys recorded before it; returns how many rows';
+
+REVOKE ALL ON FUNCTION entitlock.record_usage_if_under_limits(entitlock.usage_limit[], bigint, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION entitlock.refund_usage(text, text, text) FROM PUBLIC;
+
+--
+-- Rate limits (src/ratelimit.c, 1.1)
+--
+-- The generic cell rate algorithm: a name's whole state is its theoretical
+-- arrival time.  A row whose tat has passed is a full bucket, the same as
+-- no row, and prune_rate_limits() deletes it.
+--
+CREATE TABLE entitlock.rate_limit_state (
+	name text COLLATE pg_catalog."C" NOT NULL,
+	tat timestamptz NOT NULL,
+	CONSTRAINT rate_limit_state_pkey PRIMARY KEY (name)
+) USING heap WITH (fillfactor = 50);
+
+COMMENT ON TABLE entitlock.rate_limit_state IS
+'the theoretical arrival time of each rate limit name; a bucket is full again once tat has passed; written only by entitlock''s functions';
+
+SELECT pg_catalog.pg_extension_config_dump('entitlock.rate_limit_state', '');
+
+CREATE FUNCTION entitlock.rate_limit(
+	name text,
+	rate bigint,
+	per interval,
+	burst bigint DEFAULT NULL,
+	cost bigint DEFAULT 1)
+RETURNS TABLE (allowed boolean, remaining bigint, retry_after interval,
+			   reset_after interval)
+AS 'MODULE_PATHNAME', 'entitlock_rate_limit'
+LANGUAGE C VOLATILE PARALLEL UNSAFE ROWS 1;
+
+COMMENT ON FUNCTION entitlock.rate_limit(text, bigint, interval, bigint, bigint) IS
+'takes cost units of a rolling limit of rate per per (bursts up to burst) if they fit now; atomic per name';
+
+CREATE FUNCTION entitlock.gcra(
+	tat timestamptz,
+	at timestamptz,
+	rate bigint,
+	per interval,
+	burst bigint DEFAULT NULL,
+	cost bigint DEFAULT 1)
+RETURNS TABLE (allowed boolean, remaining bigint, retry_after interval,
+			   reset_after interval, tat timestamptz)
+AS 'MODULE_PATHNAME', 'entitlock_gcra'
+LANGUAGE C IMMUTABLE PARALLEL SAFE ROWS 1;
+
+COMMENT ON FUNCTION entitlock.gcra(timestamptz, timestamptz, bigint, interval, bigint, bigint) IS
+'what rate_limit() decides at a given moment for a stored state tat (NULL: none), and the state it leaves';
+
+CREATE FUNCTION entitlock.prune_rate_limits()
+RETURNS bigint
+LANGUAGE sql VOLATILE PARALLEL UNSAFE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+	WITH pruned AS (
+		DELETE FROM entitlock.rate_limit_state
+		 WHERE tat OPERATOR(pg_catalog.<=) pg_catalog.clock_timestamp()
+		RETURNING 1
+	)
+	SELECT pg_catalog.count(*) FROM pruned
+$$;
+
+COMMENT ON FUNCTION entitlock.prune_rate_limits() IS
+'deletes the rate limit states whose bucket is full again (equivalent to no row); returns how many rows';
+
+REVOKE ALL ON FUNCTION entitlock.rate_limit(text, bigint, interval, bigint, bigint) FROM PUBLIC;
+REVOKE ALL ON FUNCTION entitlock.prune_rate_limits() FROM PUBLIC;

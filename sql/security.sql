@@ -25,6 +25,9 @@ GRANT EXECUTE ON FUNCTION
 	entitlock.record_usage_if_under_limit(text, text, bigint, bigint, text, text),
 	entitlock.record_usage(text, text, bigint, text, text),
 	entitlock.usage(text, text, text),
+	entitlock.record_usage_if_under_limits(entitlock.usage_limit[], bigint, text),
+	entitlock.refund_usage(text, text, text),
+	entitlock.rate_limit(text, bigint, interval, bigint, bigint),
 	entitlock.idempotency_begin(text, text, interval),
 	entitlock.idempotency_complete(text, jsonb),
 	entitlock.first_time(text, interval),
@@ -151,6 +154,11 @@ SET ROLE regress_entitlock_granted;
 SELECT allowed, used FROM entitlock.record_usage_if_under_limit('sec:ws', 'api', 3, 10);
 SELECT entitlock.record_usage('sec:ws', 'api', 2, 'lifetime', 'sec:req-1');
 SELECT entitlock.usage('sec:ws', 'api');
+SELECT subject, allowed, used FROM entitlock.record_usage_if_under_limits(
+	ARRAY[entitlock.usage_limit('sec:ws', 'api', 10),
+		  entitlock.usage_limit('sec:org', 'api', 100, 'month')], 1, 'sec:req-2');
+SELECT entitlock.refund_usage('sec:ws', 'api', 'sec:req-2');
+SELECT allowed, remaining FROM entitlock.rate_limit('sec:rl', 10, '1 minute');
 BEGIN;
 SELECT status FROM entitlock.idempotency_begin('sec:order-1', 'fp');
 SELECT entitlock.idempotency_complete('sec:order-1', '{"id": 1}');
@@ -167,6 +175,8 @@ UPDATE entitlock.usage_counter SET used = 0;
 DELETE FROM entitlock.usage_counter;
 TRUNCATE entitlock.usage_counter;
 UPDATE entitlock.usage_idempotency SET allowed = true;
+DELETE FROM entitlock.usage_limits_idempotency;
+UPDATE entitlock.rate_limit_state SET tat = now();
 DELETE FROM entitlock.idempotency_key;
 UPDATE entitlock.idempotency_key SET response = '{}';
 SELECT token FROM entitlock.lease_record;
@@ -181,6 +191,7 @@ CREATE TRIGGER t BEFORE INSERT ON entitlock.lease_record
 ALTER TABLE entitlock.usage_counter DROP CONSTRAINT usage_counter_used_check;
 CREATE FUNCTION entitlock.evil() RETURNS int LANGUAGE sql AS 'SELECT 1';
 SELECT entitlock.prune_usage(now());
+SELECT entitlock.prune_rate_limits();
 SELECT entitlock.purge_expired();
 \set VERBOSITY default
 -- The view never shows a token.
@@ -290,10 +301,12 @@ RESET ROLE;
 -- A maintenance role granted prune_usage runs it with the owner's rights;
 -- its pinned search_path ignores the caller's.
 GRANT USAGE ON SCHEMA entitlock TO regress_entitlock_hostile;
-GRANT EXECUTE ON FUNCTION entitlock.prune_usage(timestamptz)
+GRANT EXECUTE ON FUNCTION entitlock.prune_usage(timestamptz),
+   entitlock.prune_rate_limits()
    TO regress_entitlock_hostile;
 SET ROLE regress_entitlock_hostile;
 SELECT entitlock.prune_usage('2000-01-01');
+SELECT entitlock.prune_rate_limits();
 RESET ROLE;
 RESET search_path;
 

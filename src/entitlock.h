@@ -25,6 +25,7 @@
 /* keys.c */
 extern int64 entitlock_name_key(text *name);
 extern int64 entitlock_pair_key(text *realm, text *entity);
+extern uint64 entitlock_hash_bytes(const void *data, size_t len, uint64 seed);
 extern void entitlock_require_arg(FunctionCallInfo fcinfo, int argno,
 								  const char *what);
 extern text *entitlock_text_arg(FunctionCallInfo fcinfo, int argno,
@@ -40,6 +41,10 @@ extern Interval *entitlock_ttl_arg(FunctionCallInfo fcinfo, int argno,
 /* locks.c */
 extern bool entitlock_acquire(int64 key, LOCKMODE mode, bool wait);
 extern void entitlock_release(int64 key, LOCKMODE mode);
+
+/* The advisory lock tag field that marks entitlock's internal locks. */
+#define ENTITLOCK_INTERNAL_LOCKS 3
+extern void entitlock_acquire_internal(int64 key, LOCKMODE mode);
 
 /* table.c */
 #define ENTITLOCK_MAX_INDEX_KEYS 4
@@ -125,7 +130,8 @@ extern void entitlock_table_prepare_writes(EntitlockTable *t);
 extern void entitlock_table_insert(EntitlockTable *t, Datum *values,
 								   bool *nulls);
 extern TM_Result entitlock_table_lock_row(EntitlockTable *t, ItemPointer tid,
-										  LockTupleMode mode, bool wait);
+										  LockTupleMode mode, bool wait,
+										  bool latest);
 extern void entitlock_table_update(EntitlockTable *t, ItemPointer otid,
 								   Datum *values, bool *nulls,
 								   uint32 changed);
@@ -136,5 +142,8 @@ extern void entitlock_return_one_row(FunctionCallInfo fcinfo,
 									 Datum *values, bool *nulls);
 extern void entitlock_return_no_rows(FunctionCallInfo fcinfo,
 									 ReturnSetInfo *rsinfo);
+extern void entitlock_return_rows(FunctionCallInfo fcinfo,
+								  ReturnSetInfo *rsinfo, int nrows,
+								  int ncols, Datum *values, bool *nulls);
 
 #endif							/* ENTITLOCK_H */

@@ -265,7 +265,7 @@ claim_key(text *key, text *fingerprint, Interval *ttl, Jsonb **response,
 	 */
 	if (claim.have_expired &&
 		entitlock_table_lock_row(&t, &claim.expired_tid,
-								 LockTupleNoKeyExclusive, false) == TM_Ok)
+								 LockTupleNoKeyExclusive, false, false) == TM_Ok)
 	{
 		if (RelationGetNumberOfAttributes(t.heap) > COL_CLAIM_ID)
 			values[COL_CLAIM_ID] = slot_getattr(t.oldslot, COL_CLAIM_ID + 1,
@@ -472,7 +472,7 @@ entitlock_purge_expired(PG_FUNCTION_ARGS)
 		 * changed it since the snapshot: skip it.
 		 */
 		if (entitlock_table_lock_row(&t, &tid, LockTupleExclusive,
-									 false) != TM_Ok)
+									 false, false) != TM_Ok)
 			continue;
 		entitlock_table_delete(&t, &tid);
 		deleted++;

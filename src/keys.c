@@ -218,6 +218,17 @@ entitlock_pair_key(text *realm, text *entity)
 }
 
 /*
+ * A 64-bit hash of len bytes at data, chained on seed, for the keys of
+ * entitlock's internal locks (see entitlock_acquire_internal()).  These
+ * never leave the server, so they hash the stored bytes as they are.
+ */
+uint64
+entitlock_hash_bytes(const void *data, size_t len, uint64 seed)
+{
+	return xxh64(data, len, seed);
+}
+
+/*
  * Raise null_value_not_allowed, naming what, when argument argno is NULL.
  * entitlock's functions are not STRICT: a NULL name silently returning NULL
  * would let a caller believe it holds a lock (or recorded usage) it never

@@ -81,6 +81,27 @@ entitlock_acquire(int64 key, LOCKMODE mode, bool wait)
 }
 
 /*
+ * Take a transaction-scoped lock in entitlock's internal key space, which
+ * no SQL function reaches: an advisory lock tag whose fourth field is
+ * ENTITLOCK_INTERNAL_LOCKS (pg_advisory_lock() uses 1 and 2).  entitlock's
+ * own code serialises on these where no user-visible name is involved
+ * (a usage idempotency key, a counter row being created), so that they
+ * can never collide with, or be taken by, an application's locks.  They
+ * show in pg_locks as advisory locks with objsubid 3.  Always waits.
+ */
+void
+entitlock_acquire_internal(int64 key, LOCKMODE mode)
+{
+	LOCKTAG		tag;
+
+	check_not_parallel();
+	SET_LOCKTAG_ADVISORY(tag, MyDatabaseId,
+						 (uint32) (key >> 32), (uint32) key,
+						 ENTITLOCK_INTERNAL_LOCKS);
+	(void) LockAcquire(&tag, mode, false, false);
+}
+
+/*
  * Undo one entitlock_acquire of key in mode by this transaction.  Used to
  * back out of a half-taken pair of locks, and by a lease call that changed
  * nothing; a lock taken earlier in the transaction stays held, as its

@@ -549,15 +549,19 @@ entitlock_table_insert(EntitlockTable *t, Datum *values, bool *nulls)
 /*
  * Lock the row at tid in mode, as SELECT ... FOR UPDATE would, before
  * changing it: a writer that does not hold the row's entitlock lock (a
- * purge, a prune) may be deleting it.  With wait, waits for a transaction
- * that is changing the row; without, returns TM_WouldBlock at once.
- * Returns TM_Ok, with the row left for entitlock_table_update() or
- * _delete(), or why the row cannot be had: TM_Deleted or TM_Updated (it is
- * gone, or not the latest version any more).
+ * purge, a prune) may be deleting it, and concurrent recorders of a usage
+ * counter meet here.  With wait, waits for a transaction that is changing
+ * the row; without, returns TM_WouldBlock at once.  With latest, a row
+ * updated meanwhile is followed to its newest version, which is locked
+ * instead and whose position is left in *tid, as READ COMMITTED's UPDATE
+ * does.  Returns TM_Ok, with the locked row in t->oldslot for the caller
+ * to read and for entitlock_table_update() or _delete(), or why the row
+ * cannot be had: TM_Deleted or TM_Updated (it is gone, or, without
+ * latest, not the newest version any more).
  */
 TM_Result
 entitlock_table_lock_row(EntitlockTable *t, ItemPointer tid,
-						 LockTupleMode mode, bool wait)
+						 LockTupleMode mode, bool wait, bool latest)
 {
 	TM_FailureData tmfd;
 	TM_Result	result;
@@ -565,9 +569,13 @@ entitlock_table_lock_row(EntitlockTable *t, ItemPointer tid,
 	entitlock_table_prepare_writes(t);
 	result = table_tuple_lock(t->heap, tid, t->estate->es_snapshot,
 							  old_slot(t), t->estate->es_output_cid, mode,
-							  wait ? LockWaitBlock : LockWaitSkip, 0, &tmfd);
+							  wait ? LockWaitBlock : LockWaitSkip,
+							  latest ? TUPLE_LOCK_FLAG_FIND_LAST_VERSION : 0,
+							  &tmfd);
 	if (result != TM_Ok)
 		ExecClearTuple(t->oldslot);
+	else
+		slot_getallattrs(t->oldslot);
 	return result;
 }
 
@@ -633,16 +641,18 @@ entitlock_materialize_resultinfo(FunctionCallInfo fcinfo)
 }
 
 /*
- * Set up an empty result set with the caller's row type; with values, put
- * one row in it.
+ * Set up the result set with the caller's row type, holding nrows rows,
+ * one after the other in values/nulls; ncols, unless -1, is the number of
+ * columns the caller means each to have.
  */
-static void
-return_rows(FunctionCallInfo fcinfo, ReturnSetInfo *rsinfo,
-			Datum *values, bool *nulls)
+void
+entitlock_return_rows(FunctionCallInfo fcinfo, ReturnSetInfo *rsinfo,
+					  int nrows, int ncols, Datum *values, bool *nulls)
 {
 	TupleDesc	tupdesc;
 	Tuplestorestate *store;
 	MemoryContext oldcontext;
+	int			i;
 
 	oldcontext = MemoryContextSwitchTo(rsinfo->econtext->ecxt_per_query_memory);
 
@@ -655,9 +665,13 @@ return_rows(FunctionCallInfo fcinfo, ReturnSetInfo *rsinfo,
 	else if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
 		elog(ERROR, "return type must be a row type");
 	tupdesc = CreateTupleDescCopy(tupdesc);
+	if (ncols >= 0 && tupdesc->natts != ncols)
+		elog(ERROR, "return type has %d columns, expected %d",
+			 tupdesc->natts, ncols);
 	store = tuplestore_begin_heap(false, false, work_mem);
-	if (values != NULL)
-		tuplestore_putvalues(store, tupdesc, values, nulls);
+	for (i = 0; i < nrows; i++)
+		tuplestore_putvalues(store, tupdesc, values + i * tupdesc->natts,
+							 nulls + i * tupdesc->natts);
 	MemoryContextSwitchTo(oldcontext);
 
 	rsinfo->returnMode = SFRM_Materialize;
@@ -670,12 +684,12 @@ void
 entitlock_return_one_row(FunctionCallInfo fcinfo, ReturnSetInfo *rsinfo,
 						 Datum *values, bool *nulls)
 {
-	return_rows(fcinfo, rsinfo, values, nulls);
+	entitlock_return_rows(fcinfo, rsinfo, 1, -1, values, nulls);
 }
 
 /* Return no rows. */
 void
 entitlock_return_no_rows(FunctionCallInfo fcinfo, ReturnSetInfo *rsinfo)
 {
-	return_rows(fcinfo, rsinfo, NULL, NULL);
+	entitlock_return_rows(fcinfo, rsinfo, 0, -1, NULL, NULL);
 }

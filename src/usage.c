@@ -2,26 +2,41 @@
  *
  * usage.c
  *	  Usage limits: entitlock.record_usage_if_under_limit, record_usage,
- *	  usage and usage_period.
+ *	  record_usage_if_under_limits, refund_usage, usage, usage_limit and
+ *	  usage_period.
  *
  * A meter is (subject, feature, period kind).  Each calendar period of a
  * meter is one row of entitlock.usage_counter holding a running total, so
  * a decision is one index probe and one update, however much usage there
- * has been.  Idempotency keys live in entitlock.usage_idempotency with the
- * decision they got, so a retry can be answered without recording again.
+ * has been.  Idempotency keys live in entitlock.usage_idempotency (one
+ * meter) and entitlock.usage_limits_idempotency (a set of meters) with the
+ * decisions they got, so a retry can be answered without recording again.
  *
- * Every call that records first takes lock_entity(subject, feature) from
- * locks.c: shared on the subject, exclusive on the pair.  That serialises
- * the calls of one meter (and lets an exclusive lock(subject) freeze all of
- * a subject's usage) while other pairs run in parallel.  Only after the
- * lock is granted are the tables read.  They are read with SnapshotSelf:
- * only holders of the pair lock write the pair's rows (prune_usage only
- * deletes ended periods and old keys), so under the lock committed rows
- * are what a fresh MVCC snapshot would show, and unlike one, SnapshotSelf
+ * How calls on one meter serialise.  Every recording call first takes
+ * shared advisory locks on the subject and on the (subject, feature) pair:
+ * an exclusive lock(subject) then freezes all of a subject's usage, and an
+ * exclusive lock_entity(subject, feature) taken by application code
+ * excludes recording on that meter, while recorders do not exclude each
+ * other there.  Recorders meet on the counter row itself: it is locked, as
+ * SELECT ... FOR NO KEY UPDATE would, before its usage is read, so a hot
+ * meter behaves like a single-row UPDATE, where whichever session runs
+ * first goes ahead, rather than a queue on an exclusive lock that is handed
+ * to a sleeping waiter.  A period's first row has no row to lock yet: its
+ * creators serialise on an internal lock for that row (see locks.c) and
+ * look again once they hold it.  Calls with an idempotency key also take an
+ * internal lock on the key, so that a retry racing its first call waits
+ * for it and then answers from its record.
+ *
+ * Rows are found with SnapshotSelf and locked in their newest version, so
+ * a decision reads the usage as of after the row lock was granted, as
+ * READ COMMITTED's UPDATE does.  Unlike an MVCC snapshot, SnapshotSelf
  * takes no SERIALIZABLE predicate locks on the index pages that all pairs
  * share, which would make calls on unrelated pairs fail each other.  See
  * entitlock_check_visible_to_transaction() for REPEATABLE READ and
  * SERIALIZABLE.
+ *
+ * A call naming several meters locks all of them, in one canonical order,
+ * before it reads any, decides every limit, and then writes all or none.
  *
  * The tables are not granted to anyone and are accessed beneath SQL, by
  * table.c.
@@ -30,18 +45,27 @@
  */
 #include "postgres.h"
 
+#include "access/htup_details.h"
 #include "access/xact.h"
+#include "catalog/namespace.h"
 #include "catalog/pg_type.h"
 #include "entitlock.h"
+#include "funcapi.h"
 #include "miscadmin.h"
+#include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/datetime.h"
+#include "utils/lsyscache.h"
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
+#include "utils/typcache.h"
 
 PG_FUNCTION_INFO_V1(entitlock_record_usage_if_under_limit);
 PG_FUNCTION_INFO_V1(entitlock_record_usage);
+PG_FUNCTION_INFO_V1(entitlock_record_usage_if_under_limits);
+PG_FUNCTION_INFO_V1(entitlock_refund_usage);
 PG_FUNCTION_INFO_V1(entitlock_usage);
+PG_FUNCTION_INFO_V1(entitlock_usage_limit);
 PG_FUNCTION_INFO_V1(entitlock_usage_period);
 
 /*
@@ -49,6 +73,13 @@ PG_FUNCTION_INFO_V1(entitlock_usage_period);
  * so together they must fit in a btree entry (about 2.7 kB).
  */
 #define USAGE_MAX_NAME_BYTES 512
+
+/* At most this many limits in one record_usage_if_under_limits() call. */
+#define USAGE_MAX_LIMITS 100
+
+/* Seeds of the internal lock keys; any fixed values, never changed. */
+#define KEY_LOCK_SEED		UINT64CONST(0x656e746c6f636b31)	/* idempotency key */
+#define CREATE_LOCK_SEED	UINT64CONST(0x656e746c6f636b32)	/* first row */
 
 typedef enum UsagePeriod
 {
@@ -77,32 +108,47 @@ typedef struct UsageMeter
 	bool		has_end;
 } UsageMeter;
 
-/* What a call decided, or what an earlier call with its key decided. */
-typedef struct UsageOutcome
+/*
+ * One meter of a call, through locking, deciding and writing it.  limit
+ * bounds the usage after the call (bigint's largest for record_usage).
+ */
+typedef struct MeterCall
 {
-	bool		allowed;
-	int64		used;
-} UsageOutcome;
-
-/* An earlier call's record under the same idempotency key. */
-typedef struct IdempotentRecord
-{
-	bool		found;
-	UsagePeriod period;
-	int64		amount;
-	UsageOutcome outcome;
-} IdempotentRecord;
+	UsageMeter	meter;
+	int64		limit;
+	int64		subject_key;	/* the advisory lock keys */
+	int64		pair_key;
+	int			position;		/* 0-based, in the caller's list */
+	bool		found;			/* its counter row exists, locked at tid */
+	ItemPointerData tid;
+	int64		used;			/* before the decision */
+	bool		allowed;		/* the limit had room */
+	int64		new_used;		/* after the decision */
+} MeterCall;
 
 /*
  * Argument checks
+ *
+ * The same checks apply to a function's arguments and to the fields of an
+ * entitlock.usage_limit, so they take a value and whether it is NULL.
  */
 
 static text *
-name_arg(FunctionCallInfo fcinfo, int argno, const char *what)
+name_value(Datum value, bool isnull, const char *what)
 {
-	text	   *name = entitlock_nonempty_text_arg(fcinfo, argno, what);
-	int			len = VARSIZE_ANY_EXHDR(name);
+	text	   *name;
+	int			len;
 
+	if (isnull)
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("%s must not be null", what)));
+	name = DatumGetTextPP(value);
+	len = VARSIZE_ANY_EXHDR(name);
+	if (len == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("%s must not be empty", what)));
 	if (len > USAGE_MAX_NAME_BYTES)
 		ereport(ERROR,
 				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
@@ -110,6 +156,12 @@ name_arg(FunctionCallInfo fcinfo, int argno, const char *what)
 				 errdetail("It is %d bytes long; the limit is %d bytes.",
 						   len, USAGE_MAX_NAME_BYTES)));
 	return name;
+}
+
+static text *
+name_arg(FunctionCallInfo fcinfo, int argno, const char *what)
+{
+	return name_value(PG_GETARG_DATUM(argno), PG_ARGISNULL(argno), what);
 }
 
 static int64
@@ -135,22 +187,42 @@ period_lookup(const char *name)
 }
 
 static UsagePeriod
-period_arg(FunctionCallInfo fcinfo, int argno)
+period_value(Datum value, bool isnull)
 {
-	char	   *name;
+	text	   *name;
 	int			period;
 
-	entitlock_require_arg(fcinfo, argno, "period");
-	name = text_to_cstring(PG_GETARG_TEXT_PP(argno));
-	period = period_lookup(name);
+	if (isnull)
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("period must not be null")));
+	name = DatumGetTextPP(value);
+	period = period_lookup(text_to_cstring(name));
 	if (period >= 0)
 		return (UsagePeriod) period;
 	ereport(ERROR,
 			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 			 errmsg("unrecognized period \"%s\"",
-					entitlock_text_for_message(PG_GETARG_TEXT_PP(argno))),
+					entitlock_text_for_message(name)),
 			 errhint("Valid periods are lifetime, minute, hour, day, week, month and year.")));
 	pg_unreachable();
+}
+
+static UsagePeriod
+period_arg(FunctionCallInfo fcinfo, int argno)
+{
+	return period_value(PG_GETARG_DATUM(argno), PG_ARGISNULL(argno));
+}
+
+/* A period name as the tables store it. */
+static UsagePeriod
+stored_period(Datum value, const char *relname)
+{
+	int			period = period_lookup(TextDatumGetCString(value));
+
+	if (period < 0)
+		elog(ERROR, "unexpected period in entitlock.%s", relname);
+	return (UsagePeriod) period;
 }
 
 /* The optional idempotency key in argno, or NULL. */
@@ -160,6 +232,36 @@ idempotency_key_arg(FunctionCallInfo fcinfo, int argno)
 	if (PG_ARGISNULL(argno))
 		return NULL;
 	return name_arg(fcinfo, argno, "idempotency key");
+}
+
+static int64
+positive_amount_arg(FunctionCallInfo fcinfo, int argno)
+{
+	int64		amount = int8_arg(fcinfo, argno, "amount");
+
+	if (amount <= 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("amount must be greater than zero"),
+				 errhint("Use record_usage() with a negative amount to give usage back.")));
+	return amount;
+}
+
+static int64
+limit_value(Datum value, bool isnull)
+{
+	int64		limit;
+
+	if (isnull)
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("usage limit must not be null")));
+	limit = DatumGetInt64(value);
+	if (limit < 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("usage limit must not be negative")));
+	return limit;
 }
 
 /*
@@ -284,7 +386,11 @@ meter_args(FunctionCallInfo fcinfo, UsageMeter *meter, int period_argno)
 #define COUNTER_NATTS 6
 #define COUNTER_USED 5			/* 0-based column numbers */
 
-#define IDEM_NATTS 9
+#define IDEM_NATTS 10
+#define IDEM_REFUNDED_AT 9		/* added in 1.1 */
+
+#define SETKEY_NATTS 10
+#define SETKEY_REFUNDED 8
 
 static const Oid counter_types[COUNTER_NATTS] = {
 	TEXTOID,					/* subject */
@@ -304,6 +410,21 @@ static const Oid idem_types[IDEM_NATTS] = {
 	BOOLOID,					/* allowed */
 	INT8OID,					/* used */
 	TIMESTAMPTZOID,				/* period_end */
+	TIMESTAMPTZOID,				/* recorded_at */
+	TIMESTAMPTZOID				/* refunded_at (1.1) */
+};
+
+/* One row per record_usage_if_under_limits() call with a key (1.1). */
+static const Oid setkey_types[SETKEY_NATTS] = {
+	TEXTOID,					/* idempotency_key */
+	INT8OID,					/* amount */
+	TEXTARRAYOID,				/* subjects, in the call's order */
+	TEXTARRAYOID,				/* features */
+	TEXTARRAYOID,				/* periods */
+	BOOLARRAYOID,				/* allowed, per limit */
+	INT8ARRAYOID,				/* used, per limit, after the decision */
+	TIMESTAMPTZARRAYOID,		/* period_ends */
+	BOOLARRAYOID,				/* refunded, per limit */
 	TIMESTAMPTZOID				/* recorded_at */
 };
 
@@ -312,12 +433,132 @@ static EntitlockTableDef counter_def = {
 	{{"usage_counter_pkey", true, 4, {1, 2, 3, 4}}}
 };
 static EntitlockTableDef idem_def = {
-	"usage_idempotency", idem_types, IDEM_NATTS, IDEM_NATTS, 1,
+	"usage_idempotency", idem_types, IDEM_NATTS, IDEM_NATTS - 1, 1,
 	{{"usage_idempotency_pkey", true, 3, {1, 2, 3}}}
+};
+static EntitlockTableDef setkey_def = {
+	"usage_limits_idempotency", setkey_types, SETKEY_NATTS, SETKEY_NATTS, 1,
+	{{"usage_limits_idempotency_pkey", true, 1, {1}}}
 };
 
 /*
- * Recording
+ * Locks
+ */
+
+/*
+ * Take the shared advisory locks of every meter of a call (sorted in
+ * canonical order), subjects and then pairs, each in ascending key order
+ * as lock_all() takes its keys, so that no order of calls can deadlock on
+ * them.
+ */
+static int
+cmp_int64(const void *a, const void *b)
+{
+	int64		x = *(const int64 *) a;
+	int64		y = *(const int64 *) b;
+
+	return (x > y) - (x < y);
+}
+
+static void
+lock_meters_shared(MeterCall *calls, int n)
+{
+	int64	   *keys = palloc(sizeof(int64) * n);
+	int			pass;
+	int			i;
+
+	for (pass = 0; pass < 2; pass++)
+	{
+		for (i = 0; i < n; i++)
+			keys[i] = pass == 0 ? calls[i].subject_key : calls[i].pair_key;
+		qsort(keys, n, sizeof(int64), cmp_int64);
+		for (i = 0; i < n; i++)
+		{
+			if (i == 0 || keys[i] != keys[i - 1])
+				(void) entitlock_acquire(keys[i], ShareLock, true);
+		}
+	}
+	pfree(keys);
+}
+
+/* Serialise every call using this idempotency key. */
+static void
+lock_idempotency_key(text *key)
+{
+	entitlock_acquire_internal((int64)
+							   entitlock_hash_bytes(VARDATA_ANY(key),
+													VARSIZE_ANY_EXHDR(key),
+													KEY_LOCK_SEED),
+							   ExclusiveLock);
+}
+
+/* Serialise the creators of a meter's counter row for its period. */
+static void
+lock_counter_creation(const MeterCall *call)
+{
+	char		buf[sizeof(int64) + sizeof(TimestampTz) + 1];
+
+	memcpy(buf, &call->pair_key, sizeof(int64));
+	memcpy(buf + sizeof(int64), &call->meter.period_start,
+		   sizeof(TimestampTz));
+	buf[sizeof(buf) - 1] = (char) call->meter.period;
+	entitlock_acquire_internal((int64)
+							   entitlock_hash_bytes(buf, sizeof(buf),
+													CREATE_LOCK_SEED),
+							   ExclusiveLock);
+}
+
+/*
+ * The canonical order meters are locked in: by pair key, then by the
+ * names (should two pairs share a key), period kind and period.
+ */
+static int
+cmp_text_bytes(text *a, text *b)
+{
+	int			alen = VARSIZE_ANY_EXHDR(a);
+	int			blen = VARSIZE_ANY_EXHDR(b);
+	int			c = memcmp(VARDATA_ANY(a), VARDATA_ANY(b), Min(alen, blen));
+
+	return c != 0 ? c : (alen > blen) - (alen < blen);
+}
+
+static int
+cmp_meter_calls(const void *a, const void *b)
+{
+	const MeterCall *x = *(const MeterCall *const *) a;
+	const MeterCall *y = *(const MeterCall *const *) b;
+	int			c;
+
+	if (x->pair_key != y->pair_key)
+		return x->pair_key < y->pair_key ? -1 : 1;
+	c = cmp_text_bytes(x->meter.subject, y->meter.subject);
+	if (c != 0)
+		return c;
+	c = cmp_text_bytes(x->meter.feature, y->meter.feature);
+	if (c != 0)
+		return c;
+	if (x->meter.period != y->meter.period)
+		return (int) x->meter.period - (int) y->meter.period;
+	return (x->meter.period_start > y->meter.period_start) -
+		(x->meter.period_start < y->meter.period_start);
+}
+
+static bool
+same_text(text *a, text *b)
+{
+	return VARSIZE_ANY_EXHDR(a) == VARSIZE_ANY_EXHDR(b) &&
+		memcmp(VARDATA_ANY(a), VARDATA_ANY(b), VARSIZE_ANY_EXHDR(a)) == 0;
+}
+
+static bool
+same_pair(const UsageMeter *a, const UsageMeter *b)
+{
+	return same_text(a->subject, b->subject) &&
+		same_text(a->feature, b->feature);
+}
+
+/*
+ * Counters
  */
 
 /* The meter's counter row, with used = 0 for the caller to set. */
@@ -333,6 +574,153 @@ counter_values(const UsageMeter *meter, Datum *values, bool *nulls)
 	memset(nulls, 0, sizeof(bool) * COUNTER_NATTS);
 	nulls[4] = !meter->has_end;
 }
+
+static void
+serialization_failure(void)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+			 errmsg("could not serialize access due to concurrent update")));
+}
+
+/*
+ * Lock the meter's counter row for its period and read its usage; or, if
+ * there is none, make sure no one else can create it first.  Leaves
+ * call->found, ->tid and ->used.
+ *
+ * The row is found with SnapshotSelf, which sees the newest committed
+ * version (and a version an unfinished transaction is replacing), and
+ * locked in its newest version: a recorder that is changing it makes us
+ * wait, and we read what it committed.  Under REPEATABLE READ and
+ * SERIALIZABLE a row changed since the transaction's snapshot is a
+ * serialization failure instead, as for UPDATE.  A row that prune_usage()
+ * deleted meanwhile is gone with its usage: look again.
+ */
+static void
+lock_counter(EntitlockTable *counter, MeterCall *call)
+{
+	Datum		values[COUNTER_NATTS];
+	bool		nulls[COUNTER_NATTS];
+	bool		creation_locked = false;
+	bool		latest = !IsolationUsesXactSnapshot();
+
+	counter_values(&call->meter, values, nulls);
+	for (;;)
+	{
+		ItemPointerData tid;
+		TM_Result	result;
+
+		CHECK_FOR_INTERRUPTS();
+		if (!entitlock_table_probe(counter, SnapshotSelf, values))
+		{
+			/*
+			 * A row created by a transaction still in progress is not seen
+			 * yet.  Its creator holds the creation lock until it ends; once
+			 * we hold it, the row is either committed and found, or not
+			 * there and ours to create.
+			 */
+			if (creation_locked)
+			{
+				call->found = false;
+				call->used = 0;
+				return;
+			}
+			lock_counter_creation(call);
+			creation_locked = true;
+			continue;
+		}
+
+		tid = counter->slot->tts_tid;
+		/* The probe's buffer pin would keep the page from being pruned. */
+		ExecClearTuple(counter->slot);
+		result = entitlock_table_lock_row(counter, &tid,
+										  LockTupleNoKeyExclusive, true,
+										  latest);
+		if (result == TM_Ok)
+		{
+			TupleTableSlot *slot = counter->oldslot;
+
+			entitlock_check_visible_to_transaction(slot);
+			call->found = true;
+			call->tid = slot->tts_tid;
+			call->used = DatumGetInt64(slot->tts_values[COUNTER_USED]);
+			return;
+		}
+		if (result != TM_Deleted && result != TM_Updated)
+			elog(ERROR, "unexpected result %d locking a usage counter",
+				 (int) result);
+		if (!latest)
+			serialization_failure();
+	}
+}
+
+/*
+ * Decide one meter: with conditional, record amount only within the limit;
+ * without, record it (negative gives back, usage stays at zero or more)
+ * unless the total would pass limit, bigint's largest for record_usage.
+ */
+static void
+decide(MeterCall *call, int64 amount, bool conditional)
+{
+	int64		used = call->used;
+
+	if (amount > 0)
+	{
+		/* used + amount <= limit, without overflowing */
+		call->allowed = amount <= call->limit && used <= call->limit - amount;
+		if (!call->allowed && !conditional)
+			ereport(ERROR,
+					(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
+					 errmsg("usage would be out of range for type bigint"),
+					 errdetail("Usage is " INT64_FORMAT "; adding " INT64_FORMAT " would exceed " INT64_FORMAT ".",
+							   used, amount, PG_INT64_MAX)));
+		call->new_used = call->allowed ? used + amount : used;
+	}
+	else
+	{
+		/* refunds, unconditional only; used >= 0 cannot overflow */
+		call->allowed = true;
+		call->new_used = Max(used + amount, 0);
+	}
+}
+
+/* Write the decided usage, if it changed. */
+static void
+write_counter(EntitlockTable *counter, MeterCall *call)
+{
+	Datum		values[COUNTER_NATTS];
+	bool		nulls[COUNTER_NATTS];
+
+	if (call->new_used == call->used)
+		return;
+	counter_values(&call->meter, values, nulls);
+	values[COUNTER_USED] = Int64GetDatum(call->new_used);
+	if (call->found)
+		entitlock_table_update(counter, &call->tid, values, nulls,
+							   ENTITLOCK_COLUMN(COUNTER_USED));
+	else
+	{
+		entitlock_table_insert(counter, values, nulls);
+		call->found = true;
+	}
+}
+
+/*
+ * Idempotency keys of single-meter calls
+ */
+
+/* An earlier call's record under the same idempotency key. */
+typedef struct IdempotentRecord
+{
+	bool		found;
+	UsagePeriod period;
+	int64		amount;
+	bool		allowed;
+	int64		used;
+	TimestampTz recorded_at;
+	bool		refunded;
+	ItemPointerData tid;
+} IdempotentRecord;
 
 static void
 idempotency_values(const UsageMeter *meter, text *key, Datum *values,
@@ -358,20 +746,31 @@ idempotent_lookup(EntitlockTable *idem, const UsageMeter *meter, text *key)
 
 	if (rec.found)
 	{
-		Datum	   *cols = idem->slot->tts_values;
-		int			period;
+		TupleTableSlot *slot = idem->slot;
+		Datum	   *cols = slot->tts_values;
 
-		entitlock_check_visible_to_transaction(idem->slot);
-		period = period_lookup(TextDatumGetCString(cols[3]));
-		if (period < 0)
-			elog(ERROR, "unexpected period in entitlock.usage_idempotency");
-		rec.period = (UsagePeriod) period;
+		entitlock_check_visible_to_transaction(slot);
+		rec.period = stored_period(cols[3], "usage_idempotency");
 		rec.amount = DatumGetInt64(cols[4]);
-		rec.outcome.allowed = DatumGetBool(cols[5]);
-		rec.outcome.used = DatumGetInt64(cols[6]);
+		rec.allowed = DatumGetBool(cols[5]);
+		rec.used = DatumGetInt64(cols[6]);
+		rec.recorded_at = DatumGetTimestampTz(cols[8]);
+		rec.refunded = slot->tts_tupleDescriptor->natts > IDEM_REFUNDED_AT &&
+			!slot->tts_isnull[IDEM_REFUNDED_AT];
+		rec.tid = slot->tts_tid;
 	}
 	ExecClearTuple(idem->slot);
 	return rec;
+}
+
+static void
+key_reused_error(text *key, const char *detail)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+			 errmsg("idempotency key \"%s\" was already used with a different request",
+					entitlock_text_for_message(key)),
+			 errdetail_internal("%s", detail)));
 }
 
 /*
@@ -384,76 +783,256 @@ idempotent_check_same(const IdempotentRecord *rec, const UsageMeter *meter,
 					  int64 amount, text *key)
 {
 	if (rec->amount != amount || rec->period != meter->period)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("idempotency key \"%s\" was already used with a different request",
-						entitlock_text_for_message(key)),
-				 errdetail("The first call recorded amount " INT64_FORMAT " for period \"%s\"; this call asks for amount " INT64_FORMAT " for period \"%s\".",
-						   rec->amount, period_names[rec->period],
-						   amount, period_names[meter->period])));
+		key_reused_error(key,
+						 psprintf("The first call recorded amount " INT64_FORMAT " for period \"%s\"; this call asks for amount " INT64_FORMAT " for period \"%s\".",
+								  rec->amount, period_names[rec->period],
+								  amount, period_names[meter->period]));
 }
 
 /*
- * Under the pair lock the probe has just seen that the key is free, and
+ * Under the key's lock the probe has just seen that the key is free, and
  * every writer of the key holds that lock, so the insert cannot conflict.
  */
 static void
-idempotent_store(EntitlockTable *idem, const UsageMeter *meter, text *key,
-				 int64 amount, const UsageOutcome *outcome)
+idempotent_store(EntitlockTable *idem, const MeterCall *call, text *key,
+				 int64 amount)
 {
 	Datum		values[IDEM_NATTS];
 	bool		nulls[IDEM_NATTS];
 
-	idempotency_values(meter, key, values, nulls);
-	values[3] = CStringGetTextDatum(period_names[meter->period]);
+	idempotency_values(&call->meter, key, values, nulls);
+	values[3] = CStringGetTextDatum(period_names[call->meter.period]);
 	values[4] = Int64GetDatum(amount);
-	values[5] = BoolGetDatum(outcome->allowed);
-	values[6] = Int64GetDatum(outcome->used);
-	values[7] = TimestampTzGetDatum(meter->period_end);
-	nulls[7] = !meter->has_end;
+	values[5] = BoolGetDatum(call->allowed);
+	values[6] = Int64GetDatum(call->new_used);
+	values[7] = TimestampTzGetDatum(call->meter.period_end);
+	nulls[7] = !call->meter.has_end;
 	values[8] = TimestampTzGetDatum(GetCurrentTransactionStartTimestamp());
+	nulls[IDEM_REFUNDED_AT] = true;
 	entitlock_table_insert(idem, values, nulls);
 }
 
 /*
- * Everything a recording call does once its arguments are checked: lock
- * the pair, answer a retry from its first outcome, otherwise decide and
- * record.  With conditional, record only when used + amount <= limit;
- * without, record amount (negative refunds), keeping usage at zero or more
- * and refusing a total beyond limit (bigint's largest, from record_usage).
+ * Idempotency keys of calls on several meters
+ *
+ * Their keys are one namespace, and a key of such a call may not also be
+ * the key of a single-meter call on one of its (subject, feature) pairs:
+ * refund_usage(subject, feature, key) must know which call it undoes.
  */
-static UsageOutcome
-record(const UsageMeter *meter, int64 amount, bool conditional, int64 limit,
-	   text *key, const char *cmdname)
+
+/* A stored set call, its arrays taken apart. */
+typedef struct SetRecord
 {
-	UsageOutcome outcome;
+	bool		found;
+	int64		amount;
+	int			n;
+	Datum	   *subjects;
+	Datum	   *features;
+	Datum	   *periods;
+	Datum	   *allowed;
+	Datum	   *used;
+	Datum	   *period_ends;
+	bool	   *period_end_nulls;
+	Datum	   *refunded;
+	TimestampTz recorded_at;
+	ItemPointerData tid;
+} SetRecord;
+
+/* Is the table there?  It is not in a 1.0 database not yet updated. */
+static bool
+setkey_table_exists(void)
+{
+	return OidIsValid(get_relname_relid(setkey_def.relname,
+										get_namespace_oid("entitlock", false)));
+}
+
+static void
+setkey_layout_error(void)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+			 errmsg("table \"entitlock.%s\" holds arrays of different lengths",
+					setkey_def.relname)));
+}
+
+static Datum *
+stored_array(Datum value, Oid elemtype, int n, bool **nulls_out)
+{
+	Datum	   *elems;
+	bool	   *nulls;
+	int			count;
+	int16		typlen;
+	bool		typbyval;
+	char		typalign;
+
+	get_typlenbyvalalign(elemtype, &typlen, &typbyval, &typalign);
+	/* a copy: the arrays must outlive the slot they were read from */
+	deconstruct_array(DatumGetArrayTypePCopy(value), elemtype, typlen, typbyval,
+					  typalign, &elems, &nulls, &count);
+	if (count != n)
+		setkey_layout_error();
+	if (nulls_out != NULL)
+		*nulls_out = nulls;
+	return elems;
+}
+
+static SetRecord
+setkey_lookup(EntitlockTable *sk, text *key)
+{
+	SetRecord	rec = {0};
+	Datum		keyval = PointerGetDatum(key);
+
+	rec.found = entitlock_table_probe(sk, SnapshotSelf, &keyval);
+	if (rec.found)
+	{
+		TupleTableSlot *slot = sk->slot;
+		Datum	   *cols = slot->tts_values;
+
+		entitlock_check_visible_to_transaction(slot);
+		rec.amount = DatumGetInt64(cols[1]);
+		rec.n = ArrayGetNItems(ARR_NDIM(DatumGetArrayTypeP(cols[2])),
+							   ARR_DIMS(DatumGetArrayTypeP(cols[2])));
+		rec.subjects = stored_array(cols[2], TEXTOID, rec.n, NULL);
+		rec.features = stored_array(cols[3], TEXTOID, rec.n, NULL);
+		rec.periods = stored_array(cols[4], TEXTOID, rec.n, NULL);
+		rec.allowed = stored_array(cols[5], BOOLOID, rec.n, NULL);
+		rec.used = stored_array(cols[6], INT8OID, rec.n, NULL);
+		rec.period_ends = stored_array(cols[7], TIMESTAMPTZOID, rec.n,
+									   &rec.period_end_nulls);
+		rec.refunded = stored_array(cols[8], BOOLOID, rec.n, NULL);
+		rec.recorded_at = DatumGetTimestampTz(cols[9]);
+		rec.tid = slot->tts_tid;
+	}
+	ExecClearTuple(sk->slot);
+	return rec;
+}
+
+/* Element i of a stored set: is it meter? */
+static bool
+setkey_element_is(const SetRecord *rec, int i, const UsageMeter *meter)
+{
+	return same_text(DatumGetTextPP(rec->subjects[i]), meter->subject) &&
+		same_text(DatumGetTextPP(rec->features[i]), meter->feature) &&
+		stored_period(rec->periods[i], setkey_def.relname) == meter->period;
+}
+
+/* Does the stored set include (subject, feature)? */
+static bool
+setkey_has_pair(const SetRecord *rec, const UsageMeter *meter)
+{
+	int			i;
+
+	for (i = 0; i < rec->n; i++)
+	{
+		if (same_text(DatumGetTextPP(rec->subjects[i]), meter->subject) &&
+			same_text(DatumGetTextPP(rec->features[i]), meter->feature))
+			return true;
+	}
+	return false;
+}
+
+static Datum
+build_array(Datum *elems, bool *nulls, int n, Oid elemtype)
+{
+	int16		typlen;
+	bool		typbyval;
+	char		typalign;
+	int			dims[1] = {n};
+	int			lbs[1] = {1};
+
+	get_typlenbyvalalign(elemtype, &typlen, &typbyval, &typalign);
+	return PointerGetDatum(construct_md_array(elems, nulls, 1, dims, lbs,
+											  elemtype, typlen, typbyval,
+											  typalign));
+}
+
+static void
+setkey_store(EntitlockTable *sk, MeterCall *calls, int n, text *key,
+			 int64 amount)
+{
+	Datum		values[SETKEY_NATTS];
+	bool		nulls[SETKEY_NATTS];
+	Datum	   *cols[7];
+	bool	   *end_nulls = palloc0(sizeof(bool) * n);
+	int			c;
+	int			i;
+
+	for (c = 0; c < 7; c++)
+		cols[c] = palloc(sizeof(Datum) * n);
+	for (i = 0; i < n; i++)
+	{
+		MeterCall  *call = &calls[i];
+
+		cols[0][i] = PointerGetDatum(call->meter.subject);
+		cols[1][i] = PointerGetDatum(call->meter.feature);
+		cols[2][i] = CStringGetTextDatum(period_names[call->meter.period]);
+		cols[3][i] = BoolGetDatum(call->allowed);
+		cols[4][i] = Int64GetDatum(call->new_used);
+		cols[5][i] = TimestampTzGetDatum(call->meter.period_end);
+		end_nulls[i] = !call->meter.has_end;
+		cols[6][i] = BoolGetDatum(false);
+	}
+	memset(nulls, 0, sizeof(nulls));
+	values[0] = PointerGetDatum(key);
+	values[1] = Int64GetDatum(amount);
+	values[2] = build_array(cols[0], NULL, n, TEXTOID);
+	values[3] = build_array(cols[1], NULL, n, TEXTOID);
+	values[4] = build_array(cols[2], NULL, n, TEXTOID);
+	values[5] = build_array(cols[3], NULL, n, BOOLOID);
+	values[6] = build_array(cols[4], NULL, n, INT8OID);
+	values[7] = build_array(cols[5], end_nulls, n, TIMESTAMPTZOID);
+	values[8] = build_array(cols[6], NULL, n, BOOLOID);
+	values[9] = TimestampTzGetDatum(GetCurrentTransactionStartTimestamp());
+	entitlock_table_insert(sk, values, nulls);
+}
+
+/*
+ * Recording on one meter
+ */
+
+static void
+meter_call_init(MeterCall *call, int position, int64 limit)
+{
+	call->limit = limit;
+	call->position = position;
+	call->subject_key = entitlock_name_key(call->meter.subject);
+	call->pair_key = entitlock_pair_key(call->meter.subject,
+										call->meter.feature);
+	call->found = false;
+}
+
+/*
+ * Everything a single-meter recording call does once its arguments are
+ * checked: lock, answer a retry from its first outcome, otherwise decide
+ * and record.  Fills in call->allowed and ->new_used (for a retry, the
+ * first call's).
+ */
+static void
+record(MeterCall *call, int64 amount, bool conditional, text *key,
+	   const char *cmdname)
+{
 	EntitlockTable counter;
 	EntitlockTable idem;
-	Datum		values[COUNTER_NATTS];
-	bool		nulls[COUNTER_NATTS];
-	int64		subject_key;
-	int64		pair_key;
 
 	PreventCommandIfReadOnly(cmdname);
 	PreventCommandDuringRecovery(cmdname);
 
 	/*
-	 * Everything that can be prepared without the pair lock is, so that a hot
-	 * pair's lock is held no longer than the decision takes.
+	 * Everything that can be prepared before the locks is, so that a hot
+	 * meter's row is locked no longer than the decision takes.
 	 */
-	subject_key = entitlock_name_key(meter->subject);
-	pair_key = entitlock_pair_key(meter->subject, meter->feature);
+	meter_call_init(call, 0, call->limit);
 	entitlock_table_open(&counter, &counter_def, RowExclusiveLock);
-	if (key != NULL)
-		entitlock_table_open(&idem, &idem_def, RowExclusiveLock);
 	entitlock_table_prepare_writes(&counter);
 	if (key != NULL)
+	{
+		entitlock_table_open(&idem, &idem_def, RowExclusiveLock);
 		entitlock_table_prepare_writes(&idem);
-	counter_values(meter, values, nulls);
+	}
 
-	/* lock_entity(subject, feature), before anything is read */
-	(void) entitlock_acquire(subject_key, ShareLock, true);
-	(void) entitlock_acquire(pair_key, ExclusiveLock, true);
+	lock_meters_shared(call, 1);
+	if (key != NULL)
+		lock_idempotency_key(key);
 
 	/*
 	 * Make the transaction's own earlier writes, including those of an
@@ -463,101 +1042,40 @@ record(const UsageMeter *meter, int64 amount, bool conditional, int64 limit,
 
 	if (key != NULL)
 	{
-		IdempotentRecord rec = idempotent_lookup(&idem, meter, key);
+		IdempotentRecord rec = idempotent_lookup(&idem, &call->meter, key);
 
 		if (rec.found)
 		{
-			idempotent_check_same(&rec, meter, amount, key);
+			idempotent_check_same(&rec, &call->meter, amount, key);
 			entitlock_table_close(&idem);
 			entitlock_table_close(&counter);
-			return rec.outcome;
+			call->allowed = rec.allowed;
+			call->new_used = rec.used;
+			return;
+		}
+		if (setkey_table_exists())
+		{
+			EntitlockTable sk;
+			SetRecord	set;
+
+			entitlock_table_open(&sk, &setkey_def, AccessShareLock);
+			set = setkey_lookup(&sk, key);
+			if (set.found && setkey_has_pair(&set, &call->meter))
+				key_reused_error(key, "It is the key of a record_usage_if_under_limits() call on this subject and feature.");
+			entitlock_table_close(&sk);
 		}
 	}
 
-	for (;;)
-	{
-		bool		found = entitlock_table_probe(&counter, SnapshotSelf,
-												  values);
-		int64		used = 0;
-		int64		new_used;
-		ItemPointerData otid;
-
-		if (found)
-		{
-			entitlock_check_visible_to_transaction(counter.slot);
-			used = DatumGetInt64(counter.slot->tts_values[COUNTER_USED]);
-			otid = counter.slot->tts_tid;
-		}
-
-		if (amount > 0)
-		{
-			/* used + amount <= limit, without overflowing */
-			outcome.allowed = amount <= limit && used <= limit - amount;
-			if (!outcome.allowed && !conditional)
-				ereport(ERROR,
-						(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
-						 errmsg("usage would be out of range for type bigint"),
-						 errdetail("Usage is " INT64_FORMAT "; adding " INT64_FORMAT " would exceed " INT64_FORMAT ".",
-								   used, amount, PG_INT64_MAX)));
-			new_used = outcome.allowed ? used + amount : used;
-		}
-		else
-		{
-			/* refunds, unconditional only; used >= 0 cannot overflow */
-			outcome.allowed = true;
-			new_used = Max(used + amount, 0);
-		}
-		outcome.used = new_used;
-
-		if (new_used == used)
-		{
-			/* The probe's buffer pin would keep the page from being pruned. */
-			ExecClearTuple(counter.slot);
-			break;
-		}
-		values[COUNTER_USED] = Int64GetDatum(new_used);
-		if (!found)
-		{
-			entitlock_table_insert(&counter, values, nulls);
-			break;
-		}
-
-		/*
-		 * Every recorder of the meter holds the pair lock, but prune_usage()
-		 * does not: lock the row of a calendar period first, and if a prune
-		 * deleted it meanwhile, its usage is gone with it.  A lifetime
-		 * counter has no end and is never pruned, so nothing else changes
-		 * it, and it is written at once.
-		 */
-		if (!meter->has_end ||
-			entitlock_table_lock_row(&counter, &otid, LockTupleNoKeyExclusive,
-									 true) == TM_Ok)
-		{
-			entitlock_table_update(&counter, &otid, values, nulls,
-								   ENTITLOCK_COLUMN(COUNTER_USED));
-			ExecClearTuple(counter.slot);
-			break;
-		}
-
-		/*
-		 * prune_usage() deleted the row meanwhile.  Under READ COMMITTED look
-		 * again; otherwise this is the concurrent update that REPEATABLE READ
-		 * cannot see past.
-		 */
-		if (IsolationUsesXactSnapshot())
-			ereport(ERROR,
-					(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
-					 errmsg("could not serialize access due to concurrent update")));
-		CHECK_FOR_INTERRUPTS();
-	}
+	lock_counter(&counter, call);
+	decide(call, amount, conditional);
+	write_counter(&counter, call);
 	entitlock_table_close(&counter);
 
 	if (key != NULL)
 	{
-		idempotent_store(&idem, meter, key, amount, &outcome);
+		idempotent_store(&idem, call, key, amount);
 		entitlock_table_close(&idem);
 	}
-	return outcome;
 }
 
 /* The meter's usage in its period as the active snapshot sees it. */
@@ -580,6 +1098,13 @@ read_usage(const UsageMeter *meter)
 	return used;
 }
 
+/* Usage above the limit (the limit was lowered) leaves nothing. */
+static int64
+remaining(int64 used, int64 limit)
+{
+	return used < limit ? limit - used : 0;
+}
+
 /*
  * entitlock.record_usage_if_under_limit(subject text, feature text,
  *	   amount bigint, usage_limit bigint, period text DEFAULT 'lifetime',
@@ -587,48 +1112,37 @@ read_usage(const UsageMeter *meter)
  * returns table (allowed boolean, used bigint, remaining bigint,
  *	   period_end timestamptz)
  *
- * Records amount in the current period when used + amount <= usage_limit,
- * under lock_entity(subject, feature).  used and remaining are as of after
- * the decision; period_end is NULL for lifetime.  A call repeating an
- * earlier call's idempotency key records nothing and returns that call's
- * decision and usage.  Only idempotency_key may be NULL; amount must be
- * positive and usage_limit not negative.  One row, always.
+ * Records amount in the current period when used + amount <= usage_limit.
+ * used and remaining are as of after the decision; period_end is NULL for
+ * lifetime.  A call repeating an earlier call's idempotency key records
+ * nothing and returns that call's decision and usage.  Only
+ * idempotency_key may be NULL; amount must be positive and usage_limit not
+ * negative.  One row, always.
  */
 Datum
 entitlock_record_usage_if_under_limit(PG_FUNCTION_ARGS)
 {
 	ReturnSetInfo *rsinfo = entitlock_materialize_resultinfo(fcinfo);
-	UsageMeter	meter;
+	MeterCall	call;
 	int64		amount;
-	int64		limit;
 	text	   *key;
-	UsageOutcome outcome;
 	Datum		values[4];
 	bool		nulls[4] = {false, false, false, false};
 
-	meter_args(fcinfo, &meter, 4);
-	amount = int8_arg(fcinfo, 2, "amount");
-	limit = int8_arg(fcinfo, 3, "usage limit");
+	meter_args(fcinfo, &call.meter, 4);
+	entitlock_require_arg(fcinfo, 2, "amount");
+	entitlock_require_arg(fcinfo, 3, "usage limit");
 	key = idempotency_key_arg(fcinfo, 5);
-	if (amount <= 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("amount must be greater than zero"),
-				 errhint("Use record_usage() with a negative amount to give usage back.")));
-	if (limit < 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("usage limit must not be negative")));
+	amount = positive_amount_arg(fcinfo, 2);
+	call.limit = limit_value(PG_GETARG_DATUM(3), false);
 
-	outcome = record(&meter, amount, true, limit, key,
-					 "record_usage_if_under_limit()");
+	record(&call, amount, true, key, "record_usage_if_under_limit()");
 
-	values[0] = BoolGetDatum(outcome.allowed);
-	values[1] = Int64GetDatum(outcome.used);
-	/* usage above the limit (the limit was lowered) leaves nothing */
-	values[2] = Int64GetDatum(outcome.used < limit ? limit - outcome.used : 0);
-	values[3] = TimestampTzGetDatum(meter.period_end);
-	nulls[3] = !meter.has_end;
+	values[0] = BoolGetDatum(call.allowed);
+	values[1] = Int64GetDatum(call.new_used);
+	values[2] = Int64GetDatum(remaining(call.new_used, call.limit));
+	values[3] = TimestampTzGetDatum(call.meter.period_end);
+	nulls[3] = !call.meter.has_end;
 	entitlock_return_one_row(fcinfo, rsinfo, values, nulls);
 	return (Datum) 0;
 }
@@ -638,7 +1152,7 @@ entitlock_record_usage_if_under_limit(PG_FUNCTION_ARGS)
  *	   period text DEFAULT 'lifetime', idempotency_key text DEFAULT NULL)
  * returns bigint
  *
- * Records amount unconditionally, under the same lock; a negative amount
+ * Records amount unconditionally, under the same locks; a negative amount
  * is a refund, and usage never goes below zero.  Returns the usage after
  * it (for a repeated idempotency key, the usage the first call returned).
  * A total beyond bigint is an error and records nothing.
@@ -646,20 +1160,519 @@ entitlock_record_usage_if_under_limit(PG_FUNCTION_ARGS)
 Datum
 entitlock_record_usage(PG_FUNCTION_ARGS)
 {
-	UsageMeter	meter;
+	MeterCall	call;
 	int64		amount;
 	text	   *key;
-	UsageOutcome outcome;
 
-	meter_args(fcinfo, &meter, 3);
+	meter_args(fcinfo, &call.meter, 3);
 	amount = int8_arg(fcinfo, 2, "amount");
 	key = idempotency_key_arg(fcinfo, 4);
 
 	/* Unconditional usage is only bounded by what bigint can hold. */
-	outcome = record(&meter, amount, false, PG_INT64_MAX, key,
-					 "record_usage()");
-	PG_RETURN_INT64(outcome.used);
+	call.limit = PG_INT64_MAX;
+	record(&call, amount, false, key, "record_usage()");
+	PG_RETURN_INT64(call.new_used);
 }
+
+/*
+ * Several meters
+ */
+
+/* The row type entitlock.usage_limit, as this code reads it. */
+#define LIMIT_NATTS 4
+
+static void
+check_limit_type(TupleDesc desc)
+{
+	static const Oid types[LIMIT_NATTS] = {TEXTOID, TEXTOID, INT8OID, TEXTOID};
+	int			natts = 0;
+	int			i;
+
+	for (i = 0; i < desc->natts; i++)
+	{
+		Form_pg_attribute att = TupleDescAttr(desc, i);
+
+		if (att->attisdropped)
+			continue;
+		if (natts >= LIMIT_NATTS || att->atttypid != types[natts] ||
+			att->attnum != natts + 1)
+			natts = -1;
+		if (natts < 0)
+			break;
+		natts++;
+	}
+	if (natts != LIMIT_NATTS)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("type \"entitlock.usage_limit\" has been changed"),
+				 errhint("Reinstall the entitlock extension.")));
+}
+
+/* Where an error in an element of limits is, for its CONTEXT line. */
+static void
+limit_element_context(void *arg)
+{
+	errcontext("usage limit %d of the array", *(int *) arg);
+}
+
+/*
+ * The fields of one entitlock.usage_limit, checked as record_usage_if_under_limit()
+ * checks its arguments.
+ */
+static void
+limit_fields(Datum *fields, bool *isnull, MeterCall *call)
+{
+	call->meter.subject = name_value(fields[0], isnull[0], "subject");
+	call->meter.feature = name_value(fields[1], isnull[1], "feature");
+	call->limit = limit_value(fields[2], isnull[2]);
+	compute_period(&call->meter, period_value(fields[3], isnull[3]),
+				   GetCurrentTransactionStartTimestamp());
+}
+
+/* Take the limits array apart; *n gets its length. */
+static MeterCall *
+limits_arg(FunctionCallInfo fcinfo, int argno, int *n)
+{
+	ArrayType  *arr;
+	Oid			elemtype;
+	TupleDesc	desc;
+	Datum	   *elems;
+	bool	   *elem_nulls;
+	int			count;
+	MeterCall  *calls;
+	MeterCall **sorted;
+	ErrorContextCallback errcallback;
+	int			position = 0;
+	int			i;
+
+	entitlock_require_arg(fcinfo, argno, "limits");
+	arr = PG_GETARG_ARRAYTYPE_P(argno);
+	if (ARR_NDIM(arr) > 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_ARRAY_SUBSCRIPT_ERROR),
+				 errmsg("limits must be a one-dimensional array")));
+	elemtype = ARR_ELEMTYPE(arr);
+	desc = lookup_rowtype_tupdesc(elemtype, -1);
+	check_limit_type(desc);
+	deconstruct_array(arr, elemtype, -1, false, TYPALIGN_DOUBLE, &elems,
+					  &elem_nulls, &count);
+	if (count == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("limits must not be empty")));
+	if (count > USAGE_MAX_LIMITS)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("too many usage limits in one call"),
+				 errdetail("There are %d; the limit is %d.", count,
+						   USAGE_MAX_LIMITS)));
+
+	errcallback.callback = limit_element_context;
+	errcallback.arg = &position;
+	errcallback.previous = error_context_stack;
+	error_context_stack = &errcallback;
+
+	calls = palloc0(sizeof(MeterCall) * count);
+	for (i = 0; i < count; i++)
+	{
+		HeapTupleData tuple;
+		HeapTupleHeader th;
+		Datum		fields[LIMIT_NATTS];
+		bool		isnull[LIMIT_NATTS];
+
+		position = i + 1;
+		if (elem_nulls[i])
+			ereport(ERROR,
+					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+					 errmsg("usage limit must not be null")));
+		th = DatumGetHeapTupleHeader(elems[i]);
+		tuple.t_len = HeapTupleHeaderGetDatumLength(th);
+		ItemPointerSetInvalid(&tuple.t_self);
+		tuple.t_tableOid = InvalidOid;
+		tuple.t_data = th;
+		heap_deform_tuple(&tuple, desc, fields, isnull);
+		limit_fields(fields, isnull, &calls[i]);
+		meter_call_init(&calls[i], i, calls[i].limit);
+	}
+	error_context_stack = errcallback.previous;
+	ReleaseTupleDesc(desc);
+
+	/* The same meter twice is a caller's mistake. */
+	sorted = palloc(sizeof(MeterCall *) * count);
+	for (i = 0; i < count; i++)
+		sorted[i] = &calls[i];
+	qsort(sorted, count, sizeof(MeterCall *), cmp_meter_calls);
+	for (i = 1; i < count; i++)
+	{
+		if (cmp_meter_calls(&sorted[i - 1], &sorted[i]) == 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("usage limits %d and %d name the same meter",
+							Min(sorted[i - 1]->position, sorted[i]->position) + 1,
+							Max(sorted[i - 1]->position, sorted[i]->position) + 1),
+					 errdetail("Both are subject \"%s\", feature \"%s\", period \"%s\".",
+							   entitlock_text_for_message(sorted[i]->meter.subject),
+							   entitlock_text_for_message(sorted[i]->meter.feature),
+							   period_names[sorted[i]->meter.period])));
+	}
+	pfree(sorted);
+	*n = count;
+	return calls;
+}
+
+/*
+ * A retry of a set call must name the same meters (in any order) and the
+ * same amount.  Returns, for each of calls, its element in rec.
+ */
+static int *
+setkey_match(const SetRecord *rec, MeterCall *calls, int n, int64 amount,
+			 text *key)
+{
+	int		   *match = palloc(sizeof(int) * n);
+	int			i;
+	int			j;
+
+	if (rec->amount != amount)
+		key_reused_error(key,
+						 psprintf("The first call recorded amount " INT64_FORMAT "; this call asks for amount " INT64_FORMAT ".",
+								  rec->amount, amount));
+	if (rec->n != n)
+		key_reused_error(key,
+						 psprintf("The first call named %d usage limits; this call names %d.",
+								  rec->n, n));
+	for (i = 0; i < n; i++)
+	{
+		for (j = 0; j < rec->n; j++)
+		{
+			if (setkey_element_is(rec, j, &calls[i].meter))
+				break;
+		}
+		if (j == rec->n)
+			key_reused_error(key,
+							 psprintf("The first call did not name subject \"%s\", feature \"%s\", period \"%s\".",
+									  entitlock_text_for_message(calls[i].meter.subject),
+									  entitlock_text_for_message(calls[i].meter.feature),
+									  period_names[calls[i].meter.period]));
+		match[i] = j;
+	}
+	return match;
+}
+
+#define LIMITS_RESULT_NATTS 7
+
+static void
+limits_result_row(Datum *values, bool *nulls, const MeterCall *call,
+				  bool allowed, int64 used)
+{
+	values[0] = PointerGetDatum(call->meter.subject);
+	values[1] = PointerGetDatum(call->meter.feature);
+	values[2] = CStringGetTextDatum(period_names[call->meter.period]);
+	values[3] = BoolGetDatum(allowed);
+	values[4] = Int64GetDatum(used);
+	values[5] = Int64GetDatum(remaining(used, call->limit));
+	values[6] = TimestampTzGetDatum(call->meter.period_end);
+	memset(nulls, 0, sizeof(bool) * LIMITS_RESULT_NATTS);
+	nulls[6] = !call->meter.has_end;
+}
+
+/*
+ * entitlock.record_usage_if_under_limits(limits entitlock.usage_limit[],
+ *	   amount bigint DEFAULT 1, idempotency_key text DEFAULT NULL)
+ * returns table (subject text, feature text, period text, allowed boolean,
+ *	   used bigint, remaining bigint, period_end timestamptz)
+ *
+ * Records amount on every meter of limits when every limit has room for
+ * it, and on none otherwise; one row per limit, in the order given, saying
+ * whether that limit had room.  Every meter is locked, in canonical order,
+ * before any is read.  A repeat of a keyed call with the same meters and
+ * amount returns the first call's rows and records nothing.
+ */
+Datum
+entitlock_record_usage_if_under_limits(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = entitlock_materialize_resultinfo(fcinfo);
+	MeterCall  *calls;
+	MeterCall **sorted;
+	int			n;
+	int64		amount;
+	text	   *key;
+	bool		all_allowed = true;
+	EntitlockTable counter;
+	EntitlockTable sk;
+	Datum	   *values;
+	bool	   *nulls;
+	int			i;
+
+	calls = limits_arg(fcinfo, 0, &n);
+	amount = positive_amount_arg(fcinfo, 1);
+	key = idempotency_key_arg(fcinfo, 2);
+
+	PreventCommandIfReadOnly("record_usage_if_under_limits()");
+	PreventCommandDuringRecovery("record_usage_if_under_limits()");
+
+	sorted = palloc(sizeof(MeterCall *) * n);
+	for (i = 0; i < n; i++)
+		sorted[i] = &calls[i];
+	qsort(sorted, n, sizeof(MeterCall *), cmp_meter_calls);
+	values = palloc(sizeof(Datum) * n * LIMITS_RESULT_NATTS);
+	nulls = palloc(sizeof(bool) * n * LIMITS_RESULT_NATTS);
+
+	entitlock_table_open(&counter, &counter_def, RowExclusiveLock);
+	entitlock_table_prepare_writes(&counter);
+	if (key != NULL)
+	{
+		entitlock_table_open(&sk, &setkey_def, RowExclusiveLock);
+		entitlock_table_prepare_writes(&sk);
+	}
+
+	lock_meters_shared(calls, n);
+	if (key != NULL)
+		lock_idempotency_key(key);
+	CommandCounterIncrement();
+
+	if (key != NULL)
+	{
+		SetRecord	rec = setkey_lookup(&sk, key);
+		EntitlockTable idem;
+
+		if (rec.found)
+		{
+			int		   *match = setkey_match(&rec, calls, n, amount, key);
+
+			for (i = 0; i < n; i++)
+			{
+				int			j = match[i];
+
+				limits_result_row(values + i * LIMITS_RESULT_NATTS,
+								  nulls + i * LIMITS_RESULT_NATTS, &calls[i],
+								  DatumGetBool(rec.allowed[j]),
+								  DatumGetInt64(rec.used[j]));
+			}
+			entitlock_table_close(&sk);
+			entitlock_table_close(&counter);
+			entitlock_return_rows(fcinfo, rsinfo, n, LIMITS_RESULT_NATTS,
+								  values, nulls);
+			return (Datum) 0;
+		}
+		/* The key may not be a single-meter call's on one of the pairs. */
+		entitlock_table_open(&idem, &idem_def, AccessShareLock);
+		for (i = 0; i < n; i++)
+		{
+			if (i > 0 && same_pair(&sorted[i - 1]->meter, &sorted[i]->meter))
+				continue;
+			if (idempotent_lookup(&idem, &sorted[i]->meter, key).found)
+				key_reused_error(key,
+								 psprintf("It is the key of a single-limit call on subject \"%s\", feature \"%s\".",
+										  entitlock_text_for_message(sorted[i]->meter.subject),
+										  entitlock_text_for_message(sorted[i]->meter.feature)));
+		}
+		entitlock_table_close(&idem);
+	}
+
+	/* Lock every meter, then decide every limit, then write all or none. */
+	for (i = 0; i < n; i++)
+		lock_counter(&counter, sorted[i]);
+	for (i = 0; i < n; i++)
+	{
+		decide(&calls[i], amount, true);
+		all_allowed &= calls[i].allowed;
+	}
+	for (i = 0; i < n; i++)
+	{
+		if (!all_allowed)
+			calls[i].new_used = calls[i].used;
+		write_counter(&counter, sorted[i]);
+	}
+	entitlock_table_close(&counter);
+
+	if (key != NULL)
+	{
+		setkey_store(&sk, calls, n, key, amount);
+		entitlock_table_close(&sk);
+	}
+
+	for (i = 0; i < n; i++)
+		limits_result_row(values + i * LIMITS_RESULT_NATTS,
+						  nulls + i * LIMITS_RESULT_NATTS, &calls[i],
+						  calls[i].allowed, calls[i].new_used);
+	entitlock_return_rows(fcinfo, rsinfo, n, LIMITS_RESULT_NATTS, values,
+						  nulls);
+	return (Datum) 0;
+}
+
+/*
+ * Refunds
+ */
+
+/*
+ * Give amount back to the meter's counter of the period holding
+ * recorded_at, under the caller's locks; returns how much it gave back
+ * (less than amount when usage was lower, 0 when the counter is gone).
+ */
+static int64
+give_back(EntitlockTable *counter, MeterCall *call, UsagePeriod period,
+		  TimestampTz recorded_at, int64 amount)
+{
+	compute_period(&call->meter, period, recorded_at);
+	lock_counter(counter, call);
+	if (!call->found)
+		return 0;
+	decide(call, -amount, false);
+	write_counter(counter, call);
+	return call->used - call->new_used;
+}
+
+/* Lock a key's row before marking it, as prune_usage() may delete it. */
+static bool
+lock_key_row(EntitlockTable *t, ItemPointer tid)
+{
+	TM_Result	result = entitlock_table_lock_row(t, tid,
+												  LockTupleNoKeyExclusive,
+												  true, false);
+
+	if (result == TM_Ok)
+		return true;
+	if (IsolationUsesXactSnapshot())
+		serialization_failure();
+	return false;
+}
+
+/* Is element i of the stored set a recorded, unrefunded use of the pair? */
+static bool
+setkey_refund_due(const SetRecord *set, int i, const UsageMeter *meter)
+{
+	return same_text(DatumGetTextPP(set->subjects[i]), meter->subject) &&
+		same_text(DatumGetTextPP(set->features[i]), meter->feature) &&
+		DatumGetBool(set->allowed[i]) && !DatumGetBool(set->refunded[i]);
+}
+
+/* refund_usage() of a record_usage_if_under_limits() call's key. */
+static int64
+refund_set(EntitlockTable *counter, MeterCall *call, text *key)
+{
+	EntitlockTable sk;
+	SetRecord	set;
+	int64		given = 0;
+	bool		due = false;
+	int			i;
+
+	if (!setkey_table_exists())
+		return 0;
+	entitlock_table_open(&sk, &setkey_def, RowExclusiveLock);
+	entitlock_table_prepare_writes(&sk);
+	set = setkey_lookup(&sk, key);
+	for (i = 0; set.found && i < set.n; i++)
+		due |= setkey_refund_due(&set, i, &call->meter);
+
+	if (due && lock_key_row(&sk, &set.tid))
+	{
+		TupleTableSlot *slot = sk.oldslot;
+		Datum		values[SETKEY_NATTS];
+		bool		nulls[SETKEY_NATTS];
+		Datum	   *refunded = palloc(sizeof(Datum) * set.n);
+		int			period;
+
+		memcpy(values, slot->tts_values, sizeof(values));
+		memcpy(nulls, slot->tts_isnull, sizeof(nulls));
+		for (i = 0; i < set.n; i++)
+			refunded[i] = setkey_refund_due(&set, i, &call->meter) ?
+				BoolGetDatum(true) : set.refunded[i];
+		values[SETKEY_REFUNDED] = build_array(refunded, NULL, set.n, BOOLOID);
+		entitlock_table_update(&sk, &set.tid, values, nulls,
+							   ENTITLOCK_COLUMN(SETKEY_REFUNDED));
+
+		/* The pair's counters in canonical order, that is by period kind. */
+		for (period = 0; period < (int) lengthof(period_names); period++)
+		{
+			for (i = 0; i < set.n; i++)
+			{
+				int64		g;
+
+				if (!setkey_refund_due(&set, i, &call->meter) ||
+					(int) stored_period(set.periods[i], setkey_def.relname) != period)
+					continue;
+				g = give_back(counter, call, (UsagePeriod) period,
+							  set.recorded_at, set.amount);
+				given = Max(given, g);
+			}
+		}
+	}
+	entitlock_table_close(&sk);
+	return given;
+}
+
+/*
+ * entitlock.refund_usage(subject text, feature text, idempotency_key text)
+ * returns bigint
+ *
+ * Gives back what the call with this key recorded on (subject, feature),
+ * in the period it was recorded in, once; returns the amount given back.
+ * For a record_usage_if_under_limits() call, every period of the pair that
+ * the call recorded gets the amount back.  A key that recorded nothing, or
+ * was refunded already, or is unknown, returns 0 and changes nothing.
+ * Takes the locks a recording call takes, and the key's.
+ */
+Datum
+entitlock_refund_usage(PG_FUNCTION_ARGS)
+{
+	MeterCall	call;
+	text	   *key;
+	EntitlockTable counter;
+	EntitlockTable idem;
+	IdempotentRecord rec;
+	int64		given = 0;
+
+	call.meter.subject = name_arg(fcinfo, 0, "subject");
+	call.meter.feature = name_arg(fcinfo, 1, "feature");
+	entitlock_require_arg(fcinfo, 2, "idempotency key");
+	key = idempotency_key_arg(fcinfo, 2);
+
+	PreventCommandIfReadOnly("refund_usage()");
+	PreventCommandDuringRecovery("refund_usage()");
+
+	meter_call_init(&call, 0, PG_INT64_MAX);
+	entitlock_table_open(&counter, &counter_def, RowExclusiveLock);
+	entitlock_table_open(&idem, &idem_def, RowExclusiveLock);
+	entitlock_table_prepare_writes(&counter);
+	entitlock_table_prepare_writes(&idem);
+
+	lock_meters_shared(&call, 1);
+	lock_idempotency_key(key);
+	CommandCounterIncrement();
+
+	rec = idempotent_lookup(&idem, &call.meter, key);
+	if (!rec.found)
+		given = refund_set(&counter, &call, key);
+	else if (rec.allowed && rec.amount > 0 && !rec.refunded &&
+			 lock_key_row(&idem, &rec.tid))
+	{
+		TupleTableSlot *slot = idem.oldslot;
+		Datum		values[IDEM_NATTS];
+		bool		nulls[IDEM_NATTS];
+
+		if (slot->tts_tupleDescriptor->natts <= IDEM_REFUNDED_AT)
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("refund_usage() needs version 1.1 of the entitlock tables"),
+					 errhint("Run ALTER EXTENSION entitlock UPDATE.")));
+		memcpy(values, slot->tts_values, sizeof(values));
+		memcpy(nulls, slot->tts_isnull, sizeof(nulls));
+		values[IDEM_REFUNDED_AT] =
+			TimestampTzGetDatum(GetCurrentTransactionStartTimestamp());
+		nulls[IDEM_REFUNDED_AT] = false;
+		entitlock_table_update(&idem, &rec.tid, values, nulls,
+							   ENTITLOCK_COLUMN(IDEM_REFUNDED_AT));
+		given = give_back(&counter, &call, rec.period, rec.recorded_at,
+						  rec.amount);
+	}
+	entitlock_table_close(&idem);
+	entitlock_table_close(&counter);
+	PG_RETURN_INT64(given);
+}
+
+/*
+ * Reading
+ */
 
 /*
  * entitlock.usage(subject text, feature text, period text DEFAULT
@@ -675,6 +1688,39 @@ entitlock_usage(PG_FUNCTION_ARGS)
 
 	meter_args(fcinfo, &meter, 2);
 	PG_RETURN_INT64(read_usage(&meter));
+}
+
+/*
+ * entitlock.usage_limit(subject text, feature text, usage_limit bigint,
+ *	   period text DEFAULT 'lifetime') returns entitlock.usage_limit
+ *
+ * One limit for record_usage_if_under_limits(), checked as that function
+ * checks it, with the period spelled as the tables spell it.
+ */
+Datum
+entitlock_usage_limit(PG_FUNCTION_ARGS)
+{
+	TupleDesc	desc;
+	Datum		fields[LIMIT_NATTS];
+	bool		isnull[LIMIT_NATTS] = {false, false, false, false};
+	MeterCall	call;
+	int			i;
+
+	for (i = 0; i < LIMIT_NATTS; i++)
+		fields[i] = PG_ARGISNULL(i) ? (Datum) 0 : PG_GETARG_DATUM(i);
+	for (i = 0; i < LIMIT_NATTS; i++)
+		isnull[i] = PG_ARGISNULL(i);
+	limit_fields(fields, isnull, &call);
+
+	if (get_call_result_type(fcinfo, NULL, &desc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "return type must be a row type");
+	check_limit_type(desc);
+	fields[0] = PointerGetDatum(call.meter.subject);
+	fields[1] = PointerGetDatum(call.meter.feature);
+	fields[2] = Int64GetDatum(call.limit);
+	fields[3] = CStringGetTextDatum(period_names[call.meter.period]);
+	desc = BlessTupleDesc(desc);
+	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(desc, fields, isnull)));
 }
 
 /*
