@@ -28,6 +28,7 @@ REGRESS = \
 	idempotency \
 	leases \
 	compose \
+	quota \
 	security \
 	hostile \
 	fuzz
@@ -46,6 +47,13 @@ ISOLATION = \
 	usage-idempotency-concurrent \
 	usage-features-independent \
 	usage-prune-concurrent \
+	usage-first-row-concurrent \
+	usage-lock-entity-excludes \
+	usage-limits-crossing-order \
+	usage-limits-denial-untouched \
+	usage-limits-idempotency-concurrent \
+	usage-limits-savepoint \
+	rate-limit-rollback \
 	idempotency-duplicate-waits \
 	idempotency-owner-rollback \
 	idempotency-first-time \

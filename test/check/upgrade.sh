@@ -773,6 +773,11 @@ SELECT 'release job-b with its old token', entitlock.lease_release('job-b', :'to
 SELECT 'job-b taken again, fencing above the old ones', fencing > :max FROM entitlock.lease_acquire('job-b', '1 hour', 'worker-3');
 SELECT 'usage ws:1 api goes on from 5', r.* FROM entitlock.record_usage_if_under_limit('ws:1', 'api', 5, 10) AS r;
 SELECT 'usage ws:1 api at its limit', r.* FROM entitlock.record_usage_if_under_limit('ws:1', 'api', 1, 10) AS r;
+SELECT 'refund req-1, an old key', entitlock.refund_usage('ws:1', 'api', 'req-1');
+SELECT 'refund req-1 only once', entitlock.refund_usage('ws:1', 'api', 'req-1');
+SELECT 'refund req-denied, which recorded nothing', entitlock.refund_usage('ws:1', 'api', 'req-denied');
+SELECT 'refund m-1, an old record_usage key', entitlock.refund_usage('ws:2', 'api', 'm-1');
+SELECT 'usage after the refunds', entitlock.usage('ws:1', 'api'), entitlock.usage('ws:2', 'api');
 SELECT 'first_time webhook-2', entitlock.first_time('webhook-2');
 BEGIN;
 SELECT 'begin order-3', status FROM entitlock.idempotency_begin('order-3');
@@ -783,6 +788,7 @@ SQL
 	[ "$2" = 1 ] && cat <<'SQL'
 SELECT 'renew fx-job with its old token', entitlock.lease_renew('fx-job', :'fixture_token', '2 hours');
 SELECT 'usage fx:1 api goes on from 4', r.* FROM entitlock.record_usage_if_under_limit('fx:1', 'api', 6, 10) AS r;
+SELECT 'refund fx-req, a key stored as a 1.0 row', entitlock.refund_usage('fx:1', 'api', 'fx-req');
 SELECT 'release fx-job with its old token', entitlock.lease_release('fx-job', :'fixture_token');
 SQL
 	cat <<'SQL'
@@ -802,6 +808,11 @@ release job-b with its old token|t
 job-b taken again, fencing above the old ones|t
 usage ws:1 api goes on from 5|t|10|0|
 usage ws:1 api at its limit|f|10|0|
+refund req-1, an old key|2
+refund req-1 only once|0
+refund req-denied, which recorded nothing|0
+refund m-1, an old record_usage key|7
+usage after the refunds|8|1
 first_time webhook-2|t
 begin order-3|new
 complete order-3|
@@ -810,6 +821,7 @@ EOF
 	[ "$2" = 1 ] && cat <<'EOF'
 renew fx-job with its old token|t
 usage fx:1 api goes on from 4|t|10|0|
+refund fx-req, a key stored as a 1.0 row|4
 release fx-job with its old token|t
 EOF
 	cat <<'EOF'
