@@ -40,6 +40,24 @@
 #endif
 
 /*
+ * 16 made table_tuple_update() say which indexes need new entries (all, or
+ * only summarizing ones) instead of a boolean, and ExecInsertIndexTuples()
+ * take the answer.
+ */
+#if PG_VERSION_NUM >= 160000
+typedef TU_UpdateIndexes compat_update_indexes;
+#define compat_update_needs_indexes(u) ((u) != TU_None)
+#define compat_ExecInsertIndexTuples_update(rri, slot, estate, u) \
+	ExecInsertIndexTuples(rri, slot, estate, true, false, NULL, NIL, \
+						  (u) == TU_Summarizing)
+#else
+typedef bool compat_update_indexes;
+#define compat_update_needs_indexes(u) (u)
+#define compat_ExecInsertIndexTuples_update(rri, slot, estate, u) \
+	ExecInsertIndexTuples(rri, slot, estate, true, false, NULL, NIL)
+#endif
+
+/*
  * Give estate a range table of one entry, rel, as a statement writing rel
  * would have.  The executor's per-row routines look there for the columns
  * an update sets (column triggers, the index-unchanged hint) and for the

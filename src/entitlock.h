@@ -135,6 +135,10 @@ extern TM_Result entitlock_table_lock_row(EntitlockTable *t, ItemPointer tid,
 extern void entitlock_table_update(EntitlockTable *t, ItemPointer otid,
 								   Datum *values, bool *nulls,
 								   uint32 changed);
+extern bool entitlock_table_can_try_update(EntitlockTable *t);
+extern TM_Result entitlock_table_try_update(EntitlockTable *t,
+											ItemPointer otid, Datum *values,
+											bool *nulls, uint32 changed);
 extern void entitlock_table_delete(EntitlockTable *t, ItemPointer tid);
 extern ReturnSetInfo *entitlock_materialize_resultinfo(FunctionCallInfo fcinfo);
 extern void entitlock_return_one_row(FunctionCallInfo fcinfo,

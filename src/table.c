@@ -35,6 +35,7 @@
 #include "catalog/pg_collation.h"
 #include "catalog/pg_type.h"
 #include "commands/trigger.h"
+#include "executor/nodeModifyTable.h"
 #include "compat.h"
 #include "entitlock.h"
 #include "executor/executor.h"
@@ -579,6 +580,26 @@ entitlock_table_lock_row(EntitlockTable *t, ItemPointer tid,
 	return result;
 }
 
+/* The columns an UPDATE's SET list would name: changed's bits. */
+static void
+set_updated_columns(EntitlockTable *t, uint32 changed)
+{
+	MemoryContext oldcontext;
+	Bitmapset  *cols = NULL;
+	int			natts = RelationGetDescr(t->heap)->natts;
+	int			i;
+
+	oldcontext = MemoryContextSwitchTo(t->estate->es_query_cxt);
+	for (i = 0; i < natts; i++)
+	{
+		if (changed & ENTITLOCK_COLUMN(i))
+			cols = bms_add_member(cols,
+								  i + 1 - FirstLowInvalidHeapAttributeNumber);
+	}
+	MemoryContextSwitchTo(oldcontext);
+	*t->updated_cols = cols;
+}
+
 /*
  * Replace the row at otid with values/nulls; changed has a bit
  * (ENTITLOCK_COLUMN) for each column the caller sets, which is what an
@@ -590,22 +611,95 @@ void
 entitlock_table_update(EntitlockTable *t, ItemPointer otid, Datum *values,
 					   bool *nulls, uint32 changed)
 {
-	MemoryContext oldcontext;
-	Bitmapset  *cols = NULL;
-	int			natts = RelationGetDescr(t->heap)->natts;
-	int			i;
 
 	entitlock_table_prepare_writes(t);
-	oldcontext = MemoryContextSwitchTo(t->estate->es_query_cxt);
-	for (i = 0; i < natts; i++)
-	{
-		if (changed & ENTITLOCK_COLUMN(i))
-			cols = bms_add_member(cols,
-								  i + 1 - FirstLowInvalidHeapAttributeNumber);
-	}
-	MemoryContextSwitchTo(oldcontext);
-	*t->updated_cols = cols;
+	set_updated_columns(t, changed);
 	write_row(t, CMD_UPDATE, old_row(t, otid), new_row(t, values, nulls));
+}
+
+/*
+ * Can entitlock_table_try_update() write this table?  Not when it has
+ * BEFORE UPDATE row triggers: those lock and fetch the row themselves
+ * (GetTupleForTrigger), and a concurrent change would need the executor's
+ * EvalPlanQual, so such tables take the lock-first path of
+ * entitlock_table_lock_row() and entitlock_table_update().
+ */
+bool
+entitlock_table_can_try_update(EntitlockTable *t)
+{
+	entitlock_table_prepare_writes(t);
+	return t->rri->ri_TrigDesc == NULL ||
+		!t->rri->ri_TrigDesc->trig_update_before_row;
+}
+
+/*
+ * Replace the row version at otid with values/nulls, as
+ * entitlock_table_update() does, if no one has changed it since it was
+ * read, without locking it first.  A transaction changing the row is
+ * waited for.  Returns TM_Ok when written, or TM_Updated or TM_Deleted
+ * with nothing written when the row was changed or deleted meanwhile: the
+ * caller reads it again and decides again.  This is the executor's
+ * single-row update (ExecSimpleRelationUpdate) with the concurrent change
+ * reported instead of raised, and is the whole of a hot usage counter's
+ * update: a lock before it would cost a second visit to the buffer and a
+ * WAL record of its own.  Only for tables entitlock_table_can_try_update()
+ * accepts.
+ */
+TM_Result
+entitlock_table_try_update(EntitlockTable *t, ItemPointer otid, Datum *values,
+						   bool *nulls, uint32 changed)
+{
+	MemoryContext oldcontext;
+	Relation	rel = t->heap;
+	ResultRelInfo *rri;
+	EState	   *estate;
+	TupleTableSlot *slot;
+	TM_FailureData tmfd;
+	LockTupleMode lockmode;
+	compat_update_indexes update_indexes;
+	TM_Result	result;
+	bool		triggers;
+
+	Assert(entitlock_table_can_try_update(t));
+	set_updated_columns(t, changed);
+	rri = t->rri;
+	estate = t->estate;
+	slot = new_row(t, values, nulls);
+	triggers = rri->ri_TrigDesc != NULL;
+
+	oldcontext = MemoryContextSwitchTo(estate->es_query_cxt);
+	if (triggers)
+		AfterTriggerBeginQuery();
+	CheckCmdReplicaIdentity(rel, CMD_UPDATE);
+	if (rel->rd_att->constr && rel->rd_att->constr->has_generated_stored)
+		ExecComputeStoredGenerated(rri, estate, slot, CMD_UPDATE);
+	if (rel->rd_att->constr)
+		ExecConstraints(rri, slot, estate);
+	if (rel->rd_rel->relispartition)
+		ExecPartitionCheck(rri, slot, estate, true);
+
+	result = table_tuple_update(rel, otid, slot, estate->es_output_cid,
+								estate->es_snapshot, InvalidSnapshot,
+								true, &tmfd, &lockmode, &update_indexes);
+	if (result == TM_Ok)
+	{
+		List	   *recheck = NIL;
+
+		if (rri->ri_NumIndices > 0 && compat_update_needs_indexes(update_indexes))
+			recheck = compat_ExecInsertIndexTuples_update(rri, slot, estate,
+														  update_indexes);
+		ExecARUpdateTriggers(estate, rri, NULL, NULL, otid, NULL, slot,
+							 recheck, NULL, false);
+		list_free(recheck);
+	}
+	else if (result != TM_Updated && result != TM_Deleted)
+		elog(ERROR, "unexpected result %d updating \"entitlock.%s\"",
+			 (int) result, t->def->relname);
+	if (triggers)
+		AfterTriggerEndQuery(estate);
+	MemoryContextSwitchTo(oldcontext);
+	ResetPerTupleExprContext(estate);
+	return result;
 }
 
 /* Delete the row at tid, under the same rules as entitlock_table_update(). */
