@@ -259,6 +259,75 @@ SELECT entitlock.lease_release('ri', (SELECT token FROM compose_token WHERE name
 SELECT * FROM read_audit();
 SELECT compose_indexes_ok();
 
+--
+-- The quota engine (1.1).  Sets of limits and refunds lock each counter
+-- before they read it (the BEFORE trigger above makes single-limit calls
+-- do so too); rate limits lock their state row.  Their two new tables
+-- get the operator's index and triggers as well.
+--
+CREATE INDEX compose_set_amount ON entitlock.usage_limits_idempotency (amount);
+CREATE INDEX compose_rate_tat ON entitlock.rate_limit_state (tat);
+CREATE TRIGGER compose_after AFTER INSERT OR UPDATE OR DELETE
+	ON entitlock.usage_limits_idempotency
+	FOR EACH ROW EXECUTE FUNCTION compose_audit();
+CREATE TRIGGER compose_after AFTER INSERT OR UPDATE OR DELETE
+	ON entitlock.rate_limit_state
+	FOR EACH ROW EXECUTE FUNCTION compose_audit();
+SELECT subject, period, allowed, used FROM entitlock.record_usage_if_under_limits(ARRAY[
+	entitlock.usage_limit('compose:3', 'api', 10, 'day'),
+	entitlock.usage_limit('compose:org', 'api', 100, 'month')], 2, 'set-1');
+SELECT * FROM read_audit();
+SELECT entitlock.refund_usage('compose:3', 'api', 'set-1');
+SELECT * FROM read_audit();
+SELECT allowed, remaining FROM entitlock.rate_limit('compose:rl', 10, '1 hour');
+SELECT allowed, remaining FROM entitlock.rate_limit('compose:rl', 10, '1 hour');
+SELECT * FROM read_audit();
+SELECT compose_indexes_ok();
+
+-- Without a BEFORE UPDATE trigger, a single-limit call replaces the counter
+-- without locking it first.  The operator's index on used (so no HOT
+-- update: every write adds index entries) and the AFTER and column
+-- triggers still apply, and a CHECK still refuses.
+DROP TRIGGER compose_before ON entitlock.usage_counter;
+SELECT allowed, used FROM entitlock.record_usage_if_under_limit('compose:4', 'api', 2, 10);
+SELECT allowed, used FROM entitlock.record_usage_if_under_limit('compose:4', 'api', 3, 10);
+SELECT * FROM read_audit();
+ALTER TABLE entitlock.usage_counter
+	ADD CONSTRAINT compose_small CHECK (used <= 6);
+SELECT allowed, used FROM entitlock.record_usage_if_under_limit('compose:4', 'api', 2, 10);
+\echo :LAST_ERROR_SQLSTATE
+ALTER TABLE entitlock.usage_counter DROP CONSTRAINT compose_small;
+SELECT entitlock.usage('compose:4', 'api');
+SELECT * FROM read_audit();
+SELECT compose_indexes_ok();
+SET enable_seqscan = off;
+SELECT subject, used FROM entitlock.usage_counter WHERE used = 5 AND subject = 'compose:4';
+RESET enable_seqscan;
+-- With no trigger at all, and no CHECK, the executor would only update the
+-- heap: entitlock does that without making an executor state, unless the
+-- update needs index entries, as it does with the index on used.
+DROP TRIGGER compose_after ON entitlock.usage_counter;
+DROP TRIGGER compose_used ON entitlock.usage_counter;
+DROP TRIGGER compose_statement ON entitlock.usage_counter;
+SELECT allowed, used FROM entitlock.record_usage_if_under_limit('compose:5', 'api', 2, 10);
+SELECT allowed, used FROM entitlock.record_usage_if_under_limit('compose:5', 'api', 2, 10);
+SELECT allowed, used FROM entitlock.record_usage_if_under_limit('compose:5', 'api', 2, 10);
+SELECT compose_indexes_ok();
+SET enable_seqscan = off;
+SELECT subject, used FROM entitlock.usage_counter WHERE used = 6 AND subject = 'compose:5';
+RESET enable_seqscan;
+CREATE TRIGGER compose_before BEFORE INSERT OR UPDATE OR DELETE
+	ON entitlock.usage_counter FOR EACH ROW EXECUTE FUNCTION compose_audit();
+CREATE TRIGGER compose_after AFTER INSERT OR UPDATE OR DELETE
+	ON entitlock.usage_counter FOR EACH ROW EXECUTE FUNCTION compose_audit();
+CREATE TRIGGER compose_statement AFTER INSERT OR UPDATE OR DELETE
+	ON entitlock.usage_counter FOR EACH STATEMENT EXECUTE FUNCTION compose_audit('statement');
+CREATE TRIGGER compose_used AFTER UPDATE OF used ON entitlock.usage_counter
+	FOR EACH ROW EXECUTE FUNCTION compose_audit('of used');
+DROP TRIGGER compose_after ON entitlock.usage_limits_idempotency;
+DROP TRIGGER compose_after ON entitlock.rate_limit_state;
+DROP INDEX entitlock.compose_set_amount, entitlock.compose_rate_tat;
+
 -- Every entitlock table has a replica identity index.
 SELECT c.relname, c.relreplident, i.indexrelid::regclass AS identity
   FROM pg_class c

@@ -21,6 +21,7 @@ CREATE TEMP VIEW set_keys AS
 SELECT idempotency_key, amount, subjects, features, periods, allowed, used,
        refunded
   FROM entitlock.usage_limits_idempotency
+ WHERE idempotency_key ~ '^(req|pay)-'	-- this file's keys
  ORDER BY idempotency_key;
 
 --

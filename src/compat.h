@@ -57,6 +57,14 @@ typedef bool compat_update_indexes;
 	ExecInsertIndexTuples(rri, slot, estate, true, false, NULL, NIL)
 #endif
 
+/* 18 added virtual generated columns. */
+#if PG_VERSION_NUM >= 180000
+#define compat_has_generated(constr) \
+	((constr)->has_generated_stored || (constr)->has_generated_virtual)
+#else
+#define compat_has_generated(constr) ((constr)->has_generated_stored)
+#endif
+
 /*
  * Give estate a range table of one entry, rel, as a statement writing rel
  * would have.  The executor's per-row routines look there for the columns

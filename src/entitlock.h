@@ -106,6 +106,7 @@ typedef struct EntitlockTable
 	struct Bitmapset **updated_cols;
 	TupleTableSlot *newslot;	/* the row being written */
 	TupleTableSlot *oldslot;	/* the row being changed */
+	TupleTableSlot *plainslot;	/* entitlock_table_try_update()'s row */
 } EntitlockTable;
 
 /* The bit for 0-based column n in entitlock_table_update()'s changed. */

@@ -200,6 +200,7 @@ entitlock_table_open(EntitlockTable *t, EntitlockTableDef *def,
 	}
 	t->slot = table_slot_create(t->heap, NULL);
 	t->estate = NULL;
+	t->plainslot = NULL;
 }
 
 void
@@ -209,6 +210,8 @@ entitlock_table_close(EntitlockTable *t)
 
 	end_writes(t);
 	ExecDropSingleTupleTableSlot(t->slot);
+	if (t->plainslot != NULL)
+		ExecDropSingleTupleTableSlot(t->plainslot);
 	for (i = 0; i < t->def->nindexes; i++)
 		index_close(t->index[i], NoLock);
 	table_close(t->heap, NoLock);
@@ -627,9 +630,40 @@ entitlock_table_update(EntitlockTable *t, ItemPointer otid, Datum *values,
 bool
 entitlock_table_can_try_update(EntitlockTable *t)
 {
-	entitlock_table_prepare_writes(t);
-	return t->rri->ri_TrigDesc == NULL ||
-		!t->rri->ri_TrigDesc->trig_update_before_row;
+	TriggerDesc *trigdesc = t->heap->trigdesc;
+
+	return trigdesc == NULL || !trigdesc->trig_update_before_row;
+}
+
+/*
+ * Is an update of this table, when it needs no new index entries (a HOT
+ * update), nothing but the heap update for the executor?  That is when the
+ * table has no triggers, no CHECK constraints, no generated columns and is
+ * not a partition, and the new row has a value in every NOT NULL column.
+ * Then ExecSimpleRelationUpdate() would check the replica identity, update
+ * the heap and stop, and so does entitlock_table_try_update(), without
+ * building an executor state for it.
+ */
+static bool
+update_is_plain(EntitlockTable *t, const bool *nulls)
+{
+	Relation	rel = t->heap;
+	TupleDesc	desc = RelationGetDescr(rel);
+	TupleConstr *constr = desc->constr;
+	int			i;
+
+	if (rel->trigdesc != NULL || rel->rd_rel->relispartition)
+		return false;
+	if (constr == NULL)
+		return true;
+	if (constr->num_check > 0 || compat_has_generated(constr))
+		return false;
+	for (i = 0; i < desc->natts; i++)
+	{
+		if (TupleDescAttr(desc, i)->attnotnull && nulls[i])
+			return false;		/* ExecConstraints() raises the error */
+	}
+	return true;
 }
 
 /*
@@ -644,6 +678,9 @@ entitlock_table_can_try_update(EntitlockTable *t)
  * update: a lock before it would cost a second visit to the buffer and a
  * WAL record of its own.  Only for tables entitlock_table_can_try_update()
  * accepts.
+ *
+ * On a table where the update is plain (update_is_plain()), the executor
+ * state is only made if the heap update turns out to need index entries.
  */
 TM_Result
 entitlock_table_try_update(EntitlockTable *t, ItemPointer otid, Datum *values,
@@ -661,6 +698,43 @@ entitlock_table_try_update(EntitlockTable *t, ItemPointer otid, Datum *values,
 	bool		triggers;
 
 	Assert(entitlock_table_can_try_update(t));
+	if (t->estate == NULL && update_is_plain(t, nulls))
+	{
+		int			natts = RelationGetDescr(rel)->natts;
+
+		if (t->plainslot == NULL)
+			t->plainslot = MakeSingleTupleTableSlot(RelationGetDescr(rel),
+													&TTSOpsVirtual);
+		slot = t->plainslot;
+		ExecClearTuple(slot);
+		memcpy(slot->tts_values, values, natts * sizeof(Datum));
+		memcpy(slot->tts_isnull, nulls, natts * sizeof(bool));
+		ExecStoreVirtualTuple(slot);
+
+		CheckCmdReplicaIdentity(rel, CMD_UPDATE);
+		result = table_tuple_update(rel, otid, slot, GetCurrentCommandId(true),
+									InvalidSnapshot, InvalidSnapshot,
+									true, &tmfd, &lockmode, &update_indexes);
+		if (result == TM_Ok && RelationGetForm(rel)->relhasindex &&
+			compat_update_needs_indexes(update_indexes))
+		{
+			entitlock_table_prepare_writes(t);
+			set_updated_columns(t, changed);
+			oldcontext = MemoryContextSwitchTo(t->estate->es_query_cxt);
+			list_free(compat_ExecInsertIndexTuples_update(t->rri, slot,
+														  t->estate,
+														  update_indexes));
+			MemoryContextSwitchTo(oldcontext);
+			ResetPerTupleExprContext(t->estate);
+		}
+		else if (result != TM_Ok && result != TM_Updated &&
+				 result != TM_Deleted)
+			elog(ERROR, "unexpected result %d updating \"entitlock.%s\"",
+				 (int) result, t->def->relname);
+		return result;
+	}
+
+	entitlock_table_prepare_writes(t);
 	set_updated_columns(t, changed);
 	rri = t->rri;
 	estate = t->estate;

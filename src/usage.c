@@ -1080,12 +1080,12 @@ record(MeterCall *call, int64 amount, bool conditional, text *key,
 	PreventCommandDuringRecovery(cmdname);
 
 	/*
-	 * Everything that can be prepared before the locks is, so that a hot
-	 * meter's row is locked no longer than the decision takes.
+	 * The counter's writes are prepared when they are made: a call that
+	 * replaces its counter in a plain HOT update needs no executor state
+	 * (see entitlock_table_try_update()).
 	 */
 	meter_call_init(call, 0, call->limit);
 	entitlock_table_open(&counter, &counter_def, RowExclusiveLock);
-	entitlock_table_prepare_writes(&counter);
 	if (key != NULL)
 	{
 		entitlock_table_open(&idem, &idem_def, RowExclusiveLock);
