@@ -2,12 +2,13 @@
 #
 # Two clusters, both with entitlock: one publishes FOR ALL TABLES, the
 # other subscribes.  A workload on the publisher goes through every write
-# path of entitlock's four tables (inserts, updates, deletes), some of it
+# path of entitlock's six tables (inserts, updates, deletes), some of it
 # before the subscription exists (initial copy) and some after (streamed
 # changes).  Once the subscriber has caught up, its tables must equal the
 # publisher's, and after a blue/green switch it must answer as the
-# publisher did: usage and limits, replayed keys, first_time keys,
-# renewable and dead lease tokens.  The fencing sequence does not
+# publisher did: usage and limits, sets of limits and their refunds, rate
+# limit states, replayed keys, first_time keys, renewable and dead lease
+# tokens.  The fencing sequence does not
 # replicate: a takeover on the subscriber refuses to hand out a number
 # already used until the sequence is moved past the publisher's.
 #
@@ -28,14 +29,17 @@ use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
 
-my @tables = qw(idempotency_key lease_record usage_counter usage_idempotency);
+my @tables = qw(idempotency_key lease_record rate_limit_state usage_counter
+  usage_idempotency usage_limits_idempotency);
 
 # The primary key of each table: the order rows are compared in.
 my %pkey = (
 	idempotency_key   => 'key_hash, claim_id',
 	lease_record      => 'key_hash, fencing',
+	rate_limit_state  => 'name',
 	usage_counter     => 'subject, feature, period, period_start',
-	usage_idempotency => 'subject, feature, idempotency_key',);
+	usage_idempotency => 'subject, feature, idempotency_key',
+	usage_limits_idempotency => 'idempotency_key',);
 
 # Every row of an entitlock table, in primary key order, one per line.
 sub table_rows
@@ -119,7 +123,30 @@ my $meters = "entitlock.usage('ws:1', 'seats'),
 			  entitlock.usage('ws:1', 'storage_gb', 'month'),
 			  entitlock.usage('ws:1', 'burst', 'minute'),
 			  entitlock.usage('ws:1', 'credits'),
-			  entitlock.usage('ws:2', 'credits')";
+			  entitlock.usage('ws:2', 'credits'),
+			  entitlock.usage('org:1', 'api_calls', 'month')";
+
+# record_usage_if_under_limits(a day limit on ws:1 and a month limit on
+# org:1, AMOUNT, KEY) as "allowed|used" per limit, in order.
+sub set_call
+{
+	my ($node, $amount, $key) = @_;
+	return $node->safe_psql('postgres',
+		"SELECT string_agg(CASE WHEN allowed THEN 't' ELSE 'f' END || '|' || used, ',')
+		   FROM entitlock.record_usage_if_under_limits(ARRAY[
+				entitlock.usage_limit('ws:1', 'api_calls', 100, 'day'),
+				entitlock.usage_limit('org:1', 'api_calls', 1000, 'month')],
+				$amount, '$key')");
+}
+
+# rate_limit(NAME, 10 an hour, COST) as "allowed|remaining".
+sub rate_call
+{
+	my ($node, $name, $cost) = @_;
+	return $node->safe_psql('postgres',
+		"SELECT CASE WHEN allowed THEN 't' ELSE 'f' END || '|' || remaining
+		   FROM entitlock.rate_limit('$name', 10, '1 hour', 10, $cost)");
+}
 
 #
 # Setup: a publisher with wal_level = logical, a subscriber; entitlock in
@@ -152,7 +179,7 @@ is( $pub->safe_psql(
 		   FROM pg_publication_tables
 		  WHERE pubname = 'entitlock_pub' AND schemaname = 'entitlock'"),
 	join(',', @tables),
-	'pg_publication_tables lists the four entitlock tables');
+	'pg_publication_tables lists the six entitlock tables');
 
 is( $pub->safe_psql(
 		'postgres',
@@ -179,8 +206,10 @@ is( $pub->safe_psql(
 	join("\n",
 		'idempotency_key d PRIMARY KEY (key_hash, claim_id)',
 		'lease_record d PRIMARY KEY (key_hash, fencing)',
+		'rate_limit_state d PRIMARY KEY (name)',
 		'usage_counter d PRIMARY KEY (subject, feature, period, period_start)',
-		'usage_idempotency d PRIMARY KEY (subject, feature, idempotency_key)'),
+		'usage_idempotency d PRIMARY KEY (subject, feature, idempotency_key)',
+		'usage_limits_idempotency d PRIMARY KEY (idempotency_key)'),
 	'each table has a primary key, its replica identity (default)');
 
 #
@@ -204,6 +233,9 @@ is($pub->safe_psql('postgres',
 is($pub->safe_psql('postgres',
 		"SELECT entitlock.record_usage('ws:1', 'credits', -4)"),
 	'6', 'phase 1: record_usage of -4 credits (a refund)');
+like(set_call($pub, 2, 'gw-1'), qr/^t\|\d+,t\|2$/,
+	'phase 1: a set of two limits records on both');
+is(rate_call($pub, 'rl:1', 3), 't|7', 'phase 1: rate_limit takes 3 of 10');
 
 is(claim($pub, 'pay:1', 'fp-1', '24 hours', '{"charge": "ch_1", "amount": 500}'),
 	'new', 'phase 1: idempotency key pay:1 claimed and completed');
@@ -292,6 +324,13 @@ is($pub->safe_psql('postgres',
 is($pub->safe_psql('postgres',
 		"SELECT entitlock.record_usage('ws:2', 'credits', -9)"),
 	'0', 'phase 2: a refund of 9 leaves usage at 0, never below');
+like(set_call($pub, 3, 'gw-2'), qr/^t\|\d+,t\|5$/,
+	'phase 2: a keyed set records on both meters');
+is( $pub->safe_psql(
+		'postgres', "SELECT entitlock.refund_usage('ws:1', 'api_calls', 'gw-2')"),
+	'3', 'phase 2: refund_usage gives the set\'s day usage back');
+is(rate_call($pub, 'rl:1', 2), 't|5', 'phase 2: rate_limit takes 2 more');
+is(rate_call($pub, 'rl:2', 10), 't|0', 'phase 2: rate_limit empties a second name');
 
 my $claim_id = $pub->safe_psql('postgres',
 	"SELECT claim_id FROM entitlock.idempotency_key WHERE key = 'pay:short'");
@@ -393,6 +432,18 @@ is($sub->safe_psql('postgres', "SELECT $meters"),
 	'after the switch: usage() of every meter equals the publisher\'s');
 is(usage_call($sub, "'ws:1', 'seats', 1, 5"),
 	'f|5|0', 'after the switch: a seat at the limit is still denied');
+is(set_call($sub, 3, 'gw-2'), set_call($pub, 3, 'gw-2'),
+	'after the switch: a retried set key returns its first decisions');
+is( $sub->safe_psql(
+		'postgres', "SELECT entitlock.refund_usage('ws:1', 'api_calls', 'gw-2')"),
+	'0', 'after the switch: the refunded set key is not refunded again');
+is( $sub->safe_psql(
+		'postgres', "SELECT entitlock.refund_usage('org:1', 'api_calls', 'gw-2')"),
+	'3', 'after the switch: the other pair of the set can still be refunded');
+is(rate_call($sub, 'rl:2', 1), 'f|0',
+	'after the switch: an emptied rate limit is still empty');
+is(rate_call($sub, 'rl:1', 0), rate_call($pub, 'rl:1', 0),
+	'after the switch: a rate limit\'s state is the publisher\'s');
 is(usage_call($sub, "'ws:1', 'seats', 1, 5, 'lifetime', 'seat-k4'"),
 	't|5|0', 'after the switch: a retried usage key returns its first decision');
 is(usage_call($sub, "'ws:1', 'seats', 1, 5, 'lifetime', 'seat-k3'"),
