@@ -15,13 +15,13 @@ SELECT subject, feature, period,
             WHEN period_end > now() THEN 'current'
             ELSE 'ended' END AS which, used
   FROM entitlock.usage_counter
- WHERE subject ~ '^(user|org|r):'	-- this file's subjects
+ WHERE subject LIKE 'user:%' OR subject LIKE 'org:%' OR subject LIKE 'r:%'
  ORDER BY subject, feature, period, period_start;
 CREATE TEMP VIEW set_keys AS
 SELECT idempotency_key, amount, subjects, features, periods, allowed, used,
        refunded
   FROM entitlock.usage_limits_idempotency
- WHERE idempotency_key ~ '^(req|pay)-'	-- this file's keys
+ WHERE idempotency_key LIKE 'req-%' OR idempotency_key LIKE 'pay-%'
  ORDER BY idempotency_key;
 
 --
