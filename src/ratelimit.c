@@ -255,8 +255,6 @@ entitlock_rate_limit(PG_FUNCTION_ARGS)
 	Datum		values[4];
 	bool		nulls[4] = {false, false, false, false};
 	bool		found = false;
-	bool		latest = !IsolationUsesXactSnapshot();
-	bool		creation_locked = false;
 	TimestampTz tat = 0;
 	ItemPointerData tid;
 
@@ -297,42 +295,14 @@ entitlock_rate_limit(PG_FUNCTION_ARGS)
 	CommandCounterIncrement();
 
 	/* Lock the name's row, or make sure no one else creates it first. */
-	for (;;)
+	found = entitlock_table_lock_or_create(&t, row,
+										   (int64) entitlock_hash_bytes(VARDATA_ANY(name),
+																		VARSIZE_ANY_EXHDR(name),
+																		RATE_CREATE_LOCK_SEED));
+	if (found)
 	{
-		TM_Result	result;
-
-		CHECK_FOR_INTERRUPTS();
-		if (!entitlock_table_probe(&t, SnapshotSelf, row))
-		{
-			if (creation_locked)
-				break;
-			entitlock_acquire_internal((int64)
-									   entitlock_hash_bytes(VARDATA_ANY(name),
-															VARSIZE_ANY_EXHDR(name),
-															RATE_CREATE_LOCK_SEED),
-									   ExclusiveLock);
-			creation_locked = true;
-			continue;
-		}
-		tid = t.slot->tts_tid;
-		ExecClearTuple(t.slot);
-		result = entitlock_table_lock_row(&t, &tid, LockTupleNoKeyExclusive,
-										  true, latest);
-		if (result == TM_Ok)
-		{
-			entitlock_check_visible_to_transaction(t.oldslot);
-			found = true;
-			tid = t.oldslot->tts_tid;
-			tat = DatumGetTimestampTz(t.oldslot->tts_values[STATE_TAT]);
-			break;
-		}
-		if (result != TM_Deleted && result != TM_Updated)
-			elog(ERROR, "unexpected result %d locking a rate limit",
-				 (int) result);
-		if (!latest)
-			ereport(ERROR,
-					(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
-					 errmsg("could not serialize access due to concurrent update")));
+		tid = t.oldslot->tts_tid;
+		tat = DatumGetTimestampTz(t.oldslot->tts_values[STATE_TAT]);
 	}
 
 	/* The clock is read once the call holds the name. */

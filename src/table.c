@@ -604,6 +604,58 @@ set_updated_columns(EntitlockTable *t, uint32 changed)
 }
 
 /*
+ * Find the row whose unique key (index 0) is keyvals and lock it for an
+ * update, or make sure no one else creates it first; returns whether it
+ * was found.  A found row is locked in its newest version (under READ
+ * COMMITTED; REPEATABLE READ and SERIALIZABLE fail instead, as UPDATE
+ * does, when it changed since the snapshot) and left in t->oldslot.  A row
+ * created by a transaction still in progress is not seen; its creator
+ * holds the internal lock create_key until it ends, and once we hold it
+ * the row is either committed and found, or not there and ours to create.
+ * A row deleted meanwhile (a prune) is looked for again.
+ */
+bool
+entitlock_table_lock_or_create(EntitlockTable *t, const Datum *keyvals,
+							   int64 create_key)
+{
+	bool		latest = !IsolationUsesXactSnapshot();
+	bool		creation_locked = false;
+
+	for (;;)
+	{
+		ItemPointerData tid;
+		TM_Result	result;
+
+		CHECK_FOR_INTERRUPTS();
+		if (!entitlock_table_probe(t, SnapshotSelf, keyvals))
+		{
+			if (creation_locked)
+				return false;
+			entitlock_acquire_internal(create_key, ExclusiveLock);
+			creation_locked = true;
+			continue;
+		}
+		tid = t->slot->tts_tid;
+		/* The probe's buffer pin would keep the page from being pruned. */
+		ExecClearTuple(t->slot);
+		result = entitlock_table_lock_row(t, &tid, LockTupleNoKeyExclusive,
+										  true, latest);
+		if (result == TM_Ok)
+		{
+			entitlock_check_visible_to_transaction(t->oldslot);
+			return true;
+		}
+		if (result != TM_Deleted && result != TM_Updated)
+			elog(ERROR, "unexpected result %d locking a row of \"entitlock.%s\"",
+				 (int) result, t->def->relname);
+		if (!latest)
+			ereport(ERROR,
+					(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+					 errmsg("could not serialize access due to concurrent update")));
+	}
+}
+
+/*
  * Replace the row at otid with values/nulls; changed has a bit
  * (ENTITLOCK_COLUMN) for each column the caller sets, which is what an
  * UPDATE's SET list would name, for column triggers.  Every writer of the

@@ -492,9 +492,9 @@ lock_idempotency_key(text *key)
 							   ExclusiveLock);
 }
 
-/* Serialise the creators of a meter's counter row for its period. */
-static void
-lock_counter_creation(const MeterCall *call)
+/* The internal lock that serialises the creators of a meter's counter row for its period. */
+static int64
+counter_creation_key(const MeterCall *call)
 {
 	char		buf[sizeof(int64) + sizeof(TimestampTz) + 1];
 
@@ -502,10 +502,7 @@ lock_counter_creation(const MeterCall *call)
 	memcpy(buf + sizeof(int64), &call->meter.period_start,
 		   sizeof(TimestampTz));
 	buf[sizeof(buf) - 1] = (char) call->meter.period;
-	entitlock_acquire_internal((int64)
-							   entitlock_hash_bytes(buf, sizeof(buf),
-													CREATE_LOCK_SEED),
-							   ExclusiveLock);
+	return (int64) entitlock_hash_bytes(buf, sizeof(buf), CREATE_LOCK_SEED);
 }
 
 /*
@@ -585,73 +582,28 @@ serialization_failure(void)
 
 /*
  * Lock the meter's counter row for its period and read its usage; or, if
- * there is none, make sure no one else can create it first.  Leaves
- * call->found, ->tid and ->used.
- *
- * The row is found with SnapshotSelf, which sees the newest committed
- * version (and a version an unfinished transaction is replacing), and
- * locked in its newest version: a recorder that is changing it makes us
- * wait, and we read what it committed.  Under REPEATABLE READ and
- * SERIALIZABLE a row changed since the transaction's snapshot is a
- * serialization failure instead, as for UPDATE.  A row that prune_usage()
- * deleted meanwhile is gone with its usage: look again.
+ * there is none, make sure no one else can create it first (see
+ * entitlock_table_lock_or_create()).  Leaves call->found, ->tid and
+ * ->used.
  */
 static void
 lock_counter(EntitlockTable *counter, MeterCall *call)
 {
 	Datum		values[COUNTER_NATTS];
 	bool		nulls[COUNTER_NATTS];
-	bool		creation_locked = false;
-	bool		latest = !IsolationUsesXactSnapshot();
 
 	counter_values(&call->meter, values, nulls);
-	for (;;)
+	call->found = entitlock_table_lock_or_create(counter, values,
+												 counter_creation_key(call));
+	if (call->found)
 	{
-		ItemPointerData tid;
-		TM_Result	result;
+		TupleTableSlot *slot = counter->oldslot;
 
-		CHECK_FOR_INTERRUPTS();
-		if (!entitlock_table_probe(counter, SnapshotSelf, values))
-		{
-			/*
-			 * A row created by a transaction still in progress is not seen
-			 * yet.  Its creator holds the creation lock until it ends; once
-			 * we hold it, the row is either committed and found, or not
-			 * there and ours to create.
-			 */
-			if (creation_locked)
-			{
-				call->found = false;
-				call->used = 0;
-				return;
-			}
-			lock_counter_creation(call);
-			creation_locked = true;
-			continue;
-		}
-
-		tid = counter->slot->tts_tid;
-		/* The probe's buffer pin would keep the page from being pruned. */
-		ExecClearTuple(counter->slot);
-		result = entitlock_table_lock_row(counter, &tid,
-										  LockTupleNoKeyExclusive, true,
-										  latest);
-		if (result == TM_Ok)
-		{
-			TupleTableSlot *slot = counter->oldslot;
-
-			entitlock_check_visible_to_transaction(slot);
-			call->found = true;
-			call->tid = slot->tts_tid;
-			call->used = DatumGetInt64(slot->tts_values[COUNTER_USED]);
-			return;
-		}
-		if (result != TM_Deleted && result != TM_Updated)
-			elog(ERROR, "unexpected result %d locking a usage counter",
-				 (int) result);
-		if (!latest)
-			serialization_failure();
+		call->tid = slot->tts_tid;
+		call->used = DatumGetInt64(slot->tts_values[COUNTER_USED]);
 	}
+	else
+		call->used = 0;
 }
 
 /*
@@ -738,7 +690,8 @@ record_meter(EntitlockTable *counter, MeterCall *call, int64 amount,
 			/* see lock_counter() */
 			if (!creation_locked)
 			{
-				lock_counter_creation(call);
+				entitlock_acquire_internal(counter_creation_key(call),
+										   ExclusiveLock);
 				creation_locked = true;
 				continue;
 			}
