@@ -127,6 +127,7 @@ extern bool entitlock_next_row_with_text(EntitlockTable *t,
 										 text *value);
 extern bool entitlock_slot_is_mine(TupleTableSlot *slot);
 extern void entitlock_check_visible_to_transaction(TupleTableSlot *slot);
+extern void entitlock_serialization_failure(void);
 extern void entitlock_table_prepare_writes(EntitlockTable *t);
 extern void entitlock_table_insert(EntitlockTable *t, Datum *values,
 								   bool *nulls);

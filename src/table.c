@@ -374,9 +374,16 @@ entitlock_check_visible_to_transaction(TupleTableSlot *slot)
 	xmin = slot_xmin(slot);
 	if (!TransactionIdIsCurrentTransactionId(xmin) &&
 		XidInMVCCSnapshot(xmin, GetTransactionSnapshot()))
-		ereport(ERROR,
-				(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
-				 errmsg("could not serialize access due to concurrent update")));
+		entitlock_serialization_failure();
+}
+
+/* Fail the way UPDATE does on a row changed since the snapshot. */
+void
+entitlock_serialization_failure(void)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+			 errmsg("could not serialize access due to concurrent update")));
 }
 
 /*
@@ -649,9 +656,7 @@ entitlock_table_lock_or_create(EntitlockTable *t, const Datum *keyvals,
 			elog(ERROR, "unexpected result %d locking a row of \"entitlock.%s\"",
 				 (int) result, t->def->relname);
 		if (!latest)
-			ereport(ERROR,
-					(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
-					 errmsg("could not serialize access due to concurrent update")));
+			entitlock_serialization_failure();
 	}
 }
 

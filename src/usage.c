@@ -572,14 +572,6 @@ counter_values(const UsageMeter *meter, Datum *values, bool *nulls)
 	nulls[4] = !meter->has_end;
 }
 
-static void
-serialization_failure(void)
-{
-	ereport(ERROR,
-			(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
-			 errmsg("could not serialize access due to concurrent update")));
-}
-
 /*
  * Lock the meter's counter row for its period and read its usage; or, if
  * there is none, make sure no one else can create it first (see
@@ -716,7 +708,7 @@ record_meter(EntitlockTable *counter, MeterCall *call, int64 amount,
 									   ENTITLOCK_COLUMN(COUNTER_USED)) == TM_Ok)
 			return;
 		if (IsolationUsesXactSnapshot())
-			serialization_failure();
+			entitlock_serialization_failure();
 	}
 }
 
@@ -922,12 +914,19 @@ setkey_lookup(EntitlockTable *sk, text *key)
 	return rec;
 }
 
+/* Is element i of the stored set on meter's (subject, feature)? */
+static bool
+setkey_element_on_pair(const SetRecord *rec, int i, const UsageMeter *meter)
+{
+	return same_text(DatumGetTextPP(rec->subjects[i]), meter->subject) &&
+		same_text(DatumGetTextPP(rec->features[i]), meter->feature);
+}
+
 /* Element i of a stored set: is it meter? */
 static bool
 setkey_element_is(const SetRecord *rec, int i, const UsageMeter *meter)
 {
-	return same_text(DatumGetTextPP(rec->subjects[i]), meter->subject) &&
-		same_text(DatumGetTextPP(rec->features[i]), meter->feature) &&
+	return setkey_element_on_pair(rec, i, meter) &&
 		stored_period(rec->periods[i], setkey_def.relname) == meter->period;
 }
 
@@ -939,8 +938,7 @@ setkey_has_pair(const SetRecord *rec, const UsageMeter *meter)
 
 	for (i = 0; i < rec->n; i++)
 	{
-		if (same_text(DatumGetTextPP(rec->subjects[i]), meter->subject) &&
-			same_text(DatumGetTextPP(rec->features[i]), meter->feature))
+		if (setkey_element_on_pair(rec, i, meter))
 			return true;
 	}
 	return false;
@@ -1553,7 +1551,7 @@ lock_key_row(EntitlockTable *t, ItemPointer tid)
 	if (result == TM_Ok)
 		return true;
 	if (IsolationUsesXactSnapshot())
-		serialization_failure();
+		entitlock_serialization_failure();
 	return false;
 }
 
@@ -1561,8 +1559,7 @@ lock_key_row(EntitlockTable *t, ItemPointer tid)
 static bool
 setkey_refund_due(const SetRecord *set, int i, const UsageMeter *meter)
 {
-	return same_text(DatumGetTextPP(set->subjects[i]), meter->subject) &&
-		same_text(DatumGetTextPP(set->features[i]), meter->feature) &&
+	return setkey_element_on_pair(set, i, meter) &&
 		DatumGetBool(set->allowed[i]) && !DatumGetBool(set->refunded[i]);
 }
 
