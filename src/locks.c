@@ -195,6 +195,14 @@ acquire_with_timeout(int64 key, LOCKMODE mode, int timeout_ms)
 								 PGC_USERSET, PGC_S_SESSION,
 								 GUC_ACTION_SAVE, true, 0, false);
 		(void) entitlock_acquire(key, mode, true);
+
+		/*
+		 * The lock timer can go off after the lock was granted, before the
+		 * woken waiter ran: ProcSleep() then returns success with the
+		 * timeout's cancel still pending.  Raise it here, where it means
+		 * "false", not at the caller's next statement.
+		 */
+		CHECK_FOR_INTERRUPTS();
 		AtEOXact_GUC(true, save_nestlevel);
 
 		/* The lock now passes to the outer transaction's resource owner. */

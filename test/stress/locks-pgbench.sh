@@ -139,6 +139,7 @@ grep -E 'transactions actually processed|failed transactions|tps|aborted|ERROR' 
 if [ $rc -ne 0 ] || grep -q 'ERROR' "$scripts/stress.log"; then
 	log "pgbench reported errors (exit $rc)"
 	tail -30 "$scripts/stress.log" >&2
+	grep -m 5 -E 'aborted in|ERROR' "$scripts/stress.log" >&2
 	status=1
 fi
 
