@@ -16,7 +16,8 @@ OBJS = \
 	src/usage.o \
 	src/idempotency.o \
 	src/leases.o \
-	src/ratelimit.o
+	src/ratelimit.o \
+	src/stats.o
 
 DATA = $(wildcard sql/$(EXTENSION)--*.sql)
 PGFILEDESC = "entitlock - named locks, usage limits, idempotency and leases"

@@ -214,3 +214,194 @@ COMMENT ON FUNCTION entitlock.prune_rate_limits() IS
 
 REVOKE ALL ON FUNCTION entitlock.rate_limit(text, bigint, interval, bigint, bigint) FROM PUBLIC;
 REVOKE ALL ON FUNCTION entitlock.prune_rate_limits() FROM PUBLIC;
+
+--
+-- New arguments and result columns, keeping each function's identity
+--
+-- idempotency_begin and lease_acquire gain a last argument, wait, and
+-- holders gains two result columns.  Dropping and recreating them would
+-- fail where user objects depend on them (a view over holders(), a
+-- SQL-standard function body calling idempotency_begin), and CREATE OR
+-- REPLACE cannot add arguments or result columns.  So the update first
+-- gives each function its new parameter list in pg_proc, keeping its OID,
+-- its owner and its privileges, and then redefines it in full with CREATE
+-- OR REPLACE, which sets everything else (defaults, body, dependencies)
+-- exactly as a new installation has it.  Dependent objects keep working:
+-- a stored call with fewer arguments gets the new argument's default when
+-- it is planned, as after any CREATE OR REPLACE that adds a default, and
+-- a query over holders() reads the columns it named.
+--
+UPDATE pg_catalog.pg_proc
+   SET pronargs = 4,
+	   pronargdefaults = 0,
+	   proargdefaults = NULL,
+	   proargtypes = pg_catalog.array_to_string(ARRAY[
+			'pg_catalog.text'::pg_catalog.regtype,
+			'pg_catalog.text'::pg_catalog.regtype,
+			'pg_catalog.interval'::pg_catalog.regtype,
+			'pg_catalog.interval'::pg_catalog.regtype]::pg_catalog.oid[],
+			' ')::pg_catalog.oidvector,
+	   proallargtypes = ARRAY[
+			'pg_catalog.text'::pg_catalog.regtype,
+			'pg_catalog.text'::pg_catalog.regtype,
+			'pg_catalog.interval'::pg_catalog.regtype,
+			'pg_catalog.interval'::pg_catalog.regtype,
+			'pg_catalog.text'::pg_catalog.regtype,
+			'pg_catalog.jsonb'::pg_catalog.regtype]::pg_catalog.oid[],
+	   proargmodes = '{i,i,i,i,t,t}'::pg_catalog."char"[],
+	   proargnames = '{key,fingerprint,ttl,wait,status,response}'::pg_catalog.text[]
+ WHERE oid OPERATOR(pg_catalog.=)
+	   'entitlock.idempotency_begin(pg_catalog.text, pg_catalog.text, pg_catalog.interval)'::pg_catalog.regprocedure;
+
+CREATE OR REPLACE FUNCTION entitlock.idempotency_begin(
+	key text,
+	fingerprint text DEFAULT NULL,
+	ttl interval DEFAULT '24 hours',
+	wait interval DEFAULT NULL)
+RETURNS TABLE (status text, response jsonb)
+AS 'MODULE_PATHNAME', 'entitlock_idempotency_begin'
+LANGUAGE C VOLATILE PARALLEL UNSAFE ROWS 1;
+
+COMMENT ON FUNCTION entitlock.idempotency_begin(text, text, interval, interval) IS
+'claims key for this transaction (status new), or returns the stored response of the transaction that did (status replay); waits while another transaction holds key, at most wait (then status in_progress, claiming nothing)';
+
+UPDATE pg_catalog.pg_proc
+   SET pronargs = 4,
+	   pronargdefaults = 0,
+	   proargdefaults = NULL,
+	   proargtypes = pg_catalog.array_to_string(ARRAY[
+			'pg_catalog.text'::pg_catalog.regtype,
+			'pg_catalog.interval'::pg_catalog.regtype,
+			'pg_catalog.text'::pg_catalog.regtype,
+			'pg_catalog.interval'::pg_catalog.regtype]::pg_catalog.oid[],
+			' ')::pg_catalog.oidvector,
+	   proallargtypes = ARRAY[
+			'pg_catalog.text'::pg_catalog.regtype,
+			'pg_catalog.interval'::pg_catalog.regtype,
+			'pg_catalog.text'::pg_catalog.regtype,
+			'pg_catalog.interval'::pg_catalog.regtype,
+			'pg_catalog.uuid'::pg_catalog.regtype,
+			'pg_catalog.int8'::pg_catalog.regtype]::pg_catalog.oid[],
+	   proargmodes = '{i,i,i,i,t,t}'::pg_catalog."char"[],
+	   proargnames = '{name,ttl,holder,wait,token,fencing}'::pg_catalog.text[]
+ WHERE oid OPERATOR(pg_catalog.=)
+	   'entitlock.lease_acquire(pg_catalog.text, pg_catalog.interval, pg_catalog.text)'::pg_catalog.regprocedure;
+
+CREATE OR REPLACE FUNCTION entitlock.lease_acquire(
+	name text,
+	ttl interval,
+	holder text DEFAULT NULL,
+	wait interval DEFAULT '0')
+RETURNS TABLE (token uuid, fencing bigint)
+AS 'MODULE_PATHNAME', 'entitlock_lease_acquire'
+LANGUAGE C VOLATILE PARALLEL UNSAFE ROWS 1;
+
+COMMENT ON FUNCTION entitlock.lease_acquire(text, interval, text, interval) IS
+'takes the lease on name for ttl and returns its token and fencing number; no row when it is held and stays held for wait';
+
+UPDATE pg_catalog.pg_proc
+   SET proallargtypes = ARRAY[
+			'pg_catalog.text'::pg_catalog.regtype,
+			'pg_catalog.int4'::pg_catalog.regtype,
+			'pg_catalog.text'::pg_catalog.regtype,
+			'pg_catalog.bool'::pg_catalog.regtype,
+			'pg_catalog.timestamptz'::pg_catalog.regtype,
+			'pg_catalog.text'::pg_catalog.regtype,
+			'pg_catalog.timestamptz'::pg_catalog.regtype,
+			'pg_catalog._int4'::pg_catalog.regtype]::pg_catalog.oid[],
+	   proargmodes = '{i,t,t,t,t,t,t,t}'::pg_catalog."char"[],
+	   proargnames = '{name,pid,mode,granted,xact_start,application_name,wait_start,blocked_by}'::pg_catalog.text[]
+ WHERE oid OPERATOR(pg_catalog.=)
+	   'entitlock.holders(pg_catalog.text)'::pg_catalog.regprocedure;
+
+CREATE OR REPLACE FUNCTION entitlock.holders(name text)
+RETURNS TABLE (pid integer, mode text, granted boolean,
+			   xact_start timestamptz, application_name text,
+			   wait_start timestamptz, blocked_by integer[])
+LANGUAGE plpgsql VOLATILE STRICT PARALLEL RESTRICTED
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	-- Computed up front so that a bad name is an error even when no
+	-- advisory lock exists at all.
+	k bigint := entitlock.key(holders.name);
+BEGIN
+	RETURN QUERY
+	SELECT l.pid,
+		   CASE l.mode
+			   WHEN 'ExclusiveLock' THEN 'exclusive'
+			   WHEN 'ShareLock' THEN 'shared'
+			   ELSE l.mode
+		   END,
+		   l.granted,
+		   a.xact_start,
+		   a.application_name::text,
+		   l.waitstart,
+		   CASE WHEN l.granted THEN '{}'::integer[]
+				ELSE pg_catalog.pg_blocking_pids(l.pid)
+		   END
+	  FROM pg_catalog.pg_locks AS l
+	  LEFT JOIN pg_catalog.pg_stat_activity AS a
+		ON a.pid OPERATOR(pg_catalog.=) l.pid
+	 WHERE l.locktype OPERATOR(pg_catalog.=) 'advisory'
+	   AND l.database OPERATOR(pg_catalog.=)
+		   (SELECT d.oid FROM pg_catalog.pg_database AS d
+			 WHERE d.datname OPERATOR(pg_catalog.=) pg_catalog.current_database())
+	   AND l.classid OPERATOR(pg_catalog.=)
+		   pg_catalog.oid((k OPERATOR(pg_catalog.>>) 32)
+						  OPERATOR(pg_catalog.&) 4294967295)
+	   AND l.objid OPERATOR(pg_catalog.=)
+		   pg_catalog.oid(k OPERATOR(pg_catalog.&) 4294967295)
+	   AND l.objsubid OPERATOR(pg_catalog.=) 1
+	 ORDER BY l.granted DESC, a.xact_start NULLS LAST, l.waitstart NULLS LAST,
+			  l.pid;
+END
+$$;
+
+COMMENT ON FUNCTION entitlock.holders(text) IS
+'sessions that hold or wait for the lock on a name, from pg_locks and pg_stat_activity; a waiter''s wait_start and the pids it waits for';
+
+--
+-- Statistics (src/stats.c)
+--
+-- Counts live in shared memory when the library is preloaded, and the
+-- view shows them; without the preload it is empty.  The view is read by
+-- roles granted SELECT on it.  Its function checks that right itself, as
+-- a view's functions run with the rights of whoever queries the view.
+--
+CREATE FUNCTION entitlock.stats_entries(
+	OUT kind text,
+	OUT label text,
+	OUT calls bigint,
+	OUT waits bigint,
+	OUT wait_time double precision,
+	OUT timeouts bigint,
+	OUT denied bigint,
+	OUT replays bigint,
+	OUT takeovers bigint)
+RETURNS SETOF record
+AS 'MODULE_PATHNAME', 'entitlock_stats_entries'
+LANGUAGE C VOLATILE PARALLEL RESTRICTED;
+
+COMMENT ON FUNCTION entitlock.stats_entries() IS
+'the rows of entitlock.stats; needs SELECT on that view';
+
+CREATE VIEW entitlock.stats AS
+SELECT kind, label, calls, waits, wait_time, timeouts, denied, replays,
+	   takeovers
+  FROM entitlock.stats_entries();
+
+COMMENT ON VIEW entitlock.stats IS
+'calls of entitlock''s functions since startup or stats_reset(), by kind and label; empty unless the library is in shared_preload_libraries';
+
+CREATE FUNCTION entitlock.stats_reset()
+RETURNS void
+AS 'MODULE_PATHNAME', 'entitlock_stats_reset'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+
+COMMENT ON FUNCTION entitlock.stats_reset() IS
+'forgets every count and label of entitlock.stats';
+
+-- Granted explicitly; see README, Privileges.
+REVOKE ALL ON entitlock.stats FROM PUBLIC;
+REVOKE ALL ON FUNCTION entitlock.stats_reset() FROM PUBLIC;

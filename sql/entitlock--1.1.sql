@@ -97,11 +97,14 @@ COMMENT ON FUNCTION entitlock.try_lock_entity(text, text) IS
 --
 -- Who holds or waits for a lock.  PostgreSQL's own views already answer
 -- this and apply their privilege rules (xact_start of other roles' sessions
--- shows as NULL unless the caller may see it).
+-- shows as NULL unless the caller may see it).  For a waiter, wait_start
+-- is pg_locks.waitstart and blocked_by the pids pg_blocking_pids() names;
+-- holders have NULL and an empty array.
 --
 CREATE FUNCTION entitlock.holders(name text)
 RETURNS TABLE (pid integer, mode text, granted boolean,
-			   xact_start timestamptz, application_name text)
+			   xact_start timestamptz, application_name text,
+			   wait_start timestamptz, blocked_by integer[])
 LANGUAGE plpgsql VOLATILE STRICT PARALLEL RESTRICTED
 SET search_path = pg_catalog, pg_temp
 AS $$
@@ -119,7 +122,11 @@ BEGIN
 		   END,
 		   l.granted,
 		   a.xact_start,
-		   a.application_name::text
+		   a.application_name::text,
+		   l.waitstart,
+		   CASE WHEN l.granted THEN '{}'::integer[]
+				ELSE pg_catalog.pg_blocking_pids(l.pid)
+		   END
 	  FROM pg_catalog.pg_locks AS l
 	  LEFT JOIN pg_catalog.pg_stat_activity AS a
 		ON a.pid OPERATOR(pg_catalog.=) l.pid
@@ -133,12 +140,13 @@ BEGIN
 	   AND l.objid OPERATOR(pg_catalog.=)
 		   pg_catalog.oid(k OPERATOR(pg_catalog.&) 4294967295)
 	   AND l.objsubid OPERATOR(pg_catalog.=) 1
-	 ORDER BY l.granted DESC, a.xact_start NULLS LAST, l.pid;
+	 ORDER BY l.granted DESC, a.xact_start NULLS LAST, l.waitstart NULLS LAST,
+			  l.pid;
 END
 $$;
 
 COMMENT ON FUNCTION entitlock.holders(text) IS
-'sessions that hold or wait for the lock on a name, from pg_locks and pg_stat_activity';
+'sessions that hold or wait for the lock on a name, from pg_locks and pg_stat_activity; a waiter''s wait_start and the pids it waits for';
 
 --
 -- Usage limits
@@ -455,13 +463,14 @@ SELECT pg_catalog.pg_extension_config_dump('entitlock.idempotency_key', '');
 CREATE FUNCTION entitlock.idempotency_begin(
 	key text,
 	fingerprint text DEFAULT NULL,
-	ttl interval DEFAULT '24 hours')
+	ttl interval DEFAULT '24 hours',
+	wait interval DEFAULT NULL)
 RETURNS TABLE (status text, response jsonb)
 AS 'MODULE_PATHNAME', 'entitlock_idempotency_begin'
 LANGUAGE C VOLATILE PARALLEL UNSAFE ROWS 1;
 
-COMMENT ON FUNCTION entitlock.idempotency_begin(text, text, interval) IS
-'claims key for this transaction (status new), or returns the stored response of the transaction that did (status replay); waits while another transaction holds key';
+COMMENT ON FUNCTION entitlock.idempotency_begin(text, text, interval, interval) IS
+'claims key for this transaction (status new), or returns the stored response of the transaction that did (status replay); waits while another transaction holds key, at most wait (then status in_progress, claiming nothing)';
 
 CREATE FUNCTION entitlock.idempotency_complete(
 	key text,
@@ -492,7 +501,7 @@ COMMENT ON FUNCTION entitlock.purge_expired(bigint) IS
 'deletes expired idempotency keys (at most max_rows, all when NULL); returns how many';
 
 -- Granted explicitly, like the usage functions; see README, Privileges.
-REVOKE ALL ON FUNCTION entitlock.idempotency_begin(text, text, interval) FROM PUBLIC;
+REVOKE ALL ON FUNCTION entitlock.idempotency_begin(text, text, interval, interval) FROM PUBLIC;
 REVOKE ALL ON FUNCTION entitlock.idempotency_complete(text, jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION entitlock.first_time(text, interval) FROM PUBLIC;
 REVOKE ALL ON FUNCTION entitlock.purge_expired(bigint) FROM PUBLIC;
@@ -534,13 +543,14 @@ SELECT pg_catalog.pg_extension_config_dump('entitlock.lease_fencing', '');
 CREATE FUNCTION entitlock.lease_acquire(
 	name text,
 	ttl interval,
-	holder text DEFAULT NULL)
+	holder text DEFAULT NULL,
+	wait interval DEFAULT '0')
 RETURNS TABLE (token uuid, fencing bigint)
 AS 'MODULE_PATHNAME', 'entitlock_lease_acquire'
 LANGUAGE C VOLATILE PARALLEL UNSAFE ROWS 1;
 
-COMMENT ON FUNCTION entitlock.lease_acquire(text, interval, text) IS
-'takes the lease on name for ttl and returns its token and fencing number; no row when it is held; never waits';
+COMMENT ON FUNCTION entitlock.lease_acquire(text, interval, text, interval) IS
+'takes the lease on name for ttl and returns its token and fencing number; no row when it is held and stays held for wait';
 
 CREATE FUNCTION entitlock.lease_renew(
 	name text,
@@ -575,7 +585,52 @@ COMMENT ON VIEW entitlock.leases IS
 'leases held now (not released, not expired); never shows tokens';
 
 -- Granted explicitly, like the other functions; see README, Privileges.
-REVOKE ALL ON FUNCTION entitlock.lease_acquire(text, interval, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION entitlock.lease_acquire(text, interval, text, interval) FROM PUBLIC;
 REVOKE ALL ON FUNCTION entitlock.lease_renew(text, uuid, interval) FROM PUBLIC;
 REVOKE ALL ON FUNCTION entitlock.lease_release(text, uuid) FROM PUBLIC;
 REVOKE ALL ON entitlock.leases FROM PUBLIC;
+
+--
+-- Statistics (src/stats.c)
+--
+-- Counts live in shared memory when the library is preloaded, and the
+-- view shows them; without the preload it is empty.  The view is read by
+-- roles granted SELECT on it.  Its function checks that right itself, as
+-- a view's functions run with the rights of whoever queries the view.
+--
+CREATE FUNCTION entitlock.stats_entries(
+	OUT kind text,
+	OUT label text,
+	OUT calls bigint,
+	OUT waits bigint,
+	OUT wait_time double precision,
+	OUT timeouts bigint,
+	OUT denied bigint,
+	OUT replays bigint,
+	OUT takeovers bigint)
+RETURNS SETOF record
+AS 'MODULE_PATHNAME', 'entitlock_stats_entries'
+LANGUAGE C VOLATILE PARALLEL RESTRICTED;
+
+COMMENT ON FUNCTION entitlock.stats_entries() IS
+'the rows of entitlock.stats; needs SELECT on that view';
+
+CREATE VIEW entitlock.stats AS
+SELECT kind, label, calls, waits, wait_time, timeouts, denied, replays,
+	   takeovers
+  FROM entitlock.stats_entries();
+
+COMMENT ON VIEW entitlock.stats IS
+'calls of entitlock''s functions since startup or stats_reset(), by kind and label; empty unless the library is in shared_preload_libraries';
+
+CREATE FUNCTION entitlock.stats_reset()
+RETURNS void
+AS 'MODULE_PATHNAME', 'entitlock_stats_reset'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+
+COMMENT ON FUNCTION entitlock.stats_reset() IS
+'forgets every count and label of entitlock.stats';
+
+-- Granted explicitly; see README, Privileges.
+REVOKE ALL ON entitlock.stats FROM PUBLIC;
+REVOKE ALL ON FUNCTION entitlock.stats_reset() FROM PUBLIC;

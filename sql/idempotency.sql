@@ -291,7 +291,7 @@ SET ROLE regress_entitlock_idem;
 SELECT * FROM entitlock.idempotency_begin('priv:1');
 \echo :LAST_ERROR_SQLSTATE
 RESET ROLE;
-GRANT EXECUTE ON FUNCTION entitlock.idempotency_begin(text, text, interval),
+GRANT EXECUTE ON FUNCTION entitlock.idempotency_begin(text, text, interval, interval),
                           entitlock.idempotency_complete(text, jsonb)
    TO regress_entitlock_idem;
 SET ROLE regress_entitlock_idem;
@@ -306,7 +306,7 @@ SELECT entitlock.purge_expired();
 \echo :LAST_ERROR_SQLSTATE
 RESET ROLE;
 REVOKE ALL ON SCHEMA entitlock FROM regress_entitlock_idem;
-REVOKE ALL ON FUNCTION entitlock.idempotency_begin(text, text, interval),
+REVOKE ALL ON FUNCTION entitlock.idempotency_begin(text, text, interval, interval),
                        entitlock.idempotency_complete(text, jsonb)
   FROM regress_entitlock_idem;
 DROP ROLE regress_entitlock_idem;

@@ -59,7 +59,7 @@ SELECT entitlock.key(NULL) IS NULL AS null_name,
 SELECT p.oid::regprocedure AS function, p.provolatile, p.proisstrict, p.proparallel
   FROM pg_proc AS p
  WHERE p.pronamespace = 'entitlock'::regnamespace AND p.proname = 'key'
- ORDER BY 1::text;
+ ORDER BY p.oid::regprocedure::text;
 
 -- Empty names are errors (22023).
 SELECT entitlock.key('');

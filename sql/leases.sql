@@ -268,7 +268,7 @@ RESET ROLE;
 -- Granted the functions and the view, a role still cannot read tokens or
 -- write the table.
 GRANT USAGE ON SCHEMA entitlock TO entitlock_lease_nobody;
-GRANT EXECUTE ON FUNCTION entitlock.lease_acquire(text, interval, text),
+GRANT EXECUTE ON FUNCTION entitlock.lease_acquire(text, interval, text, interval),
 	entitlock.lease_renew(text, uuid, interval),
 	entitlock.lease_release(text, uuid) TO entitlock_lease_nobody;
 GRANT SELECT ON entitlock.leases TO entitlock_lease_nobody;

@@ -125,7 +125,7 @@ SELECT p.oid::regprocedure AS function, p.provolatile, p.proisstrict, p.proparal
   FROM pg_proc AS p
  WHERE p.pronamespace = 'entitlock'::regnamespace
    AND (p.proname LIKE '%lock%' OR p.proname = 'holders')
- ORDER BY 1::text;
+ ORDER BY p.oid::regprocedure::text;
 
 -- Errors: NULL is 22004, empty or negative is 22023; none takes a lock.
 SELECT entitlock.lock(NULL);

@@ -428,4 +428,4 @@ SELECT p.oid::regprocedure AS function, p.provolatile, p.proisstrict,
  WHERE p.pronamespace = 'entitlock'::regnamespace
    AND p.proname IN ('usage_limit', 'record_usage_if_under_limits', 'refund_usage',
                      'rate_limit', 'gcra', 'prune_rate_limits')
- ORDER BY 1::text;
+ ORDER BY p.oid::regprocedure::text;

@@ -28,10 +28,10 @@ GRANT EXECUTE ON FUNCTION
 	entitlock.record_usage_if_under_limits(entitlock.usage_limit[], bigint, text),
 	entitlock.refund_usage(text, text, text),
 	entitlock.rate_limit(text, bigint, interval, bigint, bigint),
-	entitlock.idempotency_begin(text, text, interval),
+	entitlock.idempotency_begin(text, text, interval, interval),
 	entitlock.idempotency_complete(text, jsonb),
 	entitlock.first_time(text, interval),
-	entitlock.lease_acquire(text, interval, text),
+	entitlock.lease_acquire(text, interval, text, interval),
 	entitlock.lease_renew(text, uuid, interval),
 	entitlock.lease_release(text, uuid)
   TO regress_entitlock_granted;

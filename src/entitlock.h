@@ -40,11 +40,39 @@ extern Interval *entitlock_ttl_arg(FunctionCallInfo fcinfo, int argno,
 
 /* locks.c */
 extern bool entitlock_acquire(int64 key, LOCKMODE mode, bool wait);
+extern bool entitlock_acquire_timeout(int64 key, LOCKMODE mode,
+									 int timeout_ms);
+extern int	entitlock_interval_ms(Interval *span, const char *what);
 extern void entitlock_release(int64 key, LOCKMODE mode);
 
 /* The advisory lock tag field that marks entitlock's internal locks. */
 #define ENTITLOCK_INTERNAL_LOCKS 3
 extern void entitlock_acquire_internal(int64 key, LOCKMODE mode);
+
+/* stats.c */
+typedef enum EntitlockStatsKind
+{
+	ENTITLOCK_STATS_LOCK,
+	ENTITLOCK_STATS_USAGE,
+	ENTITLOCK_STATS_RATE,
+	ENTITLOCK_STATS_IDEMPOTENCY,
+	ENTITLOCK_STATS_LEASE
+} EntitlockStatsKind;
+#define ENTITLOCK_STATS_NKINDS 5
+
+/* What a counted call found, for entitlock_stats_count()'s flags. */
+#define ENTITLOCK_STATS_TIMEOUT 0x01
+#define ENTITLOCK_STATS_DENIED 0x02
+#define ENTITLOCK_STATS_REPLAY 0x04
+#define ENTITLOCK_STATS_TAKEOVER 0x08
+
+/* Non-NULL once statistics are in shared memory (the library preloaded). */
+extern struct EntitlockStatsShared *entitlock_stats_shared;
+#define entitlock_stats_on() (entitlock_stats_shared != NULL)
+extern void entitlock_stats_begin(void);
+extern void entitlock_stats_waited(TimestampTz start);
+extern void entitlock_stats_count(int kind, text *name, bool whole_label,
+								  int flags);
 
 /* table.c */
 #define ENTITLOCK_MAX_INDEX_KEYS 4

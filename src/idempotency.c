@@ -195,15 +195,26 @@ check_fingerprint(const Claim *claim, text *fingerprint, text *key)
 			 errhint("Use a new idempotency key for a different request.")));
 }
 
+/* What claim_key() found. */
+typedef enum ClaimOutcome
+{
+	CLAIM_NEW,					/* the key is now the caller's */
+	CLAIM_REPLAY,				/* a committed claim (or the caller's) has it */
+	CLAIM_IN_PROGRESS			/* another transaction holds it still */
+} ClaimOutcome;
+
 /*
- * Claim key for the calling transaction, or find who has: returns true
- * when the key is now the caller's (the claim row is written), false with
- * *response set (NULL when none was stored) when a committed claim, or an
- * earlier claim of this same transaction, already has it.
+ * Claim key for the calling transaction, or find who has: CLAIM_NEW when
+ * the key is now the caller's (the claim row is written), CLAIM_REPLAY
+ * with *response set (NULL when none was stored) when a committed claim,
+ * or an earlier claim of this same transaction, already has it.  A key
+ * another transaction is claiming is waited for, at most wait_ms
+ * milliseconds unless that is negative; CLAIM_IN_PROGRESS when that runs
+ * out, having claimed and kept nothing.
  */
-static bool
-claim_key(text *key, text *fingerprint, Interval *ttl, Jsonb **response,
-		  const char *cmdname)
+static ClaimOutcome
+claim_key(text *key, text *fingerprint, Interval *ttl, int wait_ms,
+		  Jsonb **response, const char *cmdname)
 {
 	EntitlockTable t;
 	Claim		claim;
@@ -232,7 +243,12 @@ claim_key(text *key, text *fingerprint, Interval *ttl, Jsonb **response,
 	find_claim(&t, hash, key, GetCurrentTimestamp(), &claim);
 	if (!claim.found)
 	{
-		(void) entitlock_acquire(hash, ExclusiveLock, true);
+		if (!entitlock_acquire_timeout(hash, ExclusiveLock, wait_ms))
+		{
+			entitlock_table_close(&t);
+			*response = NULL;
+			return CLAIM_IN_PROGRESS;
+		}
 		find_claim(&t, hash, key, GetCurrentTimestamp(), &claim);
 	}
 	now = GetCurrentTimestamp();
@@ -241,7 +257,7 @@ claim_key(text *key, text *fingerprint, Interval *ttl, Jsonb **response,
 		check_fingerprint(&claim, fingerprint, key);
 		entitlock_table_close(&t);
 		*response = claim.response;
-		return false;
+		return CLAIM_REPLAY;
 	}
 
 	values[COL_KEY_HASH] = Int64GetDatum(hash);
@@ -285,20 +301,34 @@ claim_key(text *key, text *fingerprint, Interval *ttl, Jsonb **response,
 
 	entitlock_table_close(&t);
 	*response = NULL;
-	return true;
+	return CLAIM_NEW;
+}
+
+/* Count a call that ended in outcome, if statistics are on. */
+static void
+count_claim_call(text *key, ClaimOutcome outcome)
+{
+	if (entitlock_stats_on())
+		entitlock_stats_count(ENTITLOCK_STATS_IDEMPOTENCY, key, false,
+							  outcome == CLAIM_REPLAY ? ENTITLOCK_STATS_REPLAY :
+							  outcome == CLAIM_IN_PROGRESS ? ENTITLOCK_STATS_TIMEOUT :
+							  0);
 }
 
 /*
  * entitlock.idempotency_begin(key text, fingerprint text DEFAULT NULL,
- *	   ttl interval DEFAULT '24 hours')
+ *	   ttl interval DEFAULT '24 hours', wait interval DEFAULT NULL)
  * returns table (status text, response jsonb)
  *
  * 'new' when the calling transaction now owns key: it should do its write,
  * optionally idempotency_complete(key, response), and commit.  'replay',
  * with the stored response, when a committed transaction (or this one,
  * earlier) claimed key and the claim has not expired: the write is done.
- * Waits while another transaction holds key.  A non-NULL fingerprint that
- * differs from the claim's is an error.  One row, always.
+ * Waits while another transaction holds key: until it ends when wait is
+ * NULL, else at most wait, and then 'in_progress' with a NULL response,
+ * claiming nothing.  A non-NULL fingerprint that differs from the claim's
+ * is an error.  One row, always.  (1.0 declared the function without
+ * wait; called that way, it waits as with NULL.)
  */
 Datum
 entitlock_idempotency_begin(PG_FUNCTION_ARGS)
@@ -307,15 +337,23 @@ entitlock_idempotency_begin(PG_FUNCTION_ARGS)
 	text	   *key = entitlock_nonempty_text_arg(fcinfo, 0, "idempotency key");
 	text	   *fingerprint = PG_ARGISNULL(1) ? NULL : PG_GETARG_TEXT_PP(1);
 	Interval   *ttl = entitlock_ttl_arg(fcinfo, 2, NULL, NULL);
+	int			wait_ms = -1;
 	Jsonb	   *response;
-	bool		claimed;
+	ClaimOutcome outcome;
 	Datum		values[2];
 	bool		nulls[2] = {false, false};
 
-	claimed = claim_key(key, fingerprint, ttl, &response,
-						"idempotency_begin()");
+	if (PG_NARGS() > 3 && !PG_ARGISNULL(3))
+		wait_ms = entitlock_interval_ms(PG_GETARG_INTERVAL_P(3), "wait");
 
-	values[0] = CStringGetTextDatum(claimed ? "new" : "replay");
+	entitlock_stats_begin();
+	outcome = claim_key(key, fingerprint, ttl, wait_ms, &response,
+						"idempotency_begin()");
+	count_claim_call(key, outcome);
+
+	values[0] = CStringGetTextDatum(outcome == CLAIM_NEW ? "new" :
+									outcome == CLAIM_REPLAY ? "replay" :
+									"in_progress");
 	values[1] = JsonbPGetDatum(response);
 	nulls[1] = response == NULL;
 	entitlock_return_one_row(fcinfo, rsinfo, values, nulls);
@@ -336,8 +374,12 @@ entitlock_first_time(PG_FUNCTION_ARGS)
 	text	   *key = entitlock_nonempty_text_arg(fcinfo, 0, "idempotency key");
 	Interval   *ttl = entitlock_ttl_arg(fcinfo, 1, NULL, NULL);
 	Jsonb	   *response;
+	ClaimOutcome outcome;
 
-	PG_RETURN_BOOL(claim_key(key, NULL, ttl, &response, "first_time()"));
+	entitlock_stats_begin();
+	outcome = claim_key(key, NULL, ttl, -1, &response, "first_time()");
+	count_claim_call(key, outcome);
+	PG_RETURN_BOOL(outcome == CLAIM_NEW);
 }
 
 static void

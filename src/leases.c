@@ -55,6 +55,8 @@
 #include "commands/sequence.h"
 #include "entitlock.h"
 #include "miscadmin.h"
+#include "storage/latch.h"
+#include "utils/wait_event.h"
 #include "utils/builtins.h"
 #include "utils/lsyscache.h"
 #include "utils/snapmgr.h"
@@ -83,6 +85,13 @@ PG_FUNCTION_INFO_V1(entitlock_lease_release);
  */
 #define MAX_TTL_DAYS 366
 #define MAX_TTL_TEXT "366 days"
+
+/*
+ * A waiting lease_acquire looks again at least this often (milliseconds),
+ * so it notices a release within that time of its commit.  An expiry it
+ * knows of wakes it at the moment itself.
+ */
+#define LEASE_POLL_MS 20
 
 /* entitlock.lease_record, 0-based column numbers */
 #define COL_KEY_HASH 0
@@ -272,52 +281,45 @@ next_fencing(void)
 	return fencing;
 }
 
-/*
- * entitlock.lease_acquire(name text, ttl interval, holder text DEFAULT NULL)
- * returns table (token uuid, fencing bigint)
- *
- * Takes the lease on name for ttl, from now, when nobody holds it: when it
- * was never taken, was released, or has expired (the expired holder's
- * token stops working).  Returns the new token and fencing number; others
- * see the lease once the calling transaction commits.  Returns no row when
- * another holder's lease is unexpired, or another transaction is working
- * on the name at this moment.  Never waits.
- */
-Datum
-entitlock_lease_acquire(PG_FUNCTION_ARGS)
+/* What one attempt of lease_acquire found. */
+typedef enum LeaseAttempt
 {
-	text	   *name = entitlock_nonempty_text_arg(fcinfo, 0, "lease name");
-	Interval   *ttl = lease_ttl_arg(fcinfo, 1);
-	text	   *holder = PG_ARGISNULL(2) ? NULL : PG_GETARG_TEXT_PP(2);
-	ReturnSetInfo *rsinfo = entitlock_materialize_resultinfo(fcinfo);
+	LEASE_TAKEN,				/* the lease is now the caller's */
+	LEASE_HELD,					/* another holder's lease runs until expires_at */
+	LEASE_BUSY					/* another transaction is working on the name */
+} LeaseAttempt;
+
+/*
+ * One attempt to take the lease on name: when it is free, write the new
+ * lease and set *token, *fencing and *takeover (an expired lease was taken
+ * over).  Otherwise change nothing and keep no lock.
+ */
+static LeaseAttempt
+try_take_lease(int64 hash, text *name, Interval *ttl, text *holder,
+			   pg_uuid_t **token, int64 *fencing, bool *takeover,
+			   TimestampTz *expires_at)
+{
 	EntitlockTable t;
 	Lease		lease;
-	int64		hash = name_hash(name);
 	TimestampTz now;
-	pg_uuid_t  *token;
-	int64		fencing;
 	Datum		values[LEASE_NATTS];
 	bool		nulls[LEASE_NATTS];
-	Datum		result[2];
-	bool		result_nulls[2] = {false, false};
 
 	if (!begin_lease_call(&t, hash, name, false, &lease, "lease_acquire()"))
-	{
-		entitlock_return_no_rows(fcinfo, rsinfo);
-		return (Datum) 0;
-	}
+		return LEASE_BUSY;
 
 	now = GetCurrentTimestamp();
 	if (lease.found &&
 		DatumGetTimestampTz(lease.values[COL_EXPIRES_AT]) > now)
 	{
+		*expires_at = DatumGetTimestampTz(lease.values[COL_EXPIRES_AT]);
 		end_lease_call(&t, hash, false);
-		entitlock_return_no_rows(fcinfo, rsinfo);
-		return (Datum) 0;
+		return LEASE_HELD;
 	}
 
-	token = entitlock_random_uuid();
-	fencing = next_fencing();
+	*token = entitlock_random_uuid();
+	*fencing = next_fencing();
+	*takeover = lease.found;
 
 	/*
 	 * A sequence set back by hand (or recreated by a restore or logical
@@ -325,22 +327,22 @@ entitlock_lease_acquire(PG_FUNCTION_ARGS)
 	 * holder has already used.  The row being taken over shows it.
 	 */
 	if (lease.found &&
-		fencing <= DatumGetInt64(lease.values[COL_FENCING]))
+		*fencing <= DatumGetInt64(lease.values[COL_FENCING]))
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("sequence \"entitlock.%s\" is behind the fencing numbers already handed out",
 						FENCING_SEQUENCE),
 				 errdetail("The next number is %lld, but the lease being taken over had %lld.",
-						   (long long) fencing,
+						   (long long) *fencing,
 						   (long long) DatumGetInt64(lease.values[COL_FENCING])),
 				 errhint("Move the sequence past every fencing number in use, with setval() on entitlock.%s.",
 						 FENCING_SEQUENCE)));
 
 	values[COL_KEY_HASH] = Int64GetDatum(hash);
 	values[COL_NAME] = PointerGetDatum(name);
-	values[COL_TOKEN] = UUIDPGetDatum(token);
+	values[COL_TOKEN] = UUIDPGetDatum(*token);
 	values[COL_HOLDER] = PointerGetDatum(holder);
-	values[COL_FENCING] = Int64GetDatum(fencing);
+	values[COL_FENCING] = Int64GetDatum(*fencing);
 	values[COL_ACQUIRED_AT] = TimestampTzGetDatum(now);
 	values[COL_EXPIRES_AT] = TimestampTzGetDatum(entitlock_expiry(now, ttl));
 	memset(nulls, 0, sizeof(nulls));
@@ -361,7 +363,96 @@ entitlock_lease_acquire(PG_FUNCTION_ARGS)
 							   ENTITLOCK_COLUMN(COL_ACQUIRED_AT) |
 							   ENTITLOCK_COLUMN(COL_EXPIRES_AT));
 	end_lease_call(&t, hash, true);
+	return LEASE_TAKEN;
+}
 
+/*
+ * entitlock.lease_acquire(name text, ttl interval, holder text DEFAULT NULL,
+ *	   wait interval DEFAULT '0')
+ * returns table (token uuid, fencing bigint)
+ *
+ * Takes the lease on name for ttl, from now, when nobody holds it: when it
+ * was never taken, was released, or has expired (the expired holder's
+ * token stops working).  Returns the new token and fencing number; others
+ * see the lease once the calling transaction commits.  Returns no row when
+ * another holder's lease is unexpired, or another transaction is working
+ * on the name at this moment, and stays so for wait (NULL or 0: does not
+ * wait; 1.0 declared the function without wait).
+ *
+ * A wait holds nothing while it sleeps: the holder's renew and release
+ * never queue behind a waiter.  The waiter sleeps until the lease's expiry
+ * and looks again at least every LEASE_POLL_MS, so it notices a release
+ * that soon after its commit; cancels and statement_timeout end the sleep.
+ * It looks again at once when its latch is set.
+ */
+Datum
+entitlock_lease_acquire(PG_FUNCTION_ARGS)
+{
+	text	   *name = entitlock_nonempty_text_arg(fcinfo, 0, "lease name");
+	Interval   *ttl = lease_ttl_arg(fcinfo, 1);
+	text	   *holder = PG_ARGISNULL(2) ? NULL : PG_GETARG_TEXT_PP(2);
+	int			wait_ms = 0;
+	ReturnSetInfo *rsinfo;
+	int64		hash = name_hash(name);
+	TimestampTz deadline;
+	TimestampTz wait_start = 0;
+	pg_uuid_t  *token = NULL;
+	int64		fencing = 0;
+	bool		takeover = false;
+	LeaseAttempt attempt;
+	int			flags = 0;
+	Datum		result[2];
+	bool		result_nulls[2] = {false, false};
+
+	if (PG_NARGS() > 3 && !PG_ARGISNULL(3))
+		wait_ms = entitlock_interval_ms(PG_GETARG_INTERVAL_P(3), "wait");
+	rsinfo = entitlock_materialize_resultinfo(fcinfo);
+	entitlock_stats_begin();
+
+	deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), wait_ms);
+	for (;;)
+	{
+		TimestampTz expires_at = 0;
+		TimestampTz now;
+		TimestampTz wake;
+		long		sleep_ms;
+
+		attempt = try_take_lease(hash, name, ttl, holder, &token, &fencing,
+								 &takeover, &expires_at);
+		if (attempt == LEASE_TAKEN)
+			break;
+		now = GetCurrentTimestamp();
+		if (now >= deadline)
+			break;
+		if (wait_start == 0)
+			wait_start = now;
+
+		wake = Min(deadline, TimestampTzPlusMilliseconds(now, LEASE_POLL_MS));
+		if (attempt == LEASE_HELD)
+			wake = Min(wake, expires_at);
+		/* Rounded up: waking before the expiry would only look in vain. */
+		sleep_ms = (long) ((wake - now + 999) / 1000);
+		(void) WaitLatch(MyLatch,
+						 WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 Max(sleep_ms, 1), PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+		CHECK_FOR_INTERRUPTS();
+	}
+
+	if (wait_start != 0)
+		entitlock_stats_waited(wait_start);
+	if (attempt != LEASE_TAKEN && wait_ms > 0)
+		flags |= ENTITLOCK_STATS_TIMEOUT;
+	if (attempt == LEASE_TAKEN && takeover)
+		flags |= ENTITLOCK_STATS_TAKEOVER;
+	if (entitlock_stats_on())
+		entitlock_stats_count(ENTITLOCK_STATS_LEASE, name, false, flags);
+
+	if (attempt != LEASE_TAKEN)
+	{
+		entitlock_return_no_rows(fcinfo, rsinfo);
+		return (Datum) 0;
+	}
 	result[0] = UUIDPGetDatum(token);
 	result[1] = Int64GetDatum(fencing);
 	entitlock_return_one_row(fcinfo, rsinfo, result, result_nulls);
@@ -386,6 +477,7 @@ entitlock_lease_renew(PG_FUNCTION_ARGS)
 	int64		hash = name_hash(name);
 	bool		mine;
 
+	entitlock_stats_begin();
 	mine = begin_owner_call(fcinfo, &t, hash, name, &lease, "lease_renew()");
 	if (mine)
 	{
@@ -395,6 +487,8 @@ entitlock_lease_renew(PG_FUNCTION_ARGS)
 							   ENTITLOCK_COLUMN(COL_EXPIRES_AT));
 	}
 	end_lease_call(&t, hash, mine);
+	if (entitlock_stats_on())
+		entitlock_stats_count(ENTITLOCK_STATS_LEASE, name, false, 0);
 	PG_RETURN_BOOL(mine);
 }
 
@@ -414,10 +508,13 @@ entitlock_lease_release(PG_FUNCTION_ARGS)
 	int64		hash = name_hash(name);
 	bool		mine;
 
+	entitlock_stats_begin();
 	mine = begin_owner_call(fcinfo, &t, hash, name, &lease,
 							"lease_release()");
 	if (mine)
 		entitlock_table_delete(&t, &lease.tid);
 	end_lease_call(&t, hash, mine);
+	if (entitlock_stats_on())
+		entitlock_stats_count(ENTITLOCK_STATS_LEASE, name, false, 0);
 	PG_RETURN_BOOL(mine);
 }

@@ -65,6 +65,23 @@ check_not_parallel(void)
 }
 
 /*
+ * With statistics on, a lock that is not free at once is a wait, and is
+ * timed for the call in progress.  The first try does not queue, so the
+ * lock is granted in the same order as without statistics.
+ */
+static void
+acquire_counting_waits(const LOCKTAG *tag, LOCKMODE mode)
+{
+	TimestampTz start;
+
+	if (LockAcquire(tag, mode, false, true) != LOCKACQUIRE_NOT_AVAIL)
+		return;
+	start = GetCurrentTimestamp();
+	(void) LockAcquire(tag, mode, false, false);
+	entitlock_stats_waited(start);
+}
+
+/*
  * Take a transaction-scoped lock on key in mode.  With wait, block in the
  * lock manager (subject to lock_timeout, statement_timeout and deadlock
  * detection) and return true; without, return whether it was granted.
@@ -77,7 +94,10 @@ entitlock_acquire(int64 key, LOCKMODE mode, bool wait)
 
 	check_not_parallel();
 	set_key_locktag(&tag, key);
-	return LockAcquire(&tag, mode, false, !wait) != LOCKACQUIRE_NOT_AVAIL;
+	if (!wait || !entitlock_stats_on())
+		return LockAcquire(&tag, mode, false, !wait) != LOCKACQUIRE_NOT_AVAIL;
+	acquire_counting_waits(&tag, mode);
+	return true;
 }
 
 /*
@@ -98,7 +118,10 @@ entitlock_acquire_internal(int64 key, LOCKMODE mode)
 	SET_LOCKTAG_ADVISORY(tag, MyDatabaseId,
 						 (uint32) (key >> 32), (uint32) key,
 						 ENTITLOCK_INTERNAL_LOCKS);
-	(void) LockAcquire(&tag, mode, false, false);
+	if (entitlock_stats_on())
+		acquire_counting_waits(&tag, mode);
+	else
+		(void) LockAcquire(&tag, mode, false, false);
 }
 
 /*
@@ -124,8 +147,8 @@ entitlock_release(int64 key, LOCKMODE mode)
  * PostgreSQL.  Anything beyond what lock_timeout accepts (about 24 days)
  * is clamped to that.
  */
-static int
-interval_to_timeout_ms(Interval *span)
+int
+entitlock_interval_ms(Interval *span, const char *what)
 {
 	double		usecs;
 	double		ms;
@@ -136,7 +159,7 @@ interval_to_timeout_ms(Interval *span)
 	if (usecs < 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("timeout must not be negative")));
+				 errmsg("%s must not be negative", what)));
 	ms = ceil(usecs / 1000.0);
 	if (ms > (double) INT_MAX)
 		return INT_MAX;
@@ -144,7 +167,8 @@ interval_to_timeout_ms(Interval *span)
 }
 
 /*
- * Wait for the lock for at most timeout_ms; false when that expires.
+ * Wait for the lock for at most timeout_ms; false when that expires.  A
+ * negative timeout_ms waits as long as it takes, as entitlock_acquire().
  *
  * The wait runs with lock_timeout set to the limit, inside an internal
  * subtransaction.  When the lock manager gives up it raises
@@ -165,14 +189,15 @@ interval_to_timeout_ms(Interval *span)
  * told apart from the lock timeout; PL/pgSQL's EXCEPTION WHEN
  * lock_not_available has the same blind spot.)
  */
-static bool
-acquire_with_timeout(int64 key, LOCKMODE mode, int timeout_ms)
+bool
+entitlock_acquire_timeout(int64 key, LOCKMODE mode, int timeout_ms)
 {
 	MemoryContext oldcontext = CurrentMemoryContext;
 	ResourceOwner oldowner = CurrentResourceOwner;
 	char		timeout_str[32];
 	volatile bool acquired = false;
 	bool		statement_timer_armed;
+	TimestampTz start;
 
 	/* Most calls find the lock free; spare them the subtransaction. */
 	if (entitlock_acquire(key, mode, false))
@@ -180,7 +205,10 @@ acquire_with_timeout(int64 key, LOCKMODE mode, int timeout_ms)
 	/* lock_timeout = 0 means "wait forever", so a zero limit stops here. */
 	if (timeout_ms == 0)
 		return false;
+	if (timeout_ms < 0)
+		return entitlock_acquire(key, mode, true);
 
+	start = GetCurrentTimestamp();
 	snprintf(timeout_str, sizeof(timeout_str), "%d", timeout_ms);
 	statement_timer_armed = get_timeout_active(STATEMENT_TIMEOUT);
 
@@ -241,14 +269,40 @@ acquire_with_timeout(int64 key, LOCKMODE mode, int timeout_ms)
 	}
 	PG_END_TRY();
 
+	if (entitlock_stats_on())
+		entitlock_stats_waited(start);
 	return acquired;
 }
 
-/* The key of the lock name in argument 0, which must be non-NULL. */
-static int64
-name_arg_key(FunctionCallInfo fcinfo)
+/* The lock name in argument 0, which must be non-NULL and not empty. */
+static text *
+name_arg(FunctionCallInfo fcinfo, int64 *key)
 {
-	return entitlock_name_key(entitlock_text_arg(fcinfo, 0, "lock name"));
+	text	   *name = entitlock_text_arg(fcinfo, 0, "lock name");
+
+	*key = entitlock_name_key(name);
+	entitlock_stats_begin();
+	return name;
+}
+
+/* Count a lock call on name, if statistics are on (see stats.c). */
+static inline void
+count_lock_call(text *name, int flags)
+{
+	if (entitlock_stats_on())
+		entitlock_stats_count(ENTITLOCK_STATS_LOCK, name, false, flags);
+}
+
+/* The common shape of lock, try_lock, lock_shared and try_lock_shared. */
+static bool
+lock_name_arg(FunctionCallInfo fcinfo, LOCKMODE mode, bool wait)
+{
+	int64		key;
+	text	   *name = name_arg(fcinfo, &key);
+	bool		got = entitlock_acquire(key, mode, wait);
+
+	count_lock_call(name, 0);
+	return got;
 }
 
 /*
@@ -260,7 +314,7 @@ name_arg_key(FunctionCallInfo fcinfo)
 Datum
 entitlock_lock(PG_FUNCTION_ARGS)
 {
-	(void) entitlock_acquire(name_arg_key(fcinfo), ExclusiveLock, true);
+	(void) lock_name_arg(fcinfo, ExclusiveLock, true);
 	PG_RETURN_VOID();
 }
 
@@ -275,13 +329,17 @@ entitlock_lock(PG_FUNCTION_ARGS)
 Datum
 entitlock_lock_timeout(PG_FUNCTION_ARGS)
 {
-	int64		key = name_arg_key(fcinfo);
+	int64		key;
+	text	   *name = name_arg(fcinfo, &key);
 	int			timeout_ms;
+	bool		got;
 
 	entitlock_require_arg(fcinfo, 1, "timeout");
-	timeout_ms = interval_to_timeout_ms(PG_GETARG_INTERVAL_P(1));
+	timeout_ms = entitlock_interval_ms(PG_GETARG_INTERVAL_P(1), "timeout");
 
-	PG_RETURN_BOOL(acquire_with_timeout(key, ExclusiveLock, timeout_ms));
+	got = entitlock_acquire_timeout(key, ExclusiveLock, timeout_ms);
+	count_lock_call(name, got ? 0 : ENTITLOCK_STATS_TIMEOUT);
+	PG_RETURN_BOOL(got);
 }
 
 /*
@@ -292,7 +350,7 @@ entitlock_lock_timeout(PG_FUNCTION_ARGS)
 Datum
 entitlock_try_lock(PG_FUNCTION_ARGS)
 {
-	PG_RETURN_BOOL(entitlock_acquire(name_arg_key(fcinfo), ExclusiveLock, false));
+	PG_RETURN_BOOL(lock_name_arg(fcinfo, ExclusiveLock, false));
 }
 
 /*
@@ -304,7 +362,7 @@ entitlock_try_lock(PG_FUNCTION_ARGS)
 Datum
 entitlock_lock_shared(PG_FUNCTION_ARGS)
 {
-	(void) entitlock_acquire(name_arg_key(fcinfo), ShareLock, true);
+	(void) lock_name_arg(fcinfo, ShareLock, true);
 	PG_RETURN_VOID();
 }
 
@@ -314,14 +372,21 @@ entitlock_lock_shared(PG_FUNCTION_ARGS)
 Datum
 entitlock_try_lock_shared(PG_FUNCTION_ARGS)
 {
-	PG_RETURN_BOOL(entitlock_acquire(name_arg_key(fcinfo), ShareLock, false));
+	PG_RETURN_BOOL(lock_name_arg(fcinfo, ShareLock, false));
 }
 
-static int
-cmp_int64(const void *a, const void *b)
+/* A name of lock_all()'s array, with its key. */
+typedef struct NamedKey
 {
-	int64		x = *(const int64 *) a;
-	int64		y = *(const int64 *) b;
+	int64		key;
+	text	   *name;
+} NamedKey;
+
+static int
+cmp_named_keys(const void *a, const void *b)
+{
+	int64		x = ((const NamedKey *) a)->key;
+	int64		y = ((const NamedKey *) b)->key;
 
 	return (x > y) - (x < y);
 }
@@ -342,7 +407,7 @@ entitlock_lock_all(PG_FUNCTION_ARGS)
 	Datum	   *elems;
 	bool	   *nulls;
 	int			nelems;
-	int64	   *keys;
+	NamedKey   *keys;
 	int			nkeys = 0;
 	int			lbound;
 	int			i;
@@ -355,7 +420,7 @@ entitlock_lock_all(PG_FUNCTION_ARGS)
 	/* Report positions as subscripts when the array has one dimension. */
 	lbound = ARR_NDIM(names) == 1 ? ARR_LBOUND(names)[0] : 1;
 
-	keys = palloc(sizeof(int64) * Max(nelems, 1));
+	keys = palloc(sizeof(NamedKey) * Max(nelems, 1));
 	for (i = 0; i < nelems; i++)
 	{
 		text	   *name;
@@ -371,22 +436,26 @@ entitlock_lock_all(PG_FUNCTION_ARGS)
 					 errmsg("lock name must not be empty"),
 					 errdetail("Array element %d is an empty string.",
 							   lbound + i)));
-		keys[nkeys++] = entitlock_name_key(name);
+		keys[nkeys].key = entitlock_name_key(name);
+		keys[nkeys++].name = name;
 	}
 
-	qsort(keys, nkeys, sizeof(int64), cmp_int64);
+	qsort(keys, nkeys, sizeof(NamedKey), cmp_named_keys);
 
+	/* Each lock taken is a call, for statistics. */
 	for (i = 0; i < nkeys; i++)
 	{
-		if (i > 0 && keys[i] == keys[i - 1])
+		if (i > 0 && keys[i].key == keys[i - 1].key)
 			continue;
-		(void) entitlock_acquire(keys[i], ExclusiveLock, true);
+		entitlock_stats_begin();
+		(void) entitlock_acquire(keys[i].key, ExclusiveLock, true);
+		count_lock_call(keys[i].name, 0);
 	}
 	PG_RETURN_VOID();
 }
 
 /* The realm's key and the pair's key from arguments 0 and 1. */
-static void
+static text *
 entity_arg_keys(FunctionCallInfo fcinfo, int64 *realm_key, int64 *pair_key)
 {
 	text	   *realm = entitlock_text_arg(fcinfo, 0, "realm");
@@ -395,6 +464,8 @@ entity_arg_keys(FunctionCallInfo fcinfo, int64 *realm_key, int64 *pair_key)
 	/* The pair first: its checks name the empty part. */
 	*pair_key = entitlock_pair_key(realm, entity);
 	*realm_key = entitlock_name_key(realm);
+	entitlock_stats_begin();
+	return realm;
 }
 
 /*
@@ -410,11 +481,11 @@ entitlock_lock_entity(PG_FUNCTION_ARGS)
 {
 	int64		realm_key;
 	int64		pair_key;
-
-	entity_arg_keys(fcinfo, &realm_key, &pair_key);
+	text	   *realm = entity_arg_keys(fcinfo, &realm_key, &pair_key);
 
 	(void) entitlock_acquire(realm_key, ShareLock, true);
 	(void) entitlock_acquire(pair_key, ExclusiveLock, true);
+	count_lock_call(realm, 0);
 	PG_RETURN_VOID();
 }
 
@@ -429,15 +500,15 @@ entitlock_try_lock_entity(PG_FUNCTION_ARGS)
 {
 	int64		realm_key;
 	int64		pair_key;
+	text	   *realm = entity_arg_keys(fcinfo, &realm_key, &pair_key);
+	bool		got = false;
 
-	entity_arg_keys(fcinfo, &realm_key, &pair_key);
-
-	if (!entitlock_acquire(realm_key, ShareLock, false))
-		PG_RETURN_BOOL(false);
-	if (!entitlock_acquire(pair_key, ExclusiveLock, false))
+	if (entitlock_acquire(realm_key, ShareLock, false))
 	{
-		entitlock_release(realm_key, ShareLock);
-		PG_RETURN_BOOL(false);
+		got = entitlock_acquire(pair_key, ExclusiveLock, false);
+		if (!got)
+			entitlock_release(realm_key, ShareLock);
 	}
-	PG_RETURN_BOOL(true);
+	count_lock_call(realm, 0);
+	PG_RETURN_BOOL(got);
 }

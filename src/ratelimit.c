@@ -231,6 +231,15 @@ static EntitlockTableDef state_def = {
 	{{"rate_limit_state_pkey", true, 1, {1}}}
 };
 
+/* Count a rate_limit() call, if statistics are on (stats.c). */
+static void
+count_rate_call(text *name, const RateDecision *d)
+{
+	if (entitlock_stats_on())
+		entitlock_stats_count(ENTITLOCK_STATS_RATE, name, false,
+							  d->allowed ? 0 : ENTITLOCK_STATS_DENIED);
+}
+
 /*
  * entitlock.rate_limit(name text, rate bigint, per interval,
  *	   burst bigint DEFAULT NULL, cost bigint DEFAULT 1)
@@ -268,6 +277,7 @@ entitlock_rate_limit(PG_FUNCTION_ARGS)
 						   RATE_MAX_NAME_BYTES)));
 	limit = limit_args(fcinfo, 1);
 	row[0] = PointerGetDatum(name);
+	entitlock_stats_begin();
 
 	if (limit.cost == 0)
 	{
@@ -282,6 +292,7 @@ entitlock_rate_limit(PG_FUNCTION_ARGS)
 		}
 		entitlock_table_close(&t);
 		d = gcra_decide(&limit, found, tat, GetCurrentTimestamp());
+		count_rate_call(name, &d);
 		decision_values(&d, values, nulls);
 		entitlock_return_one_row(fcinfo, rsinfo, values, nulls);
 		return (Datum) 0;
@@ -317,6 +328,7 @@ entitlock_rate_limit(PG_FUNCTION_ARGS)
 			entitlock_table_insert(&t, row, row_nulls);
 	}
 	entitlock_table_close(&t);
+	count_rate_call(name, &d);
 
 	decision_values(&d, values, nulls);
 	entitlock_return_one_row(fcinfo, rsinfo, values, nulls);

@@ -578,11 +578,33 @@ entitlock_table_lock_row(EntitlockTable *t, ItemPointer tid,
 	TM_Result	result;
 
 	entitlock_table_prepare_writes(t);
-	result = table_tuple_lock(t->heap, tid, t->estate->es_snapshot,
-							  old_slot(t), t->estate->es_output_cid, mode,
-							  wait ? LockWaitBlock : LockWaitSkip,
-							  latest ? TUPLE_LOCK_FLAG_FIND_LAST_VERSION : 0,
-							  &tmfd);
+
+	/* With statistics on, a row that is not free at once is a timed wait. */
+	if (wait && entitlock_stats_on())
+	{
+		result = table_tuple_lock(t->heap, tid, t->estate->es_snapshot,
+								  old_slot(t), t->estate->es_output_cid, mode,
+								  LockWaitSkip,
+								  latest ? TUPLE_LOCK_FLAG_FIND_LAST_VERSION : 0,
+								  &tmfd);
+		if (result == TM_WouldBlock)
+		{
+			TimestampTz start = GetCurrentTimestamp();
+
+			result = table_tuple_lock(t->heap, tid, t->estate->es_snapshot,
+									  old_slot(t), t->estate->es_output_cid,
+									  mode, LockWaitBlock,
+									  latest ? TUPLE_LOCK_FLAG_FIND_LAST_VERSION : 0,
+									  &tmfd);
+			entitlock_stats_waited(start);
+		}
+	}
+	else
+		result = table_tuple_lock(t->heap, tid, t->estate->es_snapshot,
+								  old_slot(t), t->estate->es_output_cid, mode,
+								  wait ? LockWaitBlock : LockWaitSkip,
+								  latest ? TUPLE_LOCK_FLAG_FIND_LAST_VERSION : 0,
+								  &tmfd);
 	if (result != TM_Ok)
 		ExecClearTuple(t->oldslot);
 	else

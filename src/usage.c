@@ -124,6 +124,7 @@ typedef struct MeterCall
 	int64		used;			/* before the decision */
 	bool		allowed;		/* the limit had room */
 	int64		new_used;		/* after the decision */
+	bool		replayed;		/* answered from its idempotency key */
 } MeterCall;
 
 /*
@@ -669,6 +670,7 @@ record_meter(EntitlockTable *counter, MeterCall *call, int64 amount,
 	Datum		values[COUNTER_NATTS];
 	bool		nulls[COUNTER_NATTS];
 	bool		creation_locked = false;
+	TimestampTz start;
 
 	counter_values(&call->meter, values, nulls);
 	for (;;)
@@ -704,9 +706,18 @@ record_meter(EntitlockTable *counter, MeterCall *call, int64 amount,
 		if (call->new_used == call->used)
 			return;
 		values[COUNTER_USED] = Int64GetDatum(call->new_used);
+		start = entitlock_stats_on() ? GetCurrentTimestamp() : 0;
 		if (entitlock_table_try_update(counter, &tid, values, nulls,
 									   ENTITLOCK_COLUMN(COUNTER_USED)) == TM_Ok)
 			return;
+
+		/*
+		 * Changed meanwhile: by a recorder this call waited for, when it was
+		 * still at work (the time counts as a wait), or one that committed
+		 * since the probe.
+		 */
+		if (start != 0)
+			entitlock_stats_waited(start);
 		if (IsolationUsesXactSnapshot())
 			entitlock_serialization_failure();
 	}
@@ -1012,6 +1023,17 @@ meter_call_init(MeterCall *call, int position, int64 limit)
 	call->pair_key = entitlock_pair_key(call->meter.subject,
 										call->meter.feature);
 	call->found = false;
+	call->replayed = false;
+}
+
+/* Count a call on a meter of feature, if statistics are on (stats.c). */
+static void
+count_usage_call(text *feature, bool denied, bool replayed)
+{
+	if (entitlock_stats_on())
+		entitlock_stats_count(ENTITLOCK_STATS_USAGE, feature, true,
+							  (denied ? ENTITLOCK_STATS_DENIED : 0) |
+							  (replayed ? ENTITLOCK_STATS_REPLAY : 0));
 }
 
 /*
@@ -1064,6 +1086,7 @@ record(MeterCall *call, int64 amount, bool conditional, text *key,
 			entitlock_table_close(&counter);
 			call->allowed = rec.allowed;
 			call->new_used = rec.used;
+			call->replayed = true;
 			return;
 		}
 		if (setkey_table_exists())
@@ -1154,7 +1177,9 @@ entitlock_record_usage_if_under_limit(PG_FUNCTION_ARGS)
 	amount = positive_amount_arg(fcinfo, 2);
 	call.limit = limit_value(PG_GETARG_DATUM(3), false);
 
+	entitlock_stats_begin();
 	record(&call, amount, true, key, "record_usage_if_under_limit()");
+	count_usage_call(call.meter.feature, !call.allowed, call.replayed);
 
 	values[0] = BoolGetDatum(call.allowed);
 	values[1] = Int64GetDatum(call.new_used);
@@ -1188,7 +1213,9 @@ entitlock_record_usage(PG_FUNCTION_ARGS)
 
 	/* Unconditional usage is only bounded by what bigint can hold. */
 	call.limit = PG_INT64_MAX;
+	entitlock_stats_begin();
 	record(&call, amount, false, key, "record_usage()");
+	count_usage_call(call.meter.feature, false, call.replayed);
 	PG_RETURN_INT64(call.new_used);
 }
 
@@ -1427,6 +1454,7 @@ entitlock_record_usage_if_under_limits(PG_FUNCTION_ARGS)
 
 	PreventCommandIfReadOnly("record_usage_if_under_limits()");
 	PreventCommandDuringRecovery("record_usage_if_under_limits()");
+	entitlock_stats_begin();
 
 	sorted = palloc(sizeof(MeterCall *) * n);
 	for (i = 0; i < n; i++)
@@ -1465,6 +1493,8 @@ entitlock_record_usage_if_under_limits(PG_FUNCTION_ARGS)
 								  nulls + i * LIMITS_RESULT_NATTS, &calls[i],
 								  DatumGetBool(rec.allowed[j]),
 								  DatumGetInt64(rec.used[j]));
+				count_usage_call(calls[i].meter.feature,
+								 !DatumGetBool(rec.allowed[j]), true);
 			}
 			entitlock_table_close(&sk);
 			entitlock_table_close(&counter);
@@ -1509,10 +1539,14 @@ entitlock_record_usage_if_under_limits(PG_FUNCTION_ARGS)
 		entitlock_table_close(&sk);
 	}
 
+	/* One call per meter; the waits count with the first. */
 	for (i = 0; i < n; i++)
+	{
 		limits_result_row(values + i * LIMITS_RESULT_NATTS,
 						  nulls + i * LIMITS_RESULT_NATTS, &calls[i],
 						  calls[i].allowed, calls[i].new_used);
+		count_usage_call(calls[i].meter.feature, !calls[i].allowed, false);
+	}
 	entitlock_return_rows(fcinfo, rsinfo, n, LIMITS_RESULT_NATTS, values,
 						  nulls);
 	return (Datum) 0;
@@ -1646,6 +1680,7 @@ entitlock_refund_usage(PG_FUNCTION_ARGS)
 
 	PreventCommandIfReadOnly("refund_usage()");
 	PreventCommandDuringRecovery("refund_usage()");
+	entitlock_stats_begin();
 
 	meter_call_init(&call, 0, PG_INT64_MAX);
 	entitlock_table_open(&counter, &counter_def, RowExclusiveLock);
@@ -1684,6 +1719,7 @@ entitlock_refund_usage(PG_FUNCTION_ARGS)
 	}
 	entitlock_table_close(&idem);
 	entitlock_table_close(&counter);
+	count_usage_call(call.meter.feature, false, false);
 	PG_RETURN_INT64(given);
 }
 

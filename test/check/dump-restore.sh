@@ -127,10 +127,10 @@ GRANT USAGE ON SCHEMA entitlock TO :role;
 GRANT EXECUTE ON FUNCTION
 	entitlock.record_usage_if_under_limit(text, text, bigint, bigint, text, text),
 	entitlock.usage(text, text, text),
-	entitlock.idempotency_begin(text, text, interval),
+	entitlock.idempotency_begin(text, text, interval, interval),
 	entitlock.idempotency_complete(text, jsonb),
 	entitlock.first_time(text, interval),
-	entitlock.lease_acquire(text, interval, text),
+	entitlock.lease_acquire(text, interval, text, interval),
 	entitlock.lease_renew(text, uuid, interval),
 	entitlock.lease_release(text, uuid)
   TO :role;
