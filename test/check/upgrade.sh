@@ -1127,6 +1127,68 @@ fi
 [ "$check_failed" -eq 0 ] || status=1
 
 #
+# 4b. User objects that depend on the old version's functions survive the
+# update and keep working: a view over holders() (whose result gains
+# columns in 1.1), SQL-standard function bodies calling idempotency_begin
+# and lease_acquire (which gain an argument), a column default and an
+# expression index on key().  pg_dump of the updated database restores.
+#
+check_dependents() {
+	local from=$1 a=${dbprefix}_dep b=${dbprefix}_dep_restored out
+	test_db_drop "$a"
+	test_db_drop "$b"
+	psql -X -q -c "CREATE DATABASE $a" -c "CREATE DATABASE $b" || return 1
+	psql -X -q -At -v ON_ERROR_STOP=1 -d "$a" >/dev/null <<SQL || { log "FAILED: dependent objects at $from"; return 1; }
+CREATE EXTENSION entitlock VERSION '$from';
+CREATE SCHEMA app;
+CREATE VIEW app.job_lock AS SELECT * FROM entitlock.holders('job');
+CREATE FUNCTION app.begin_request(k text) RETURNS text LANGUAGE sql
+BEGIN ATOMIC
+	SELECT status FROM entitlock.idempotency_begin(k, NULL, '1 hour');
+END;
+CREATE FUNCTION app.take_job(n text) RETURNS bigint LANGUAGE sql
+BEGIN ATOMIC
+	SELECT fencing FROM entitlock.lease_acquire(n, '1 minute', 'worker');
+END;
+CREATE TABLE app.item (name text NOT NULL, k bigint DEFAULT entitlock.key('item'));
+CREATE INDEX item_key_idx ON app.item (entitlock.key(name));
+GRANT EXECUTE ON FUNCTION entitlock.idempotency_begin(text, text, interval) TO PUBLIC;
+SQL
+	if ! out=$(psql -X -q -At -v ON_ERROR_STOP=1 -d "$a" -c "ALTER EXTENSION entitlock UPDATE" 2>&1); then
+		log "FAILED: ALTER EXTENSION entitlock UPDATE from $from with dependent objects: $out"
+		return 1
+	fi
+	out=$(psql -X -q -At -F ' ' -v ON_ERROR_STOP=1 -d "$a" 2>&1 <<'SQL'
+INSERT INTO app.item (name) VALUES ('a');
+SELECT app.begin_request('dep-1'), app.begin_request('dep-1'), app.take_job('dep-job') > 0;
+BEGIN;
+SELECT entitlock.lock('job');
+SELECT count(*), min(mode) FROM app.job_lock;
+COMMIT;
+SELECT count(*) FROM app.item WHERE k = entitlock.key('item') AND entitlock.key(name) = entitlock.key('a');
+SELECT status FROM entitlock.idempotency_begin('dep-2', wait => '0');
+SELECT has_function_privilege('public', 'entitlock.idempotency_begin(text, text, interval, interval)', 'EXECUTE');
+SQL
+)
+	expect "dependent objects work after the update from $from" "$(tr '\n' '|' <<<"$out")" \
+		"new replay t||1 exclusive|1|new|t|"
+	psql -X -q -c "ALTER DATABASE $b SET client_min_messages = warning" >/dev/null
+	if out=$(pg_dump -d "$a" | psql -X -q -v ON_ERROR_STOP=1 -d "$b" 2>&1); then
+		expect "the updated database with its dependent objects restores" \
+			"$(q "$b" "SELECT app.begin_request('dep-1') || ' ' || (SELECT count(*) FROM app.job_lock)")" "replay 0"
+	else
+		log "FAILED: restoring pg_dump of the database updated from $from: $out"
+		check_failed=1
+	fi
+	test_db_drop "$a"
+	test_db_drop "$b"
+}
+for v in "${sources[@]}"; do
+	check_dependents "$v" || check_failed=1
+done
+[ "$check_failed" -eq 0 ] || status=1
+
+#
 # 5. Self-test: the checks above must catch a bad update script.
 #
 if [ "${UPGRADE_SELFTEST:-1}" = 0 ]; then
