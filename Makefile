@@ -32,7 +32,8 @@ REGRESS = \
 	quota \
 	security \
 	hostile \
-	fuzz
+	fuzz \
+	waits
 
 ISOLATION = \
 	lock-exclusive \
