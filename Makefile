@@ -44,6 +44,7 @@ ISOLATION = \
 	lock-entity-hierarchy \
 	lock-all-crossing-order \
 	lock-deadlock \
+	lock-holders-waiting \
 	usage-race-at-limit \
 	usage-rollback-lets-waiter-in \
 	usage-idempotency-concurrent \
@@ -61,10 +62,12 @@ ISOLATION = \
 	idempotency-first-time \
 	idempotency-keys-independent \
 	idempotency-purge-concurrent \
+	idempotency-in-progress \
 	lease-acquire-race \
 	lease-loser-retries \
 	lease-stale-owner \
 	lease-serializable \
+	lease-wait \
 	serializable-independent
 
 # Isolation specs live under test/; pg_isolation_regress takes the last

@@ -169,6 +169,7 @@ extern void entitlock_table_update(EntitlockTable *t, ItemPointer otid,
 								   Datum *values, bool *nulls,
 								   uint32 changed);
 extern bool entitlock_table_can_try_update(EntitlockTable *t);
+extern bool entitlock_slot_being_changed(TupleTableSlot *slot);
 extern TM_Result entitlock_table_try_update(EntitlockTable *t,
 											ItemPointer otid, Datum *values,
 											bool *nulls, uint32 changed);

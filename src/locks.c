@@ -218,11 +218,16 @@ entitlock_acquire_timeout(int64 key, LOCKMODE mode, int timeout_ms)
 	PG_TRY();
 	{
 		int			save_nestlevel = NewGUCNestLevel();
+		LOCKTAG		tag;
 
 		(void) set_config_option("lock_timeout", timeout_str,
 								 PGC_USERSET, PGC_S_SESSION,
 								 GUC_ACTION_SAVE, true, 0, false);
-		(void) entitlock_acquire(key, mode, true);
+
+		/* Not entitlock_acquire(): the wait is timed once, below. */
+		check_not_parallel();
+		set_key_locktag(&tag, key);
+		(void) LockAcquire(&tag, mode, false, false);
 
 		/*
 		 * The lock timer can go off after the lock was granted, before the

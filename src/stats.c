@@ -15,8 +15,12 @@
  * (so no call ever has to evict or wait for an entry).  Counting takes the
  * table's LWLock in shared mode, looks the label up and adds to its atomic
  * counters; only a label's first call takes the lock exclusively, to enter
- * it.  Readers and stats_reset() take it exclusively, as in
+ * it.  Readers take it shared too, and stats_reset() exclusively, as in
  * pg_stat_statements, on which this is modelled.
+ *
+ * A label is a name's prefix, so a name "other:..." counts under the
+ * same label as the overflow.  Calls that end in an error (bad input,
+ * lock_timeout, a deadlock) are not counted: they decided nothing.
  *
  * Without the preload nothing is allocated, every counting call returns at
  * its first test, and the view is empty.

@@ -43,6 +43,7 @@
 #include "funcapi.h"
 #include "miscadmin.h"
 #include "nodes/execnodes.h"
+#include "storage/procarray.h"
 #include "utils/fmgroids.h"
 #include "utils/builtins.h"
 #include "utils/inval.h"
@@ -743,6 +744,28 @@ update_is_plain(EntitlockTable *t, const bool *nulls)
 			return false;		/* ExecConstraints() raises the error */
 	}
 	return true;
+}
+
+/*
+ * Whether a transaction still in progress is changing or deleting the row
+ * version in slot (as read, not locked), so that writing it would wait:
+ * for statistics, which count such a wait.  A row only locked is not
+ * being changed.
+ */
+bool
+entitlock_slot_being_changed(TupleTableSlot *slot)
+{
+	HeapTuple	tuple = ExecFetchSlotHeapTuple(slot, false, NULL);
+	HeapTupleHeader header = tuple->t_data;
+	TransactionId xmax;
+
+	if (header->t_infomask & HEAP_XMAX_INVALID ||
+		HEAP_XMAX_IS_LOCKED_ONLY(header->t_infomask))
+		return false;
+	xmax = HeapTupleHeaderGetUpdateXid(header);
+	return TransactionIdIsValid(xmax) &&
+		!TransactionIdIsCurrentTransactionId(xmax) &&
+		TransactionIdIsInProgress(xmax);
 }
 
 /*

@@ -671,6 +671,7 @@ record_meter(EntitlockTable *counter, MeterCall *call, int64 amount,
 	bool		nulls[COUNTER_NATTS];
 	bool		creation_locked = false;
 	TimestampTz start;
+	TM_Result	result;
 
 	counter_values(&call->meter, values, nulls);
 	for (;;)
@@ -700,24 +701,21 @@ record_meter(EntitlockTable *counter, MeterCall *call, int64 amount,
 		call->found = true;
 		call->used = DatumGetInt64(slot->tts_values[COUNTER_USED]);
 		tid = slot->tts_tid;
+		/* Statistics: the update will wait for a recorder still at work. */
+		start = entitlock_stats_on() && entitlock_slot_being_changed(slot) ?
+			GetCurrentTimestamp() : 0;
 		/* The probe's buffer pin would keep the page from being pruned. */
 		ExecClearTuple(slot);
 		decide(call, amount, conditional);
 		if (call->new_used == call->used)
 			return;
 		values[COUNTER_USED] = Int64GetDatum(call->new_used);
-		start = entitlock_stats_on() ? GetCurrentTimestamp() : 0;
-		if (entitlock_table_try_update(counter, &tid, values, nulls,
-									   ENTITLOCK_COLUMN(COUNTER_USED)) == TM_Ok)
-			return;
-
-		/*
-		 * Changed meanwhile: by a recorder this call waited for, when it was
-		 * still at work (the time counts as a wait), or one that committed
-		 * since the probe.
-		 */
+		result = entitlock_table_try_update(counter, &tid, values, nulls,
+											ENTITLOCK_COLUMN(COUNTER_USED));
 		if (start != 0)
 			entitlock_stats_waited(start);
+		if (result == TM_Ok)
+			return;
 		if (IsolationUsesXactSnapshot())
 			entitlock_serialization_failure();
 	}

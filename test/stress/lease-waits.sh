@@ -1,0 +1,320 @@
+#!/usr/bin/env bash
+#
+# Stress: bounded waits of lease_acquire.  16 pgbench clients wait on 2
+# leases (job:1, job:2) whose holders let go at random.  Each client calls,
+# in autocommit,
+#   lease_acquire('job:' || random(1, 2), ttl, 'c' || client, wait)
+# with a wait of 50-500 ms.  A client that gets the lease records the
+# holding in an insert-only ledger (right after the acquiring statement
+# committed), works for 1-8 ms (pg_sleep) and then, three times in four,
+# records that its work is done and releases the lease (ttl 2 s); once in
+# four it took a short ttl (20-60 ms) and walks away, so the lease ends by
+# expiring and the next waiter must wake at the expiry.  Every attempt is
+# recorded, in its own transaction, with its start and end time
+# (clock_timestamp() around the call, inside a PL/pgSQL wrapper), its wait
+# bound and its outcome, and, when served, the lease row's acquired_at and
+# expires_at as the acquiring transaction sees them.
+#
+# What is guaranteed, and so checked, per name:
+#   - a holding is exclusive from the moment the acquiring statement has
+#     committed (the ledger's "held" time, read in the next statement) until
+#     the earlier of the holder's "work done" time (read before it calls
+#     lease_release) and its lease's expires_at.  No two such intervals of
+#     one name intersect (all times are the server's clock_timestamp());
+#   - server side: a lease is taken no earlier than the end of the one
+#     before it (the release call, or its expiry), and fencing numbers
+#     increase in the order of acquired_at;
+#   - every attempt ended within its wait bound + $TOLERANCE_MS ms; one that
+#     timed out did not end before its bound (less 2 ms of clock rounding);
+#   - no waiter slept through a free lease: when a lease ended (released,
+#     or expired) while an attempt on the name was waiting and went on
+#     waiting for another $TOLERANCE_MS ms, someone took the lease within
+#     those $TOLERANCE_MS ms;
+#   - waiters were really served after waiting (served attempts that took
+#     20 ms or more, and leases taken over at expiry), both endings occurred;
+#   - zero pgbench errors, and both names can be had after the run.
+# When the library is preloaded (always so in the cluster this script
+# starts itself), entitlock.stats must agree with the ledger: its lease
+# calls, timeouts and takeovers.
+#
+# A control run then replaces lease_acquire by nothing at all (every client
+# "gets" the name at once); the same overlap check must find overlapping
+# holdings, which shows it can see a broken lease.
+#
+# Uses the cluster PGHOST points at (test/run.sh's), or starts one of its
+# own with shared_preload_libraries = 'entitlock'.  About 25 s.
+#
+#   STRESS_SECONDS (default 12)  length of the main run
+#   STRESS_CLIENTS (default 16)  pgbench clients
+#   STRESS_TOLERANCE_MS (default 200) lateness allowed on this loaded
+#                                machine (2 cores, 16 clients)
+
+set -uo pipefail
+. "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
+
+SECONDS_RUN=${STRESS_SECONDS:-12}
+CLIENTS=${STRESS_CLIENTS:-16}
+TOLERANCE_MS=${STRESS_TOLERANCE_MS:-200}
+db=entitlock_stress_lease_waits
+scripts=$(mktemp -d)
+chmod 755 "$scripts"
+own_cluster=
+
+cleanup() {
+	if [ -n "$own_cluster" ]; then
+		cluster_destroy "$own_cluster"
+	else
+		test_db_drop "$db"
+	fi
+	[ -n "${ENTITLOCK_KEEP:-}" ] && log "kept $scripts" || rm -rf "$scripts"
+}
+trap cleanup EXIT
+
+if [ -z "${PGHOST:-}" ]; then
+	own_cluster=$(mktemp -d /tmp/entitlock-lease-waits.XXXXXX)
+	cluster_start "$own_cluster" "shared_preload_libraries = 'entitlock'" >/dev/null
+fi
+
+test_db_create "$db" || exit 1
+psql -X -q -v ON_ERROR_STOP=1 -d "$db" <<'EOF' || exit 1
+-- run is 'entitlock' (the real leases) or 'none' (the control)
+CREATE TABLE attempts (
+	run text NOT NULL,
+	client int NOT NULL,
+	name text NOT NULL,
+	wait_ms int NOT NULL,
+	ttl_ms int NOT NULL,
+	t0 timestamptz NOT NULL,		-- before the call
+	t1 timestamptz NOT NULL,		-- after it returned
+	fencing bigint,					-- NULL: timed out
+	acquired_at timestamptz,		-- the lease row, as the acquirer saw it
+	expires_at timestamptz
+);
+-- insert-only: 'held' (after the acquiring commit), 'work_done' (before
+-- the release call), 'released' (after it, with its result)
+CREATE TABLE ledger (
+	run text NOT NULL,
+	event text NOT NULL,
+	name text NOT NULL,
+	fencing bigint NOT NULL,
+	client int NOT NULL,
+	at timestamptz NOT NULL,
+	ok boolean
+);
+CREATE SEQUENCE fake_fencing;
+
+CREATE FUNCTION attempt(run text, lease text, ttl_ms int, client int, wait_ms int,
+						OUT got_fencing bigint, OUT got_token uuid)
+LANGUAGE plpgsql AS $$
+DECLARE
+	t0 timestamptz;
+	t1 timestamptz;
+	acq timestamptz;
+	exp timestamptz;
+BEGIN
+	t0 := clock_timestamp();
+	IF run = 'entitlock' THEN
+		SELECT a.fencing, a.token INTO got_fencing, got_token
+		  FROM entitlock.lease_acquire(lease, make_interval(secs => ttl_ms / 1000.0),
+									   'c' || client,
+									   make_interval(secs => wait_ms / 1000.0)) AS a;
+	ELSE
+		-- the control: no lease at all, everybody "gets" it
+		got_fencing := nextval('fake_fencing');
+		got_token := gen_random_uuid();
+	END IF;
+	t1 := clock_timestamp();
+	IF got_fencing IS NOT NULL THEN
+		IF run = 'entitlock' THEN
+			-- this transaction's own row: nobody can change it before we commit
+			SELECT r.acquired_at, r.expires_at INTO acq, exp
+			  FROM entitlock.lease_record AS r WHERE r.fencing = got_fencing;
+		ELSE
+			acq := t1;
+			exp := t1 + make_interval(secs => ttl_ms / 1000.0);
+		END IF;
+	END IF;
+	INSERT INTO attempts
+	VALUES (run, client, lease, wait_ms, ttl_ms, t0, t1, got_fencing, acq, exp);
+	got_fencing := coalesce(got_fencing, 0);
+END
+$$;
+
+CREATE FUNCTION release(run text, lease text, token uuid) RETURNS boolean
+LANGUAGE sql AS $$
+	SELECT CASE WHEN run = 'entitlock' THEN entitlock.lease_release(lease, token)
+				ELSE true END
+$$;
+EOF
+
+cat >"$scripts/waits.sql" <<'EOF'
+\set n random(1, 2)
+\set wait_ms random(50, 500)
+\set walk_away random(1, 4)
+\set hold_ms random(1, 8)
+\if :walk_away = 1
+\set ttl_ms random(20, 60)
+\else
+\set ttl_ms 2000
+\endif
+SELECT got_fencing AS fencing, got_token AS token
+  FROM attempt(':run', 'job:' || :n, :ttl_ms, :client_id, :wait_ms) \gset
+\if :fencing > 0
+INSERT INTO ledger VALUES (':run', 'held', 'job:' || :n, :fencing, :client_id, clock_timestamp());
+SELECT pg_sleep(:hold_ms / 1000.0);
+\if :walk_away > 1
+INSERT INTO ledger VALUES (':run', 'work_done', 'job:' || :n, :fencing, :client_id, clock_timestamp());
+SELECT release(':run', 'job:' || :n, ':token') AS ok \gset
+INSERT INTO ledger VALUES (':run', 'released', 'job:' || :n, :fencing, :client_id, clock_timestamp(), ':ok'::boolean);
+\endif
+\endif
+EOF
+
+# overlaps RUN: holdings, non-empty holding intervals, and the overlapping
+# ones among them (an interval that begins before an earlier one of its
+# name has ended).
+overlaps() {
+	psql -X -At -F ' ' -d "$db" -v run="$1" <<'EOF'
+WITH h AS (
+	SELECT a.name, a.fencing, held.at AS held_from,
+		   least(a.expires_at, coalesce(w.at, 'infinity')) AS held_until
+	  FROM attempts a
+	  JOIN ledger held ON held.run = a.run AND held.fencing = a.fencing AND held.event = 'held'
+	  LEFT JOIN ledger w ON w.run = a.run AND w.fencing = a.fencing AND w.event = 'work_done'
+	 WHERE a.run = :'run' AND a.fencing IS NOT NULL),
+	 o AS (
+	SELECT *, max(held_until) OVER (PARTITION BY name ORDER BY held_from, fencing
+									ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS before_until
+	  FROM h WHERE held_from < held_until)
+SELECT (SELECT count(*) FROM h), count(*), count(*) FILTER (WHERE held_from < before_until)
+  FROM o;
+EOF
+}
+
+log "lease waits: $CLIENTS clients, 2 names, waits of 50-500 ms, ${SECONDS_RUN}s"
+psql -X -q -At -d "$db" -c "SELECT entitlock.stats_reset()" >/dev/null
+PGDATABASE=$db pgbench -n -c "$CLIENTS" -j 2 -T "$SECONDS_RUN" -D run=entitlock \
+	-f "$scripts/waits.sql" >"$scripts/out.entitlock" 2>&1
+pgbench_rc=$?
+errors=$(grep -ciE 'error|abort|fatal' "$scripts/out.entitlock")
+failed_tx=$(sed -n 's/^number of failed transactions: \([0-9]*\).*/\1/p' "$scripts/out.entitlock")
+
+read -r holdings intervals overlapping <<<"$(overlaps entitlock)"
+
+read -r attempts served timed_out untimed too_late too_early served_waiting served_long \
+	max_late_ms early_ms <<<"$(psql -X -At -F ' ' -d "$db" -v tol="$TOLERANCE_MS" <<'EOF'
+WITH a AS (
+	SELECT *, extract(epoch FROM t1 - t0) * 1000 AS took_ms
+	  FROM attempts WHERE run = 'entitlock')
+SELECT count(*),
+	   count(fencing),
+	   count(*) FILTER (WHERE fencing IS NULL),
+	   count(*) FILTER (WHERE fencing IS NOT NULL AND (acquired_at IS NULL OR expires_at IS NULL)),
+	   count(*) FILTER (WHERE took_ms > wait_ms + :tol),
+	   count(*) FILTER (WHERE fencing IS NULL AND took_ms < wait_ms - 2),
+	   count(*) FILTER (WHERE fencing IS NOT NULL AND took_ms >= 20),
+	   count(*) FILTER (WHERE fencing IS NOT NULL AND took_ms >= 100),
+	   round(coalesce(max(took_ms - wait_ms), 0)::numeric, 1),
+	   round(coalesce(max(wait_ms - took_ms) FILTER (WHERE fencing IS NULL), 0)::numeric, 1)
+  FROM a;
+EOF
+)"
+
+# Server side, per name in fencing order: taken before the previous lease
+# ended (its release call, or its expiry), acquired_at out of fencing
+# order; how each holding ended; the waits a free lease left unserved.
+read -r early_takes misordered released expired takeovers late_takeover_ms missed \
+	release_false <<<"$(psql -X -At -F ' ' -d "$db" -v tol="$TOLERANCE_MS" <<'EOF'
+WITH h AS (
+	SELECT a.name, a.fencing, a.acquired_at, a.expires_at, w.at AS work_done,
+		   r.at AS released_at, r.ok AS released_ok
+	  FROM attempts a
+	  LEFT JOIN ledger w ON w.run = a.run AND w.fencing = a.fencing AND w.event = 'work_done'
+	  LEFT JOIN ledger r ON r.run = a.run AND r.fencing = a.fencing AND r.event = 'released'
+	 WHERE a.run = 'entitlock' AND a.fencing IS NOT NULL),
+	 s AS (
+	SELECT *,
+		   -- when this lease was over: its release (a time after the
+		   -- release committed) or, unreleased, its expiry
+		   CASE WHEN released_ok THEN least(released_at, expires_at) ELSE expires_at END AS ended,
+		   lag(least(expires_at, coalesce(work_done, 'infinity'))) OVER w AS prev_end,
+		   lag(acquired_at) OVER w AS prev_acquired,
+		   lag(released_ok IS TRUE) OVER w AS prev_released,
+		   lead(acquired_at) OVER w AS next_acquired
+	  FROM h WINDOW w AS (PARTITION BY name ORDER BY fencing))
+SELECT count(*) FILTER (WHERE acquired_at < prev_end),
+	   count(*) FILTER (WHERE acquired_at <= prev_acquired),
+	   count(*) FILTER (WHERE released_ok),
+	   count(*) FILTER (WHERE released_ok IS NOT TRUE),
+	   count(*) FILTER (WHERE prev_released = false),
+	   -- how long after an expiry a waiter took it over (the worst case)
+	   round(coalesce(max(extract(epoch FROM acquired_at - prev_end) * 1000)
+							FILTER (WHERE prev_released = false), 0)::numeric, 1),
+	   (SELECT count(*) FROM s
+		 WHERE coalesce(next_acquired, 'infinity') > ended + make_interval(secs => :tol / 1000.0)
+		   AND EXISTS (SELECT FROM attempts x
+						WHERE x.run = 'entitlock' AND x.name = s.name
+						  AND x.t0 < s.ended
+						  AND x.t1 > s.ended + make_interval(secs => :tol / 1000.0))),
+	   count(*) FILTER (WHERE released_ok = false)
+  FROM s;
+EOF
+)"
+
+log "  $attempts attempts: $served served ($served_waiting after waiting >= 20 ms, $served_long >= 100 ms), $timed_out timed out"
+log "  $holdings holdings: $released released, $expired left to expire ($takeovers taken over at expiry, at worst $late_takeover_ms ms after it); $release_false late releases returned false"
+log "  overlapping holdings: $overlapping of $intervals; taken before the previous ended: $early_takes; fencing out of order: $misordered"
+log "  attempts later than bound + $TOLERANCE_MS ms: $too_late (worst: $max_late_ms ms past the bound); timeouts before the bound: $too_early (worst: $early_ms ms early)"
+log "  free leases that a waiting attempt did not take within $TOLERANCE_MS ms: $missed"
+log "  pgbench exit $pgbench_rc, error lines $errors, failed transactions ${failed_tx:-0}"
+
+check '[ "$pgbench_rc" = 0 ] && [ "$errors" = 0 ] && [ "${failed_tx:-0}" = 0 ]' \
+	"pgbench reported errors: $(pgbench_unexpected_errors "$scripts/out.entitlock")"
+check '[ "${attempts:-0}" -ge 500 ] && [ "${served:-0}" -ge 200 ] && [ "${timed_out:-0}" -ge 50 ]' \
+	"too little happened: $attempts attempts, $served served, $timed_out timed out"
+check '[ "$untimed" = 0 ]' "$untimed served attempts found no lease row of their own"
+check '[ "$holdings" = "$served" ]' "$served served attempts but $holdings holdings in the ledger"
+check '[ "$overlapping" = 0 ]' "$overlapping holdings overlapped an earlier holding of their name"
+check '[ "$early_takes" = 0 ]' "$early_takes leases were taken before the previous one was released or expired"
+check '[ "$misordered" = 0 ]' "$misordered fencing numbers out of the order of acquisition"
+check '[ "$too_late" = 0 ]' "$too_late attempts ended more than $TOLERANCE_MS ms after their bound"
+check '[ "$too_early" = 0 ]' "$too_early attempts timed out before their bound"
+check '[ "$missed" = 0 ]' "$missed times a lease stayed free while an attempt went on waiting"
+check '[ "${served_waiting:-0}" -ge 50 ] && [ "${served_long:-0}" -ge 10 ]' \
+	"waiters were not served after waiting: $served_waiting after 20 ms, $served_long after 100 ms"
+check '[ "${released:-0}" -ge 50 ] && [ "${takeovers:-0}" -ge 20 ]' \
+	"both endings must occur: $released releases, $takeovers takeovers at expiry"
+
+# The counts in shared memory, when the library is preloaded: one lease
+# call per attempt and per release; a timeout per attempt without a row
+# (every wait here is > 0); a takeover per lease taken over at expiry.
+stats=$(psql -X -At -F ' ' -d "$db" -c "SELECT calls, timeouts, takeovers, waits
+	FROM entitlock.stats WHERE kind = 'lease' AND label = 'job'")
+if [ -n "$stats" ]; then
+	read -r s_calls s_timeouts s_takeovers s_waits <<<"$stats"
+	releases=$(psql -X -At -d "$db" -c "SELECT count(*) FROM ledger WHERE run = 'entitlock' AND event = 'released'")
+	log "  entitlock.stats: $s_calls calls, $s_waits waited, $s_timeouts timeouts, $s_takeovers takeovers"
+	expect "stats: lease calls = attempts + releases" "$s_calls" "$((attempts + releases))"
+	expect "stats: lease timeouts = timed-out attempts" "$s_timeouts" "$timed_out"
+	expect "stats: lease takeovers = leases taken over at expiry" "$s_takeovers" "$takeovers"
+	check '[ "$s_waits" -ge "$served_waiting" ]' "stats count $s_waits waits, fewer than the $served_waiting served after waiting"
+else
+	log "  (entitlock.stats is empty: the library is not preloaded; counts not checked)"
+fi
+
+# Nothing is stuck: both names can be had once the last ttl (2 s) is over.
+got=$(psql -X -q -At -d "$db" -c "SET statement_timeout = '10s'" \
+	-c "SELECT count(*) FROM generate_series(1, 2) AS n,
+			   entitlock.lease_acquire('job:' || n, '1 s', wait => '3 s')")
+expect "both names can be acquired after the run" "$got" 2
+
+# Control: without the lease every client "holds" the name at once; the
+# overlap check must see it.
+PGDATABASE=$db pgbench -n -c "$CLIENTS" -j 2 -T 3 -D run=none \
+	-f "$scripts/waits.sql" >"$scripts/out.none" 2>&1
+read -r c_holdings c_intervals c_overlapping <<<"$(overlaps none)"
+log "  control without a lease: $c_overlapping of $c_intervals holdings overlapped"
+check '[ "${c_overlapping:-0}" -gt 0 ]' \
+	"the control showed no overlap, so this test cannot see a broken lease"
+
+exit "$check_failed"
