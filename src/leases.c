@@ -15,8 +15,11 @@
  * after the lock is granted).  lease_acquire only tries that lock: a name
  * that another transaction is acquiring, renewing or releasing at that
  * moment is busy, and the answer is the same as for a held lease, no row.
- * So acquiring never waits, never raises a duplicate-key error (only the
- * lock holder inserts, after looking) and never gets a deadlock error.
+ * So acquiring never waits on a lock, never raises a duplicate-key error
+ * (only the lock holder inserts, after looking) and never gets a deadlock
+ * error.  A caller that asks to wait for a held lease (wait, 1.1) tries
+ * again after sleeping, holding nothing meanwhile, so that its wait cannot
+ * delay the holder's renew or release.
  * (The lock of a lease it took stays held until its transaction ends, and
  * a renew or release of that name in another transaction waits for it.)
  * When it changes nothing, it gives the lock back at once rather than at

@@ -129,6 +129,23 @@ make -s PG_CONFIG="$pgc" installcheck REGRESS= >"$workdir/isolation.log" 2>&1
 cat "$workdir/isolation.log"
 count_pg_regress isolation "$workdir/isolation.log"
 [ -f output_iso/regression.diffs ] && head -200 output_iso/regression.diffs
+# The isolation suite again with the library preloaded, so that every call
+# is also counted in shared memory (src/stats.c), under every interleaving
+# above; the counts must then be there.  The rest of the suite keeps the
+# preload (test/tap/002_statistics.pl checks the counts themselves).
+echo "shared_preload_libraries = 'entitlock'" | as_pg tee -a "$PGHOST/data/postgresql.conf" >/dev/null
+if as_pg "$(pg_bindir)/pg_ctl" -D "$PGHOST/data" -l "$PGHOST/server.log" -w restart >/dev/null; then
+	make -s PG_CONFIG="$pgc" installcheck REGRESS= >"$workdir/isolation-preloaded.log" 2>&1
+	cat "$workdir/isolation-preloaded.log"
+	count_pg_regress isolation-preloaded "$workdir/isolation-preloaded.log"
+	[ -f output_iso/regression.diffs ] && head -200 output_iso/regression.diffs
+	counted=$(psql -X -At -d isolation_regression -c "SELECT count(DISTINCT kind) || ' ' || sum(calls) FROM entitlock.stats" 2>&1)
+	log "statistics after the preloaded isolation suite: kinds and calls: $counted"
+	if [[ $counted =~ ^5\ [0-9]+$ ]]; then pass stats/preloaded-counts; else fail stats/preloaded-counts; fi
+else
+	tail -20 "$PGHOST/server.log"
+	fail "restart with shared_preload_libraries"
+fi
 
 if [ "${ENTITLOCK_SUITE:-}" != core ]; then
 	for script in test/check/*.sh test/stress/*.sh; do
