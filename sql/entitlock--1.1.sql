@@ -140,7 +140,7 @@ BEGIN
 	   AND l.objid OPERATOR(pg_catalog.=)
 		   pg_catalog.oid(k OPERATOR(pg_catalog.&) 4294967295)
 	   AND l.objsubid OPERATOR(pg_catalog.=) 1
-	 ORDER BY l.granted DESC, a.xact_start NULLS LAST, l.waitstart NULLS LAST,
+	 ORDER BY l.granted DESC, l.waitstart NULLS LAST, a.xact_start NULLS LAST,
 			  l.pid;
 END
 $$;
