@@ -37,9 +37,13 @@
 # starts itself), entitlock.stats must agree with the ledger: its lease
 # calls, timeouts and takeovers.
 #
-# A control run then replaces lease_acquire by nothing at all (every client
-# "gets" the name at once); the same overlap check must find overlapping
-# holdings, which shows it can see a broken lease.
+# Two controls show that the checks can fail:
+#   - "none": lease_acquire replaced by nothing at all (every client "gets"
+#     the name at once): the overlap check must find overlapping holdings;
+#   - "sleepy": a waiter that does not watch the lease but sleeps through
+#     its whole wait (300-500 ms) and then tries once (lease_acquire
+#     without wait), 4 clients: the wake-up check must find free leases left unserved while
+#     an attempt was waiting.
 #
 # Uses the cluster PGHOST points at (test/run.sh's), or starts one of its
 # own with shared_preload_libraries = 'entitlock'.  About 25 s.
@@ -101,6 +105,8 @@ CREATE TABLE ledger (
 	at timestamptz NOT NULL,
 	ok boolean
 );
+CREATE INDEX ON attempts (run, name, t0);
+CREATE INDEX ON ledger (run, fencing, event);
 CREATE SEQUENCE fake_fencing;
 
 CREATE FUNCTION attempt(run text, lease text, ttl_ms int, client int, wait_ms int,
@@ -118,6 +124,12 @@ BEGIN
 		  FROM entitlock.lease_acquire(lease, make_interval(secs => ttl_ms / 1000.0),
 									   'c' || client,
 									   make_interval(secs => wait_ms / 1000.0)) AS a;
+	ELSIF run = 'sleepy' THEN
+		-- the control of wake-ups: sleep through the wait, then try once
+		PERFORM pg_sleep(wait_ms / 1000.0);
+		SELECT a.fencing, a.token INTO got_fencing, got_token
+		  FROM entitlock.lease_acquire(lease, make_interval(secs => ttl_ms / 1000.0),
+									   'c' || client) AS a;
 	ELSE
 		-- the control: no lease at all, everybody "gets" it
 		got_fencing := nextval('fake_fencing');
@@ -125,7 +137,7 @@ BEGIN
 	END IF;
 	t1 := clock_timestamp();
 	IF got_fencing IS NOT NULL THEN
-		IF run = 'entitlock' THEN
+		IF run <> 'none' THEN
 			-- this transaction's own row: nobody can change it before we commit
 			SELECT r.acquired_at, r.expires_at INTO acq, exp
 			  FROM entitlock.lease_record AS r WHERE r.fencing = got_fencing;
@@ -142,14 +154,14 @@ $$;
 
 CREATE FUNCTION release(run text, lease text, token uuid) RETURNS boolean
 LANGUAGE sql AS $$
-	SELECT CASE WHEN run = 'entitlock' THEN entitlock.lease_release(lease, token)
+	SELECT CASE WHEN run <> 'none' THEN entitlock.lease_release(lease, token)
 				ELSE true END
 $$;
 EOF
 
 cat >"$scripts/waits.sql" <<'EOF'
 \set n random(1, 2)
-\set wait_ms random(50, 500)
+\set wait_ms random(:wait_min, 500)
 \set walk_away random(1, 4)
 \set hold_ms random(1, 8)
 \if :walk_away = 1
@@ -170,11 +182,13 @@ INSERT INTO ledger VALUES (':run', 'released', 'job:' || :n, :fencing, :client_i
 \endif
 EOF
 
-# overlaps RUN: holdings, non-empty holding intervals, and the overlapping
-# ones among them (an interval that begins before an earlier one of its
+# overlaps RUN: ANALYZE first (so that the joins are not nested loops
+# planned for empty tables); then holdings, non-empty holding intervals
+# and the overlapping ones among them (an interval that begins before an earlier one of its
 # name has ended).
 overlaps() {
-	psql -X -At -F ' ' -d "$db" -v run="$1" <<'EOF'
+	psql -X -q -At -F ' ' -d "$db" -v run="$1" <<'EOF'
+ANALYZE attempts, ledger;
 WITH h AS (
 	SELECT a.name, a.fencing, held.at AS held_from,
 		   least(a.expires_at, coalesce(w.at, 'infinity')) AS held_until
@@ -191,21 +205,15 @@ SELECT (SELECT count(*) FROM h), count(*), count(*) FILTER (WHERE held_from < be
 EOF
 }
 
-log "lease waits: $CLIENTS clients, 2 names, waits of 50-500 ms, ${SECONDS_RUN}s"
-psql -X -q -At -d "$db" -c "SELECT entitlock.stats_reset()" >/dev/null
-PGDATABASE=$db pgbench -n -c "$CLIENTS" -j 2 -T "$SECONDS_RUN" -D run=entitlock \
-	-f "$scripts/waits.sql" >"$scripts/out.entitlock" 2>&1
-pgbench_rc=$?
-errors=$(grep -ciE 'error|abort|fatal' "$scripts/out.entitlock")
-failed_tx=$(sed -n 's/^number of failed transactions: \([0-9]*\).*/\1/p' "$scripts/out.entitlock")
-
-read -r holdings intervals overlapping <<<"$(overlaps entitlock)"
-
-read -r attempts served timed_out untimed too_late too_early served_waiting served_long \
-	max_late_ms early_ms <<<"$(psql -X -At -F ' ' -d "$db" -v tol="$TOLERANCE_MS" <<'EOF'
+# attempt_times RUN: attempts, served, timed out, served without a lease
+# row of their own, ended later than bound + tolerance, timed out before
+# the bound, served after waiting >= 20 ms and >= 100 ms, the worst
+# lateness, and how soon after its bound the earliest timeout ended (ms).
+attempt_times() {
+	psql -X -At -F ' ' -d "$db" -v run="$1" -v tol="$TOLERANCE_MS" <<'EOF'
 WITH a AS (
 	SELECT *, extract(epoch FROM t1 - t0) * 1000 AS took_ms
-	  FROM attempts WHERE run = 'entitlock')
+	  FROM attempts WHERE run = :'run')
 SELECT count(*),
 	   count(fencing),
 	   count(*) FILTER (WHERE fencing IS NULL),
@@ -215,23 +223,27 @@ SELECT count(*),
 	   count(*) FILTER (WHERE fencing IS NOT NULL AND took_ms >= 20),
 	   count(*) FILTER (WHERE fencing IS NOT NULL AND took_ms >= 100),
 	   round(coalesce(max(took_ms - wait_ms), 0)::numeric, 1),
-	   round(coalesce(max(wait_ms - took_ms) FILTER (WHERE fencing IS NULL), 0)::numeric, 1)
+	   round(coalesce(min(took_ms - wait_ms) FILTER (WHERE fencing IS NULL), 0)::numeric, 1)
   FROM a;
 EOF
-)"
+}
 
-# Server side, per name in fencing order: taken before the previous lease
-# ended (its release call, or its expiry), acquired_at out of fencing
-# order; how each holding ended; the waits a free lease left unserved.
-read -r early_takes misordered released expired takeovers late_takeover_ms missed \
-	release_false <<<"$(psql -X -At -F ' ' -d "$db" -v tol="$TOLERANCE_MS" <<'EOF'
+# handovers RUN: server side, per name in fencing order: leases taken
+# before the previous one ended (its release call, or its expiry),
+# acquired_at out of fencing order; releases, leases left to expire,
+# takeovers of an expired lease and the latest one after its expiry (ms);
+# free leases that an attempt went on waiting for over $TOLERANCE_MS ms;
+# the longest a free lease stayed so while an attempt was waiting
+# throughout (ms); release calls that returned false.
+handovers() {
+	psql -X -At -F ' ' -d "$db" -v run="$1" -v tol="$TOLERANCE_MS" <<'EOF'
 WITH h AS (
 	SELECT a.name, a.fencing, a.acquired_at, a.expires_at, w.at AS work_done,
 		   r.at AS released_at, r.ok AS released_ok
 	  FROM attempts a
 	  LEFT JOIN ledger w ON w.run = a.run AND w.fencing = a.fencing AND w.event = 'work_done'
 	  LEFT JOIN ledger r ON r.run = a.run AND r.fencing = a.fencing AND r.event = 'released'
-	 WHERE a.run = 'entitlock' AND a.fencing IS NOT NULL),
+	 WHERE a.run = :'run' AND a.fencing IS NOT NULL),
 	 s AS (
 	SELECT *,
 		   -- when this lease was over: its release (a time after the
@@ -241,31 +253,50 @@ WITH h AS (
 		   lag(acquired_at) OVER w AS prev_acquired,
 		   lag(released_ok IS TRUE) OVER w AS prev_released,
 		   lead(acquired_at) OVER w AS next_acquired
-	  FROM h WINDOW w AS (PARTITION BY name ORDER BY fencing))
+	  FROM h WINDOW w AS (PARTITION BY name ORDER BY fencing)),
+	 gaps AS (
+	SELECT s.*, extract(epoch FROM next_acquired - ended) * 1000 AS free_ms,
+		   EXISTS (SELECT FROM attempts x
+					WHERE x.run = :'run' AND x.name = s.name AND x.t0 < s.ended
+					  AND x.t1 > s.ended + make_interval(secs => :tol / 1000.0)) AS waited_over_tol,
+		   EXISTS (SELECT FROM attempts x
+					WHERE x.run = :'run' AND x.name = s.name AND x.t0 < s.ended
+					  AND x.t1 >= s.next_acquired) AS waited_throughout
+	  FROM s)
 SELECT count(*) FILTER (WHERE acquired_at < prev_end),
 	   count(*) FILTER (WHERE acquired_at <= prev_acquired),
 	   count(*) FILTER (WHERE released_ok),
 	   count(*) FILTER (WHERE released_ok IS NOT TRUE),
 	   count(*) FILTER (WHERE prev_released = false),
-	   -- how long after an expiry a waiter took it over (the worst case)
 	   round(coalesce(max(extract(epoch FROM acquired_at - prev_end) * 1000)
 							FILTER (WHERE prev_released = false), 0)::numeric, 1),
-	   (SELECT count(*) FROM s
-		 WHERE coalesce(next_acquired, 'infinity') > ended + make_interval(secs => :tol / 1000.0)
-		   AND EXISTS (SELECT FROM attempts x
-						WHERE x.run = 'entitlock' AND x.name = s.name
-						  AND x.t0 < s.ended
-						  AND x.t1 > s.ended + make_interval(secs => :tol / 1000.0))),
+	   count(*) FILTER (WHERE waited_over_tol AND
+							  coalesce(next_acquired, 'infinity') > ended + make_interval(secs => :tol / 1000.0)),
+	   round(coalesce(max(free_ms) FILTER (WHERE waited_throughout), 0)::numeric, 1),
 	   count(*) FILTER (WHERE released_ok = false)
-  FROM s;
+  FROM gaps;
 EOF
-)"
+}
+
+log "lease waits: $CLIENTS clients, 2 names, waits of 50-500 ms, ${SECONDS_RUN}s"
+psql -X -q -At -d "$db" -c "SELECT entitlock.stats_reset()" >/dev/null
+PGDATABASE=$db pgbench -n -c "$CLIENTS" -j 2 -T "$SECONDS_RUN" -D run=entitlock -D wait_min=50 \
+	-f "$scripts/waits.sql" >"$scripts/out.entitlock" 2>&1
+pgbench_rc=$?
+errors=$(grep -ciE 'error|abort|fatal' "$scripts/out.entitlock")
+failed_tx=$(sed -n 's/^number of failed transactions: \([0-9]*\).*/\1/p' "$scripts/out.entitlock")
+
+read -r holdings intervals overlapping <<<"$(overlaps entitlock)"
+read -r attempts served timed_out untimed too_late too_early served_waiting served_long \
+	max_late_ms early_ms <<<"$(attempt_times entitlock)"
+read -r early_takes misordered released expired takeovers late_takeover_ms missed \
+	longest_free_ms release_false <<<"$(handovers entitlock)"
 
 log "  $attempts attempts: $served served ($served_waiting after waiting >= 20 ms, $served_long >= 100 ms), $timed_out timed out"
 log "  $holdings holdings: $released released, $expired left to expire ($takeovers taken over at expiry, at worst $late_takeover_ms ms after it); $release_false late releases returned false"
 log "  overlapping holdings: $overlapping of $intervals; taken before the previous ended: $early_takes; fencing out of order: $misordered"
-log "  attempts later than bound + $TOLERANCE_MS ms: $too_late (worst: $max_late_ms ms past the bound); timeouts before the bound: $too_early (worst: $early_ms ms early)"
-log "  free leases that a waiting attempt did not take within $TOLERANCE_MS ms: $missed"
+log "  attempts later than bound + $TOLERANCE_MS ms: $too_late (worst: $max_late_ms ms past the bound); timeouts before the bound: $too_early (the earliest ended $early_ms ms after its bound)"
+log "  free leases that a waiting attempt did not take within $TOLERANCE_MS ms: $missed; longest free with an attempt waiting: $longest_free_ms ms"
 log "  pgbench exit $pgbench_rc, error lines $errors, failed transactions ${failed_tx:-0}"
 
 check '[ "$pgbench_rc" = 0 ] && [ "$errors" = 0 ] && [ "${failed_tx:-0}" = 0 ]' \
@@ -307,14 +338,27 @@ got=$(psql -X -q -At -d "$db" -c "SET statement_timeout = '10s'" \
 	-c "SELECT count(*) FROM generate_series(1, 2) AS n,
 			   entitlock.lease_acquire('job:' || n, '1 s', wait => '3 s')")
 expect "both names can be acquired after the run" "$got" 2
+# (Those leases, of 1 s, are over before the sleepy control begins.)
 
-# Control: without the lease every client "holds" the name at once; the
+# Control 1: without the lease every client "holds" the name at once; the
 # overlap check must see it.
-PGDATABASE=$db pgbench -n -c "$CLIENTS" -j 2 -T 3 -D run=none \
+PGDATABASE=$db pgbench -n -c "$CLIENTS" -j 2 -T 3 -D run=none -D wait_min=50 \
 	-f "$scripts/waits.sql" >"$scripts/out.none" 2>&1
-read -r c_holdings c_intervals c_overlapping <<<"$(overlaps none)"
+read -r _ c_intervals c_overlapping <<<"$(overlaps none)"
 log "  control without a lease: $c_overlapping of $c_intervals holdings overlapped"
 check '[ "${c_overlapping:-0}" -gt 0 ]' \
 	"the control showed no overlap, so this test cannot see a broken lease"
 
-exit "$check_failed"
+# Control 2: waiters that sleep through their wait (300-500 ms) and try
+# once at its end, 4 clients; the wake-up check must see free leases left unserved
+# (and the real lease still allows no overlap).
+PGDATABASE=$db pgbench -n -c 4 -j 2 -T 5 -D run=sleepy -D wait_min=300 \
+	-f "$scripts/waits.sql" >"$scripts/out.sleepy" 2>&1
+read -r _ _ z_overlapping <<<"$(overlaps sleepy)"
+read -r _ _ _ _ _ _ z_missed z_longest _ <<<"$(handovers sleepy)"
+log "  control of sleeping waiters: $z_missed free leases left unserved over $TOLERANCE_MS ms (longest $z_longest ms); overlaps $z_overlapping"
+check '[ "${z_missed:-0}" -gt 0 ]' \
+	"the sleepy control left no lease unserved, so this test cannot see a missed wake-up"
+check '[ "${z_overlapping:-1}" = 0 ]' "$z_overlapping overlapping holdings in the sleepy control"
+
+exit "${check_failed:-0}"
