@@ -577,35 +577,29 @@ entitlock_table_lock_row(EntitlockTable *t, ItemPointer tid,
 {
 	TM_FailureData tmfd;
 	TM_Result	result;
+	uint8		flags = latest ? TUPLE_LOCK_FLAG_FIND_LAST_VERSION : 0;
+	bool		timed;
 
 	entitlock_table_prepare_writes(t);
 
-	/* With statistics on, a row that is not free at once is a timed wait. */
-	if (wait && entitlock_stats_on())
+	/*
+	 * With statistics on, a row that is not free at once is a wait, timed:
+	 * try without waiting first.
+	 */
+	timed = wait && entitlock_stats_on();
+	result = table_tuple_lock(t->heap, tid, t->estate->es_snapshot,
+							  old_slot(t), t->estate->es_output_cid, mode,
+							  wait && !timed ? LockWaitBlock : LockWaitSkip,
+							  flags, &tmfd);
+	if (timed && result == TM_WouldBlock)
 	{
-		result = table_tuple_lock(t->heap, tid, t->estate->es_snapshot,
-								  old_slot(t), t->estate->es_output_cid, mode,
-								  LockWaitSkip,
-								  latest ? TUPLE_LOCK_FLAG_FIND_LAST_VERSION : 0,
-								  &tmfd);
-		if (result == TM_WouldBlock)
-		{
-			TimestampTz start = GetCurrentTimestamp();
+		TimestampTz start = GetCurrentTimestamp();
 
-			result = table_tuple_lock(t->heap, tid, t->estate->es_snapshot,
-									  old_slot(t), t->estate->es_output_cid,
-									  mode, LockWaitBlock,
-									  latest ? TUPLE_LOCK_FLAG_FIND_LAST_VERSION : 0,
-									  &tmfd);
-			entitlock_stats_waited(start);
-		}
-	}
-	else
 		result = table_tuple_lock(t->heap, tid, t->estate->es_snapshot,
 								  old_slot(t), t->estate->es_output_cid, mode,
-								  wait ? LockWaitBlock : LockWaitSkip,
-								  latest ? TUPLE_LOCK_FLAG_FIND_LAST_VERSION : 0,
-								  &tmfd);
+								  LockWaitBlock, flags, &tmfd);
+		entitlock_stats_waited(start);
+	}
 	if (result != TM_Ok)
 		ExecClearTuple(t->oldslot);
 	else
