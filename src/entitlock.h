@@ -71,8 +71,19 @@ extern struct EntitlockStatsShared *entitlock_stats_shared;
 #define entitlock_stats_on() (entitlock_stats_shared != NULL)
 extern void entitlock_stats_begin(void);
 extern void entitlock_stats_waited(TimestampTz start);
-extern void entitlock_stats_count(int kind, text *name, bool whole_label,
-								  int flags);
+extern void entitlock_stats_add(int kind, text *name, bool whole_label,
+								int flags);
+
+/*
+ * Count a call of kind on name (see stats.c); without the preload, this
+ * test is all it costs.
+ */
+static inline void
+entitlock_stats_count(int kind, text *name, bool whole_label, int flags)
+{
+	if (entitlock_stats_on())
+		entitlock_stats_add(kind, name, whole_label, flags);
+}
 
 /* table.c */
 #define ENTITLOCK_MAX_INDEX_KEYS 4

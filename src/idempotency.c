@@ -308,11 +308,10 @@ claim_key(text *key, text *fingerprint, Interval *ttl, int wait_ms,
 static void
 count_claim_call(text *key, ClaimOutcome outcome)
 {
-	if (entitlock_stats_on())
-		entitlock_stats_count(ENTITLOCK_STATS_IDEMPOTENCY, key, false,
-							  outcome == CLAIM_REPLAY ? ENTITLOCK_STATS_REPLAY :
-							  outcome == CLAIM_IN_PROGRESS ? ENTITLOCK_STATS_TIMEOUT :
-							  0);
+	entitlock_stats_count(ENTITLOCK_STATS_IDEMPOTENCY, key, false,
+						  outcome == CLAIM_REPLAY ? ENTITLOCK_STATS_REPLAY :
+						  outcome == CLAIM_IN_PROGRESS ? ENTITLOCK_STATS_TIMEOUT :
+						  0);
 }
 
 /*

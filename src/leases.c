@@ -448,8 +448,7 @@ entitlock_lease_acquire(PG_FUNCTION_ARGS)
 		flags |= ENTITLOCK_STATS_TIMEOUT;
 	if (attempt == LEASE_TAKEN && takeover)
 		flags |= ENTITLOCK_STATS_TAKEOVER;
-	if (entitlock_stats_on())
-		entitlock_stats_count(ENTITLOCK_STATS_LEASE, name, false, flags);
+	entitlock_stats_count(ENTITLOCK_STATS_LEASE, name, false, flags);
 
 	if (attempt != LEASE_TAKEN)
 	{
@@ -490,8 +489,7 @@ entitlock_lease_renew(PG_FUNCTION_ARGS)
 							   ENTITLOCK_COLUMN(COL_EXPIRES_AT));
 	}
 	end_lease_call(&t, hash, mine);
-	if (entitlock_stats_on())
-		entitlock_stats_count(ENTITLOCK_STATS_LEASE, name, false, 0);
+	entitlock_stats_count(ENTITLOCK_STATS_LEASE, name, false, 0);
 	PG_RETURN_BOOL(mine);
 }
 
@@ -517,7 +515,6 @@ entitlock_lease_release(PG_FUNCTION_ARGS)
 	if (mine)
 		entitlock_table_delete(&t, &lease.tid);
 	end_lease_call(&t, hash, mine);
-	if (entitlock_stats_on())
-		entitlock_stats_count(ENTITLOCK_STATS_LEASE, name, false, 0);
+	entitlock_stats_count(ENTITLOCK_STATS_LEASE, name, false, 0);
 	PG_RETURN_BOOL(mine);
 }

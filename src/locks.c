@@ -81,6 +81,17 @@ acquire_counting_waits(const LOCKTAG *tag, LOCKMODE mode)
 	entitlock_stats_waited(start);
 }
 
+/* entitlock_acquire(), with no wait counted for statistics. */
+static bool
+acquire_uncounted(int64 key, LOCKMODE mode, bool wait)
+{
+	LOCKTAG		tag;
+
+	check_not_parallel();
+	set_key_locktag(&tag, key);
+	return LockAcquire(&tag, mode, false, !wait) != LOCKACQUIRE_NOT_AVAIL;
+}
+
 /*
  * Take a transaction-scoped lock on key in mode.  With wait, block in the
  * lock manager (subject to lock_timeout, statement_timeout and deadlock
@@ -92,10 +103,10 @@ entitlock_acquire(int64 key, LOCKMODE mode, bool wait)
 {
 	LOCKTAG		tag;
 
+	if (!wait || !entitlock_stats_on())
+		return acquire_uncounted(key, mode, wait);
 	check_not_parallel();
 	set_key_locktag(&tag, key);
-	if (!wait || !entitlock_stats_on())
-		return LockAcquire(&tag, mode, false, !wait) != LOCKACQUIRE_NOT_AVAIL;
 	acquire_counting_waits(&tag, mode);
 	return true;
 }
@@ -218,16 +229,13 @@ entitlock_acquire_timeout(int64 key, LOCKMODE mode, int timeout_ms)
 	PG_TRY();
 	{
 		int			save_nestlevel = NewGUCNestLevel();
-		LOCKTAG		tag;
 
 		(void) set_config_option("lock_timeout", timeout_str,
 								 PGC_USERSET, PGC_S_SESSION,
 								 GUC_ACTION_SAVE, true, 0, false);
 
-		/* Not entitlock_acquire(): the wait is timed once, below. */
-		check_not_parallel();
-		set_key_locktag(&tag, key);
-		(void) LockAcquire(&tag, mode, false, false);
+		/* The wait is timed once, below. */
+		(void) acquire_uncounted(key, mode, true);
 
 		/*
 		 * The lock timer can go off after the lock was granted, before the
@@ -286,7 +294,6 @@ name_arg(FunctionCallInfo fcinfo, int64 *key)
 	text	   *name = entitlock_text_arg(fcinfo, 0, "lock name");
 
 	*key = entitlock_name_key(name);
-	entitlock_stats_begin();
 	return name;
 }
 
@@ -294,8 +301,7 @@ name_arg(FunctionCallInfo fcinfo, int64 *key)
 static inline void
 count_lock_call(text *name, int flags)
 {
-	if (entitlock_stats_on())
-		entitlock_stats_count(ENTITLOCK_STATS_LOCK, name, false, flags);
+	entitlock_stats_count(ENTITLOCK_STATS_LOCK, name, false, flags);
 }
 
 /* The common shape of lock, try_lock, lock_shared and try_lock_shared. */
@@ -304,7 +310,10 @@ lock_name_arg(FunctionCallInfo fcinfo, LOCKMODE mode, bool wait)
 {
 	int64		key;
 	text	   *name = name_arg(fcinfo, &key);
-	bool		got = entitlock_acquire(key, mode, wait);
+	bool		got;
+
+	entitlock_stats_begin();
+	got = entitlock_acquire(key, mode, wait);
 
 	count_lock_call(name, 0);
 	return got;
@@ -342,6 +351,7 @@ entitlock_lock_timeout(PG_FUNCTION_ARGS)
 	entitlock_require_arg(fcinfo, 1, "timeout");
 	timeout_ms = entitlock_interval_ms(PG_GETARG_INTERVAL_P(1), "timeout");
 
+	entitlock_stats_begin();
 	got = entitlock_acquire_timeout(key, ExclusiveLock, timeout_ms);
 	count_lock_call(name, got ? 0 : ENTITLOCK_STATS_TIMEOUT);
 	PG_RETURN_BOOL(got);
@@ -459,7 +469,7 @@ entitlock_lock_all(PG_FUNCTION_ARGS)
 	PG_RETURN_VOID();
 }
 
-/* The realm's key and the pair's key from arguments 0 and 1. */
+/* The realm (returned), its key and the pair's key from arguments 0 and 1. */
 static text *
 entity_arg_keys(FunctionCallInfo fcinfo, int64 *realm_key, int64 *pair_key)
 {
@@ -469,7 +479,6 @@ entity_arg_keys(FunctionCallInfo fcinfo, int64 *realm_key, int64 *pair_key)
 	/* The pair first: its checks name the empty part. */
 	*pair_key = entitlock_pair_key(realm, entity);
 	*realm_key = entitlock_name_key(realm);
-	entitlock_stats_begin();
 	return realm;
 }
 
@@ -488,6 +497,7 @@ entitlock_lock_entity(PG_FUNCTION_ARGS)
 	int64		pair_key;
 	text	   *realm = entity_arg_keys(fcinfo, &realm_key, &pair_key);
 
+	entitlock_stats_begin();
 	(void) entitlock_acquire(realm_key, ShareLock, true);
 	(void) entitlock_acquire(pair_key, ExclusiveLock, true);
 	count_lock_call(realm, 0);
@@ -508,6 +518,7 @@ entitlock_try_lock_entity(PG_FUNCTION_ARGS)
 	text	   *realm = entity_arg_keys(fcinfo, &realm_key, &pair_key);
 	bool		got = false;
 
+	entitlock_stats_begin();
 	if (entitlock_acquire(realm_key, ShareLock, false))
 	{
 		got = entitlock_acquire(pair_key, ExclusiveLock, false);

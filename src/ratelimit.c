@@ -235,9 +235,8 @@ static EntitlockTableDef state_def = {
 static void
 count_rate_call(text *name, const RateDecision *d)
 {
-	if (entitlock_stats_on())
-		entitlock_stats_count(ENTITLOCK_STATS_RATE, name, false,
-							  d->allowed ? 0 : ENTITLOCK_STATS_DENIED);
+	entitlock_stats_count(ENTITLOCK_STATS_RATE, name, false,
+						  d->allowed ? 0 : ENTITLOCK_STATS_DENIED);
 }
 
 /*

@@ -28,7 +28,7 @@
  * Waits are timed where entitlock takes its locks (locks.c) and reported
  * here for the call in progress: entitlock_stats_begin() starts a call,
  * entitlock_stats_waited() adds a wait to it, entitlock_stats_count()
- * counts it.
+ * (entitlock.h, which calls entitlock_stats_add() here) counts it.
  *
  *-------------------------------------------------------------------------
  */
@@ -262,7 +262,7 @@ add_counts(StatsEntry *e, int flags, int waits, int64 wait_us)
  * first ':', or the whole name with whole_label (a usage call's feature).
  */
 void
-entitlock_stats_count(int kind, text *name, bool whole_label, int flags)
+entitlock_stats_add(int kind, text *name, bool whole_label, int flags)
 {
 	StatsKey	key;
 	StatsEntry *e;
@@ -272,8 +272,7 @@ entitlock_stats_count(int kind, text *name, bool whole_label, int flags)
 	int			waits = call_waits;
 	int64		wait_us = call_wait_us;
 
-	if (entitlock_stats_shared == NULL)
-		return;
+	Assert(entitlock_stats_shared != NULL);
 	call_waits = 0;
 	call_wait_us = 0;
 

@@ -1028,10 +1028,9 @@ meter_call_init(MeterCall *call, int position, int64 limit)
 static void
 count_usage_call(text *feature, bool denied, bool replayed)
 {
-	if (entitlock_stats_on())
-		entitlock_stats_count(ENTITLOCK_STATS_USAGE, feature, true,
-							  (denied ? ENTITLOCK_STATS_DENIED : 0) |
-							  (replayed ? ENTITLOCK_STATS_REPLAY : 0));
+	entitlock_stats_count(ENTITLOCK_STATS_USAGE, feature, true,
+						  (denied ? ENTITLOCK_STATS_DENIED : 0) |
+						  (replayed ? ENTITLOCK_STATS_REPLAY : 0));
 }
 
 /*
