@@ -2,6 +2,7 @@
 #
 # Build with PGXS:  make && make install
 # Test everything:  bash test/run.sh   (installs what it needs, see README)
+# Debian packages:  make deb           (into dist/, see test/deb.sh)
 
 EXTENSION = entitlock
 MODULE_big = entitlock
@@ -82,9 +83,12 @@ ifdef WERROR
 PG_CFLAGS += -Werror
 endif
 
+# "make deb" needs no PostgreSQL yet: test/deb.sh installs what it needs.
+ifneq ($(MAKECMDGOALS),deb)
 PG_CONFIG ?= pg_config
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
+endif
 
 # PGXS tracks no header dependencies.
 $(OBJS): src/entitlock.h src/compat.h
@@ -95,4 +99,9 @@ dist:
 	git archive --format zip --prefix=$(EXTENSION)-$(EXTVERSION)/ \
 		-o dist/$(EXTENSION)-$(EXTVERSION).zip HEAD
 
-.PHONY: dist
+# Debian packages, postgresql-NN-entitlock for each major supported here,
+# built in a copy of the tree into dist/ (test/deb.sh says how).
+deb:
+	bash test/deb.sh
+
+.PHONY: dist deb

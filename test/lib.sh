@@ -24,10 +24,14 @@ as_pg() {
 # Install the Debian packages the build and the tests need, only when
 # something is missing, so a warm machine does not touch the network.
 ensure_packages() {
-	local pkgs=(make gcc "postgresql-$PG_MAJOR" "postgresql-server-dev-$PG_MAJOR"
-		libipc-run-perl xxhash "$@")
+	ensure_installed make gcc "postgresql-$PG_MAJOR" "postgresql-server-dev-$PG_MAJOR" \
+		libipc-run-perl xxhash "$@"
+}
+
+# ensure_installed PACKAGE...: apt-get install those not installed yet.
+ensure_installed() {
 	local missing=() p
-	for p in "${pkgs[@]}"; do
+	for p in "$@"; do
 		dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' ||
 			missing+=("$p")
 	done

@@ -15,8 +15,10 @@
 #   - copies the source tree (with uncommitted files) to /build/entitlock,
 #   - runs test/run.sh there with PG_MAJOR=NN ENTITLOCK_SUITE=core: build
 #     with -Werror, install, throwaway cluster, regression and isolation
-#     suites; its results are reported as pgNN/build, pgNN/regress/NAME and
-#     pgNN/isolation/NAME.
+#     suites, then (ENTITLOCK_PACKAGE=1) test/check/package.sh: the Debian
+#     package postgresql-NN-entitlock built, linted, installed, updated
+#     from 1.0 and removed; its results are reported as pgNN/build,
+#     pgNN/regress/NAME, pgNN/isolation/NAME and pgNN/check/package.
 #
 # Environment:
 #   ENTITLOCK_MATRIX   majors to test (default "17 18"; empty: skip, exit 77)
@@ -55,7 +57,8 @@ declare -A suites=([17]=trixie [18]=sid)
 # whatever ensure_packages in lib.sh checks for, so that nothing in the root
 # reaches for apt-get.
 root_packages() {
-	echo "postgresql-$1 postgresql-server-dev-$1 make gcc libc6-dev libipc-run-perl xxhash"
+	echo "postgresql-$1 postgresql-server-dev-$1 make gcc libc6-dev libipc-run-perl xxhash" \
+		"build-essential debhelper dpkg-dev postgresql-server-dev-all lintian"
 }
 
 if [ -z "${majors// /}" ]; then
@@ -261,7 +264,7 @@ run_core() {
 	done < <(chroot "$root" /usr/bin/env -i \
 		PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
 		HOME=/root LANG=C.UTF-8 TERM=dumb \
-		PG_MAJOR="$v" ENTITLOCK_SUITE=core \
+		PG_MAJOR="$v" ENTITLOCK_SUITE=core ENTITLOCK_PACKAGE=1 \
 		PGPORT_BASE=$((50000 + v * 100 + 29)) \
 		${ENTITLOCK_KEEP:+ENTITLOCK_KEEP=1} \
 		bash /build/entitlock/test/run.sh </dev/null 2>&1 9>&-)

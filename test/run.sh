@@ -147,6 +147,11 @@ else
 	fail "restart with shared_preload_libraries"
 fi
 
+# In the matrix's roots (core suite), the Debian package of that major.
+if [ "${ENTITLOCK_SUITE:-}" = core ] && [ -n "${ENTITLOCK_PACKAGE:-}" ]; then
+	run_script test/check/package.sh
+fi
+
 if [ "${ENTITLOCK_SUITE:-}" != core ]; then
 	for script in test/check/*.sh test/stress/*.sh; do
 		[ -e "$script" ] || continue
