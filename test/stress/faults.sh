@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 #
-# Stress: every kind of fault at once, on a mixed workload.
+# Stress: killed backends and cancellations at once, on a mixed workload.
 #
 # The other stress scripts kill backends under one feature at a time.  Real
-# servers see all faults together: a deploy terminates connections while a
-# timeout cancels a statement halfway through a call and the host crashes.
+# servers see faults together: a deploy terminates connections while a
+# timeout cancels a statement halfway through a call.
 # Here FAULTS_CLIENTS (default 20) pgbench clients run, in rounds, a mix of
 #   - record_usage_if_under_limit on one hot (subject, feature) whose limit
 #     is reached in the first seconds (plus refunds, so that decisions keep
@@ -16,12 +16,9 @@
 #     a variable, UPDATE to it plus one), with a ledger of increments;
 #   - leases on 3 names with short ttls, a history table, renewals, releases
 #     and slow workers, as in leases-pgbench.sh (a fifth of the clients);
-# while three kinds of fault hit them:
+# while two kinds of fault hit them:
 #   (a) kill_loop terminates a random client backend every 0.2-0.5 s;
-#   (b) FAULTS_CRASHES (default 2) times, `pg_ctl stop -m immediate` in the
-#       middle of a round, then a restart (crash recovery) and more rounds;
-#       the last round always ends in a crash;
-#   (c) a third of the usage, payment and counter transactions set
+#   (b) a third of the usage, payment and counter transactions set
 #       statement_timeout or lock_timeout to 1-20 ms (or use the timed
 #       lock(name, timeout)), so cancellations land while they wait on the
 #       hot key, inside entitlock's calls.
@@ -37,8 +34,8 @@
 # completing the key in the same transaction afterwards must fail.
 #
 # Checked afterwards (every ledger row is written in the transaction whose
-# entitlock call it records, so a kill, a crash or a cancellation drops both
-# or neither):
+# entitlock call it records, so a kill or a cancellation drops both or
+# neither):
 #   - hot usage equals the committed allowed amounts (refunds included), is
 #     never over the limit, and no call was denied while under it;
 #   - keyed usage: each key recorded once, with its amount; usage = the sum;
@@ -48,39 +45,37 @@
 #     update);
 #   - leases: at most one row per name (also watched during the run), no
 #     two committed leases of a name overlap in time, fencing follows time,
-#     no late renew/release succeeded after a newer acquisition, and every
-#     acquisition after a crash has a higher fencing number than every
-#     acquisition before it;
-#   - right after the last crash, with statement_timeout = 2s: every hot
-#     name is free (try_lock), no advisory lock is held, a usage call, the
-#     last round's payment, job and usage keys, the counter and (once the
-#     ttls passed) every lease name answer at once;
-#   - some backends were killed, the crashes happened, some statement and
-#     lock timeouts fired inside entitlock calls, no backend crashed on its
-#     own (no "terminated by signal", PANIC or assertion in the log), and
-#     pgbench saw no error other than those the faults explain.
+#     no late renew/release succeeded after a newer acquisition;
+#   - some backends were killed, some statement and lock timeouts fired
+#     inside entitlock calls, no backend crashed on its own (no "terminated
+#     by signal", PANIC or assertion in the server log, when
+#     ENTITLOCK_SERVER_LOG names it), and pgbench saw no error other than
+#     those the faults explain.
 # A control then runs the counter without entitlock.lock and must lose
 # updates: the check can see the bug the lock prevents.
 #
 # Mutations, each of which makes the test fail, with the failure named:
 #   FAULTS_MUTATE=split   the hot ledger row in a transaction of its own
 #                         after the call's: usage differs from the ledger
-#                         (kills and crashes land between the two)
+#                         (kills land between the two)
 #   FAULTS_MUTATE=ledger  1% of hot ledger rows written without the call:
 #                         usage differs from the ledger
 #   FAULTS_MUTATE=nolock  the counter without entitlock.lock: lost updates
 #   FAULTS_MUTATE=nokey   payments without idempotency_begin: keys paid
 #                         twice, claims missing, nothing replayed
 #
-# Own cluster (it crashes the server), about a minute by default.
-# FAULTS_SECONDS (48) is the load time, in rounds of 3 s.
+# Crashes (pg_ctl stop -m immediate) under the same kind of load are
+# test/tap/005_crash_under_load.pl.
+#
+# Runs on the cluster PGHOST points at (test/run.sh's), in a database of
+# its own; about a minute by default.  FAULTS_SECONDS (48) is the load
+# time, in rounds of 3 s.
 
 set -uo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
 
 CLIENTS=${FAULTS_CLIENTS:-20}
 SECONDS_RUN=${FAULTS_SECONDS:-48}
-CRASHES=${FAULTS_CRASHES:-2}
 MUTATE=${FAULTS_MUTATE:-}
 ROUND=3
 LIMIT=100000
@@ -90,35 +85,36 @@ LEASE_CLIENTS=$((CLIENTS / 5 > 0 ? CLIENTS / 5 : 1))
 MAIN_CLIENTS=$((CLIENTS - LEASE_CLIENTS))
 db=entitlock_faults
 
-dir=$(mktemp -d "${TMPDIR:-/tmp}/entitlock-faults.XXXXXX")
-work=$dir/work
+work=$(mktemp -d "${TMPDIR:-/tmp}/entitlock-faults.XXXXXX")
 killer=
 cleanup() {
 	[ -n "$killer" ] && kill "$killer" 2>/dev/null
 	kill $(jobs -p) 2>/dev/null
 	wait 2>/dev/null
 	if [ -n "${ENTITLOCK_KEEP:-}" ]; then
-		cluster_stop "$dir"
-		log "kept $dir"
+		log "kept $work and database $db"
 	else
-		cluster_destroy "$dir"
+		rm -rf "$work"
+		test_db_drop "$db"
 	fi
 }
 trap cleanup EXIT
-
-# A port of its own, away from the suite's cluster.
-PGPORT_BASE=${PGPORT_BASE:-$((${PGPORT:-54329} + 13))}
-cluster_start "$dir" >/dev/null
-mkdir -p "$work"
-pg_ctl_() { as_pg "$(pg_bindir)/pg_ctl" -D "$dir/data" "$@" >/dev/null; }
 q() { psql -X -q -At -d "$db" "$@"; }
 
-psql -X -q -c "CREATE DATABASE $db" || exit 1
+# The server log from here on, for the crash and timeout counts.
+server_log=${ENTITLOCK_SERVER_LOG:-}
+log_from=0
+[ -n "$server_log" ] && [ -r "$server_log" ] && log_from=$(stat -c %s "$server_log")
+new_log() {
+	if [ -n "$server_log" ] && [ -r "$server_log" ]; then
+		tail -c +$((log_from + 1)) "$server_log"
+	fi
+}
+
+test_db_create "$db" || exit 1
 psql -X -q -c "ALTER DATABASE $db SET faults.usage_limit = $LIMIT" \
 	-c "ALTER DATABASE $db SET faults.mutate = '${MUTATE:-none}'" || exit 1
 psql -X -q -v ON_ERROR_STOP=1 -d "$db" <<'EOF' || exit 1
-CREATE EXTENSION entitlock;
-
 CREATE TABLE usage_ledger (amount bigint NOT NULL, allowed boolean NOT NULL,
 						   used bigint NOT NULL);
 CREATE TABLE keyed_ledger (k bigint PRIMARY KEY, amount bigint NOT NULL,
@@ -148,8 +144,6 @@ CREATE TABLE history (
 );
 CREATE TABLE late_calls (fencing bigint NOT NULL, call text NOT NULL,
 						 ok boolean NOT NULL, at timestamptz NOT NULL);
-CREATE TABLE crashes (n int NOT NULL, before_crash timestamptz NOT NULL,
-					  after_restart timestamptz NOT NULL);
 
 
 -- Each function below runs one entitlock call and the row that records it
@@ -358,8 +352,7 @@ EOF
 fi
 
 # Keys come from a pool of $KEYS per round (-D gen), so each round starts
-# with many concurrent first calls; the round after a crash keeps the
-# pool, and retries the keys that were in flight at the crash.
+# with many concurrent first calls.
 cat >"$work/keyed.sql" <<EOF
 $timeouts
 \\set k :gen * 100000 + random(1, $KEYS)
@@ -480,88 +473,21 @@ SELECT 1 / (1 - least(count(*), 1)) AS ok
 \sleep 10 ms
 EOF
 
-# free_at_once GEN: right after a crash, with a 2 s statement_timeout:
-# every hot name is free and no advisory lock is held; a usage call, the
-# payment, job and usage keys of pool GEN, the counter and every lease
-# name (its ttl has passed by now) answer.  Prints one line of counts;
-# everything is rolled back.
-free_at_once() {
-	local first=$(($1 * 100000 + 1)) last=$(($1 * 100000 + KEYS))
-	sleep 0.3
-	PGOPTIONS='-c statement_timeout=2s' q -F ' ' -v ON_ERROR_STOP=1 <<EOF
-BEGIN;
-SELECT entitlock.try_lock('counter') AND entitlock.try_lock_entity('hot', 'api')
-	   AND entitlock.try_lock_entity('hot', 'keyed') AND entitlock.try_lock('lease-0')
-	   AS free,
-	   (SELECT count(*) FROM pg_locks
-		 WHERE locktype = 'advisory' AND pid <> pg_backend_pid()) AS held,
-	   (SELECT count(*) FROM entitlock.holders('counter')
-		 WHERE pid <> pg_backend_pid()) AS holders,
-	   (SELECT allowed IS NOT NULL
-		  FROM entitlock.record_usage_if_under_limit('hot', 'api', 1, $LIMIT)) AS usage_ok,
-	   (SELECT count(*) FROM generate_series($first, $last) AS k,
-			   entitlock.record_usage('hot', 'keyed', k % 3 + 1, 'lifetime', 'k-' || k)) AS keyed,
-	   (SELECT count(*) FROM generate_series($first, $last) AS k,
-			   entitlock.idempotency_begin('pay-' || k, 'amount=' || (k % 7 + 1)) AS b
-		 WHERE (b.status = 'replay') IS DISTINCT FROM
-			   EXISTS (SELECT FROM payments p
-						WHERE p.k = k.k AND p.id = (b.response ->> 'payment')::bigint)
-		   OR (b.status = 'new' AND EXISTS (SELECT FROM payments p WHERE p.k = k.k)))
-	   AS wrong_replays,
-	   (SELECT count(*) FROM generate_series($first, $last) AS j
-		 WHERE entitlock.first_time('job-' || j)
-			   = EXISTS (SELECT FROM jobs WHERE jobs.j = j.j)) AS wrong_jobs,
-	   (SELECT bump('counter', 0, 0, 0, true)) AS counter,
-	   (SELECT count(*) FROM generate_series(0, 2) AS n,
-			   entitlock.lease_acquire('lease-' || n, '1 s')) AS leases;
-ROLLBACK;
-EOF
-}
-
-crash() {
-	local before after n=$1
-	before=$(q -c "SELECT clock_timestamp()")
-	pg_ctl_ -m immediate -w stop || die "immediate stop failed"
-	wait "$main_pid" "$lease_pid"
-	pg_ctl_ -l "$dir/server.log" -w start || die "no restart after crash $n"
-	after=$(q -c "SELECT clock_timestamp()")
-	q -c "INSERT INTO crashes VALUES ($n, '$before', '$after')"
-}
-
 rounds=$((SECONDS_RUN / ROUND))
 [ "$rounds" -ge 2 ] || rounds=2
-declare -A crash_in=()
-for k in $(seq 1 "$CRASHES"); do crash_in[$((k * rounds / CRASHES - 1))]=1; done
 
-log "faults: $MAIN_CLIENTS + $LEASE_CLIENTS clients, $rounds rounds of ${ROUND}s, kills, $CRASHES crashes, timeouts${MUTATE:+, mutation $MUTATE}"
+log "faults: $MAIN_CLIENTS + $LEASE_CLIENTS clients, $rounds rounds of ${ROUND}s, kills, timeouts${MUTATE:+, mutation $MUTATE}"
 started=$SECONDS
 kill_loop "$db" >"$work/kills" &
 killer=$!
-crashes=0
-probe_failed=0
-gen=0
 for r in $(seq 0 $((rounds - 1))); do
-	[ "$r" -gt 0 ] && [ -z "${crash_in[$((r - 1))]:-}" ] && gen=$((gen + 1))
-	PGDATABASE=$db pgbench -n -T "$ROUND" -c "$MAIN_CLIENTS" -j 2 -D gen=$gen \
+	PGDATABASE=$db pgbench -n -T "$ROUND" -c "$MAIN_CLIENTS" -j 2 -D gen=$r \
 		-f "$work/hot.sql@6" -f "$work/keyed.sql@3" -f "$work/pay.sql@4" \
 		-f "$work/job.sql@1" -f "$work/counter.sql@4" >"$work/out.$r" 2>&1 &
 	main_pid=$!
 	PGDATABASE=$db pgbench -n -T "$ROUND" -c "$LEASE_CLIENTS" -j 1 \
 		-f "$work/lease.sql@20" -f "$work/watch.sql@1" >"$work/lease.$r" 2>&1 &
 	lease_pid=$!
-	if [ -n "${crash_in[$r]:-}" ]; then
-		sleep "1.$((RANDOM % 10))"
-		crashes=$((crashes + 1))
-		crash "$crashes"
-		if [ "$r" -eq $((rounds - 1)) ]; then
-			kill "$killer" 2>/dev/null
-			wait "$killer" 2>/dev/null
-			killer=
-		fi
-		probe=$(free_at_once $gen)
-		log "  crash $crashes in round $r; right after the restart: $probe"
-		[ "$probe" = "t 0 0 t $KEYS 0 0 bumped 3" ] || probe_failed=1
-	fi
 	wait "$main_pid" "$lease_pid"
 done
 [ -n "$killer" ] && kill "$killer" 2>/dev/null && wait "$killer" 2>/dev/null
@@ -572,7 +498,8 @@ kills=$(awk '{ s += $1 } END { print s + 0 }' "$work/kills")
 runs=$(cat "$work"/out.* "$work"/lease.* |
 	sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p' |
 	awk '{ s += $1 } END { print s + 0 }')
-# The timeouts this test causes on purpose, and what kills and crashes do.
+# The timeouts this test causes on purpose (what kills do is known to
+# pgbench_unexpected_errors).
 # Nothing here sends a cancel request, yet "user request" cancels occur:
 # PostgreSQL 15 reports a statement_timeout that goes off while the query
 # is still being parsed as "canceling statement due to user request" (it
@@ -582,17 +509,19 @@ runs=$(cat "$work"/out.* "$work"/lease.* |
 # timeout set on purpose; the "catch" functions cannot catch it either, as
 # it fires before their block starts (as do some plain statement timeouts
 # on a busy machine).
-expected='canceling statement due to (statement timeout|lock timeout|user request)|terminating connection due to immediate shutdown'
+expected='canceling statement due to (statement timeout|lock timeout|user request)'
 unexpected=$(PGBENCH_EXPECTED_ERRORS=$expected pgbench_unexpected_errors "$work"/out.* "$work"/lease.*)
-escaped_st=$(grep -c 'ERROR:  canceling statement due to statement timeout' "$dir/server.log")
-escaped_lt=$(grep -c 'ERROR:  canceling statement due to lock timeout' "$dir/server.log")
-escaped_ur=$(grep -c 'ERROR:  canceling statement due to user request' "$dir/server.log")
-died=$(grep -E 'terminated by signal|PANIC|TRAP:' "$dir/server.log" | head -3)
+new_log >"$work/server.log"
+escaped_st=$(grep -c 'ERROR:  canceling statement due to statement timeout' "$work/server.log")
+escaped_lt=$(grep -c 'ERROR:  canceling statement due to lock timeout' "$work/server.log")
+escaped_ur=$(grep -c 'ERROR:  canceling statement due to user request' "$work/server.log")
+died=$(grep -E 'terminated by signal|PANIC|TRAP:' "$work/server.log" | head -3)
+[ -s "$work/server.log" ] || log "  no server log to read (set ENTITLOCK_SERVER_LOG): no crash check, no count of escaped timeouts"
 
 read -r used ledger allowed denied refunds wrong_decisions keyed_used keyed_sum keyed_keys keyed_stored keyed_bad keyed_repeats \
 	payments paid_keys claims unmatched replays bad_replays jobs job_keys job_claims \
 	counter increments caught_st caught_lt caught_ur in_call gave_up anomalies \
-	acquisitions untimed overlaps misordered late_ok late releases two_rows crash_misordered <<<"$(
+	acquisitions untimed overlaps misordered late_ok late releases two_rows <<<"$(
 	q -F ' ' <<EOF
 WITH u AS (SELECT * FROM entitlock.usage_idempotency WHERE subject = 'hot' AND feature = 'keyed'),
 	 h AS (SELECT *, lag(least(expires_at, coalesce(ended_at, 'infinity'))) OVER w AS prev_ended,
@@ -645,19 +574,16 @@ SELECT entitlock.usage('hot', 'api'),
 	   (SELECT count(*) FROM late_calls),
 	   (SELECT count(*) FROM h WHERE ended_at IS NOT NULL),
 	   (SELECT count(*) FROM (SELECT name FROM entitlock.lease_record
-							   GROUP BY name HAVING count(*) > 1) AS d),
-	   (SELECT count(*) FROM crashes c
-		 WHERE (SELECT max(fencing) FROM history WHERE acquired_at < c.before_crash)
-			>= (SELECT min(fencing) FROM history WHERE acquired_at > c.after_restart));
+							   GROUP BY name HAVING count(*) > 1) AS d);
 EOF
 )"
 
-log "  ${elapsed}s: $runs script runs, $kills backends terminated, $crashes crashes"
+log "  ${elapsed}s: $runs script runs, $kills backends terminated"
 log "  hot: usage $used, ledger $ledger ($allowed allowed, $denied denied, $refunds refunds), limit $LIMIT, $wrong_decisions wrong decisions"
 log "  keyed: usage $keyed_used, ledger $keyed_sum, $keyed_keys keys, $keyed_stored stored, $keyed_bad mismatched, $keyed_repeats repeats"
 log "  payments: $payments for $paid_keys keys, $claims claims, $unmatched mismatched; $replays replays, $bad_replays wrong; jobs: $jobs for $job_keys keys, $job_claims claims"
 log "  counter: $counter, $increments committed increments"
-log "  leases: $acquisitions acquisitions, $releases released, $late late calls; $overlaps overlaps, $misordered out of order, $late_ok late successes, $two_rows names with two rows, $crash_misordered crashes with fencing going back"
+log "  leases: $acquisitions acquisitions, $releases released, $late late calls; $overlaps overlaps, $misordered out of order, $late_ok late successes, $two_rows names with two rows"
 log "  timeouts caught: $caught_st statement, $caught_lt lock, $caught_ur reported as user request ($in_call inside an entitlock call); escaped to the client: $escaped_st statement, $escaped_lt lock, $escaped_ur user request; $gave_up timed locks gave up; $anomalies anomalies"
 
 violations=0
@@ -671,7 +597,6 @@ must() {
 must '[ -z "$unexpected" ]' "unexpected pgbench errors: $unexpected"
 must '[ -z "$died" ]' "a backend crashed on its own: $died"
 must '[ "$kills" -ge 3 ]' "only $kills backends were terminated"
-must '[ "$crashes" = "$CRASHES" ]' "$crashes crashes instead of $CRASHES"
 must '[ "$caught_st" -gt 0 ] && [ "$caught_lt" -gt 0 ] && [ "$in_call" -gt 0 ]' \
 	"not enough timeouts fired inside entitlock calls"
 must '[ "$used" = "$ledger" ]' "hot usage $used differs from the committed allowed amounts $ledger"
@@ -688,10 +613,9 @@ must '[ "$counter" = "$increments" ] && [ "$increments" -gt 0 ]' "the counter lo
 must '[ "$anomalies" = 0 ]' "$(q -c "SELECT string_agg(DISTINCT what, '; ') FROM anomalies")"
 must '[ "$acquisitions" -ge 100 ] && [ "$untimed" = 0 ]' "only $acquisitions lease acquisitions, $untimed without times"
 must '[ "$overlaps" = 0 ] && [ "$misordered" = 0 ] && [ "$late_ok" = 0 ]' "leases overlapped or fencing went out of order"
-must '[ "$two_rows" = 0 ] && [ "$crash_misordered" = 0 ]' "two lease rows for a name, or fencing went back across a crash"
-must '[ "$probe_failed" = 0 ]' "a name, key or lease was not free at once after a crash"
+must '[ "$two_rows" = 0 ]' "two lease rows for a name"
 
-log "faults: $runs transactions run ($((allowed + denied + refunds)) usage decisions, $payments payments, $increments increments, $acquisitions leases committed), $kills kills, $crashes crashes, $((caught_st + escaped_st)) statement timeouts, $((caught_lt + escaped_lt)) lock timeouts, $gave_up timed locks gave up, $violations violations"
+log "faults: $runs transactions run ($((allowed + denied + refunds)) usage decisions, $payments payments, $increments increments, $acquisitions leases committed), $kills kills, $((caught_st + escaped_st)) statement timeouts, $((caught_lt + escaped_lt)) lock timeouts, $gave_up timed locks gave up, $violations violations"
 
 # Control: the same read-modify-write without the lock must lose updates.
 cat >"$work/control.sql" <<'EOF'
