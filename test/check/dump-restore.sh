@@ -6,9 +6,9 @@
 # entitlock's state lives in extension tables and a sequence that pg_dump
 # saves only because they are registered with pg_extension_config_dump; a
 # restore recreates them with CREATE EXTENSION and then loads the rows.
-# The other two durability scripts each restore one kind of state; this one
-# restores everything together, in a database whose own objects depend on
-# entitlock, because that is where restores go wrong:
+# This check restores all of it together, in a database whose own objects
+# depend on entitlock, because that is where restores go wrong (what
+# survives a restart and a crash is test/tap/004_durability.pl):
 #
 # - State: usage in several meters and periods, with usage idempotency keys
 #   and a conditional call refused at its limit; idempotency claims
