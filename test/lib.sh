@@ -50,8 +50,10 @@ control_value() {
 		sed -e 's/[[:space:]]*#.*$//' -e "s/^'\(.*\)'$/\1/" | tail -1
 }
 
+# ENTITLOCK_PG_BINDIR points at another installation of the same major
+# (a relocated copy, so that two builds can be tested side by side).
 pg_bindir() {
-	echo "/usr/lib/postgresql/$PG_MAJOR/bin"
+	echo "${ENTITLOCK_PG_BINDIR:-/usr/lib/postgresql/$PG_MAJOR/bin}"
 }
 
 # Build and install the extension into the server's directories.

@@ -30,7 +30,7 @@ set -uo pipefail
 ensure_packages
 
 bindir=$(pg_bindir)
-pgxs=/usr/lib/postgresql/$PG_MAJOR/lib/pgxs
+pgxs=$(dirname "$bindir")/lib/pgxs
 perl_lib=$pgxs/src/test/perl
 pg_regress=$pgxs/src/test/regress/pg_regress
 
