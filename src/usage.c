@@ -1514,7 +1514,13 @@ entitlock_record_usage_if_under_limits(PG_FUNCTION_ARGS)
 		entitlock_table_close(&idem);
 	}
 
-	/* Lock every meter, then decide every limit, then write all or none. */
+	/*
+	 * Lock every meter (in canonical order), then decide every limit, then
+	 * settle the outcome of every meter, and only then write (in canonical
+	 * order again).  Deciding and writing are separate passes so that the
+	 * order meters are written in can never see a decision half made: a
+	 * denial by any limit must reach every meter before the first write.
+	 */
 	for (i = 0; i < n; i++)
 		lock_counter(&counter, sorted[i]);
 	for (i = 0; i < n; i++)
@@ -1522,12 +1528,13 @@ entitlock_record_usage_if_under_limits(PG_FUNCTION_ARGS)
 		decide(&calls[i], amount, true);
 		all_allowed &= calls[i].allowed;
 	}
-	for (i = 0; i < n; i++)
+	if (!all_allowed)
 	{
-		if (!all_allowed)
+		for (i = 0; i < n; i++)
 			calls[i].new_used = calls[i].used;
-		write_counter(&counter, sorted[i]);
 	}
+	for (i = 0; i < n; i++)
+		write_counter(&counter, sorted[i]);
 	entitlock_table_close(&counter);
 
 	if (key != NULL)
@@ -1609,6 +1616,16 @@ refund_set(EntitlockTable *counter, MeterCall *call, text *key)
 	entitlock_table_open(&sk, &setkey_def, RowExclusiveLock);
 	entitlock_table_prepare_writes(&sk);
 	set = setkey_lookup(&sk, key);
+	/*
+	 * A set call records on every meter or on none: one whose elements were
+	 * not all allowed recorded nothing, even on the meters whose own limit
+	 * had room, so it has nothing to give back.
+	 */
+	for (i = 0; set.found && i < set.n; i++)
+	{
+		if (!DatumGetBool(set.allowed[i]))
+			set.found = false;
+	}
 	for (i = 0; set.found && i < set.n; i++)
 		due |= setkey_refund_due(&set, i, &call->meter);
 
