@@ -1,0 +1,373 @@
+# test/tap/030_model.pl: every guarantee checked against a model.
+#
+# Single-session mode: random sequences of operations on every public
+# function, each answer compared with the reference model in
+# EntitlockModel.pm (written from SPEC.md alone).  A failing sequence is
+# shrunk, and the test prints its seed and the shortest sequence found
+# that still fails.
+#
+# Concurrent mode: pgbench clients run random operations, each writing
+# what it committed to a ledger in the same transaction.  At the end:
+# every meter equals its ledger and no answer was ever over its limit,
+# keys applied once, no two holders of a lease overlapped, fencing
+# numbers rose per name, rate limits kept within burst + rate x window,
+# a name under lock() was never entered twice, and lock_entity() held
+# recorders back.
+#
+#   ENTITLOCK_SEED=N            run seed N only (both modes)
+#   ENTITLOCK_MODEL_MINUTES=M   run new seeds for M minutes (both modes)
+#   ENTITLOCK_MODEL_OPS=N       operations in a single-session sequence
+#   ENTITLOCK_MODEL_MODE=single or concurrent: run that mode only
+#
+# CI runs the fixed seeds below.  Run with:
+#   bash test/tap.sh test/tap/030_model.pl
+
+use strict;
+use warnings;
+
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use EntitlockModel;
+
+my @SINGLE_SEEDS = (1 .. 24);
+my @CONCURRENT_SEEDS = (1, 2);
+my $OPS = $ENV{ENTITLOCK_MODEL_OPS} || 400;
+
+my $node = PostgreSQL::Test::Cluster->new('model');
+$node->init;
+$node->append_conf('postgresql.conf', "max_connections = 60\nfsync = off\n");
+$node->start;
+$node->safe_psql('postgres', 'CREATE DATABASE model');
+$node->safe_psql('model', "CREATE EXTENSION entitlock;\n" . $EntitlockModel::SETUP);
+
+sub sql { return $node->safe_psql('model', $_[0]); }
+
+# Which seeds run: the fixed ones, one given, or new ones for a while.
+my $minutes = $ENV{ENTITLOCK_MODEL_MINUTES};
+my $deadline = $minutes ? time + 60 * $minutes : undef;
+my $next_seed = defined $ENV{ENTITLOCK_SEED} ? $ENV{ENTITLOCK_SEED} : time;
+sub seeds
+{
+	my ($fixed) = @_;
+	return ($ENV{ENTITLOCK_SEED}) if defined $ENV{ENTITLOCK_SEED};
+	return @$fixed unless $deadline;
+	my @s;
+	# Enough to run past the deadline; the loops below stop at it.
+	push @s, $next_seed++ for 1 .. 100000;
+	return @s;
+}
+
+#
+# Single-session mode.
+#
+my $mode = $ENV{ENTITLOCK_MODEL_MODE} // '';
+my $S = EntitlockModel::session_start($node->connstr('model'));
+my $ran = 0;
+for my $seed ($mode eq 'concurrent' ? () : seeds(\@SINGLE_SEEDS))
+{
+	last if $deadline && time > $deadline && $ran;
+	$ran++;
+	my $ops = EntitlockModel::gen_ops($seed, $OPS);
+	my $f = EntitlockModel::run_ops($S, $ops);
+	if (!$f)
+	{
+		pass("single session: seed $seed, $OPS operations agree with the model");
+		next;
+	}
+	my $what = EntitlockModel::describe_op($f->{op});
+	diag("seed $seed: operation $f->{index} disagrees with the model: $f->{message}\n"
+		  . "  operation: $what\n  answer:    $f->{got}");
+	my $upto = $f->{index} < @$ops ? $f->{index} : $#$ops;
+	my ($min, $runs) = EntitlockModel::shrink($S, [ @$ops[ 0 .. $upto ] ], 400);
+	my $again = EntitlockModel::run_ops($S, $min);
+	diag("shortest failing sequence found for seed $seed ("
+		  . scalar(@$min) . " operations, $runs replays; then the checks at the end):\n"
+		  . join('', map { "  $_;\n" } map { EntitlockModel::describe_op($_) } @$min)
+		  . ($again
+			? "  fails at operation $again->{index} (" . EntitlockModel::describe_op($again->{op})
+			  . "): $again->{message}; got $again->{got}\n"
+			: "  (the shortened sequence no longer fails: a timing-dependent failure)\n")
+		  . "rerun with ENTITLOCK_SEED=$seed");
+	fail("single session: seed $seed agrees with the model");
+}
+EntitlockModel::session_end($S);
+
+#
+# Concurrent mode.
+#
+# Meters have fixed limits (so that "never over the limit" is checkable
+# from the counter alone), every committed effect has a ledger row written
+# in the same transaction, and ledger rows of keyed calls are unique by
+# key, so a key applied twice shows as a meter above its ledger.
+sql(<<'SQL');
+CREATE TABLE meter_limit (subject text, feature text, period text, lim bigint,
+	PRIMARY KEY (subject, feature, period));
+INSERT INTO meter_limit
+SELECT s, f, p, 60 + 7 * length(s || f || p) % 13
+  FROM unnest(ARRAY['org:1', 'org:2', 'user:1', 'user:2', 'user:3']) s,
+       unnest(ARRAY['api', 'export']) f,
+       unnest(ARRAY['lifetime', 'day']) p;
+CREATE TABLE usage_ledger (subject text, feature text, period text,
+	period_start timestamptz, amount bigint, key text, answered_used bigint);
+CREATE UNIQUE INDEX ON usage_ledger (key, subject, feature, period) WHERE key IS NOT NULL AND amount > 0;
+CREATE TABLE refund_ledger (key text, subject text, feature text, amount bigint);
+CREATE TABLE effects (key text, at timestamptz DEFAULT clock_timestamp());
+CREATE TABLE replays (key text);
+CREATE TABLE lease_history (name text, token uuid, fencing bigint,
+	acquired_at timestamptz, expires_at timestamptz, released_at timestamptz);
+CREATE TABLE rate_ledger (name text, at timestamptz, cost bigint);
+CREATE TABLE plain_counter (id int PRIMARY KEY, v bigint);
+INSERT INTO plain_counter VALUES (1, 0), (2, 0);
+CREATE TABLE critical_ledger (id int);
+CREATE TABLE frozen_violations (subject text, feature text, before bigint, after bigint);
+
+-- The meter of a random pick, its limit and its period's start.
+CREATE FUNCTION pick_meter(s int, f int, p int, OUT subject text, OUT feature text,
+	OUT period text, OUT lim bigint, OUT period_start timestamptz) LANGUAGE sql AS $$
+	SELECT m.subject, m.feature, m.period, m.lim,
+	       coalesce((SELECT u.period_start FROM entitlock.usage_period(m.period, now()) u), '-infinity')
+	  FROM meter_limit m
+	 WHERE m.subject = (ARRAY['org:1', 'org:2', 'user:1', 'user:2', 'user:3'])[s]
+	   AND m.feature = (ARRAY['api', 'export'])[f]
+	   AND m.period = (ARRAY['lifetime', 'day'])[p]
+$$;
+SQL
+
+my %scripts = (
+	# One meter, conditional, sometimes keyed (a retry of a key then
+	# records nothing and its ledger row is not written twice).
+	limit => <<'PGB',
+\set s random(1, 5)
+\set f random(1, 2)
+\set p random(1, 2)
+\set a random(1, 3)
+\set k random(1, 30)
+\set keyed random(0, 2)
+BEGIN;
+WITH m AS (SELECT *, CASE WHEN :keyed = 0 THEN concat_ws(':', 'c', :s, :f, :p, :a, :k) END AS key FROM pick_meter(:s, :f, :p)),
+     r AS (SELECT r.*, m.* FROM m, entitlock.record_usage_if_under_limit(m.subject, m.feature, :a, m.lim, m.period, m.key) r)
+INSERT INTO usage_ledger
+SELECT subject, feature, period, period_start, CASE WHEN allowed THEN :a ELSE 0 END, key, used
+  FROM r
+ON CONFLICT DO NOTHING;
+COMMIT;
+PGB
+	# Sets of an organisation's and a user's limit and both periods of
+	# one pair, in a random order: all or nothing.
+	limits => <<'PGB',
+\set o random(1, 2)
+\set u random(3, 5)
+\set f random(1, 2)
+\set a random(1, 2)
+\set k random(1, 30)
+\set keyed random(0, 2)
+BEGIN;
+WITH m AS (SELECT x.* FROM (VALUES (:o, 1), (:u, 1), (:u, 2)) v(s, p), pick_meter(v.s, :f, v.p) x),
+     l AS (SELECT array_agg(entitlock.usage_limit(subject, feature, lim, period) ORDER BY random()) AS lims FROM m),
+     r AS (SELECT r.* FROM l, entitlock.record_usage_if_under_limits(l.lims, :a,
+                CASE WHEN :keyed = 0 THEN concat_ws(':', 's', :o, :u, :f, :a, :k) END) r),
+     ok AS (SELECT bool_and(allowed) AS all_ok FROM r)
+INSERT INTO usage_ledger
+SELECT r.subject, r.feature, r.period, m.period_start, CASE WHEN ok.all_ok THEN :a ELSE 0 END,
+       CASE WHEN :keyed = 0 THEN concat_ws(':', 's', :o, :u, :f, :a, :k) END, r.used
+  FROM r JOIN m USING (subject, feature, period), ok
+ON CONFLICT DO NOTHING;
+COMMIT;
+PGB
+	# A refund of a key that recorded (or of one never used): what it
+	# gives back goes to the ledger as negative rows in the periods the
+	# key recorded in (each gets the amount back).
+	refund => <<'PGB',
+\set r random(1, 1000000)
+BEGIN;
+WITH pick AS (SELECT * FROM (SELECT key, subject, feature FROM usage_ledger WHERE key IS NOT NULL AND amount > 0
+                             UNION ALL SELECT 'never', 'org:1', 'api') k
+              ORDER BY md5(key || subject || :r) LIMIT 1),
+     g AS (SELECT p.*, entitlock.refund_usage(p.subject, p.feature, p.key) AS back FROM pick p),
+     ins AS (INSERT INTO refund_ledger SELECT key, subject, feature, back FROM g)
+INSERT INTO usage_ledger (subject, feature, period, period_start, amount)
+SELECT l.subject, l.feature, l.period, l.period_start, -g.back
+  FROM g JOIN usage_ledger l USING (key, subject, feature)
+ WHERE l.amount > 0 AND g.back > 0;
+COMMIT;
+PGB
+	# Once-only effects.
+	first_time => <<'PGB',
+\set k random(1, 60)
+BEGIN;
+INSERT INTO effects SELECT 'f' || :k WHERE entitlock.first_time('f' || :k);
+COMMIT;
+PGB
+	idempotency => <<'PGB',
+\set k random(1, 60)
+\set rb random(0, 5)
+BEGIN;
+SELECT CASE status WHEN 'new' THEN 1 WHEN 'replay' THEN 2 ELSE 0 END AS st
+  FROM entitlock.idempotency_begin('b' || :k, NULL, '1 hour', '1 s') \gset
+INSERT INTO effects SELECT 'b' || :k WHERE :st = 1;
+INSERT INTO replays SELECT 'b' || :k WHERE :st = 2;
+SELECT entitlock.idempotency_complete('b' || :k, '{"ok": true}') WHERE :st = 1;
+\if :rb
+COMMIT;
+\else
+ROLLBACK;
+\endif
+PGB
+	# Leases with short ttls, taken over as they expire; renewed and
+	# released by their holder.
+	lease => <<'PGB',
+\set n random(1, 3)
+\set act random(0, 3)
+BEGIN;
+SELECT coalesce((SELECT fencing FROM entitlock.lease_acquire('L' || :n, '30 ms', 'c', '20 ms')), 0) AS fen \gset
+INSERT INTO lease_history
+SELECT name, token, fencing, acquired_at, expires_at, NULL FROM entitlock.lease_record WHERE fencing = :fen;
+COMMIT;
+BEGIN;
+SELECT entitlock.lease_renew(name, token, '30 ms')
+  FROM (SELECT name, token FROM lease_history WHERE :act = 0 AND name = 'L' || :n ORDER BY fencing DESC LIMIT 1) x;
+UPDATE lease_history h SET expires_at = r.expires_at
+  FROM entitlock.lease_record r
+ WHERE :act = 0 AND h.name = 'L' || :n AND r.fencing = h.fencing AND r.token = h.token;
+SELECT entitlock.lease_release(name, token)
+  FROM (SELECT name, token FROM lease_history WHERE :act = 1 AND name = 'L' || :n ORDER BY fencing DESC LIMIT 1) x;
+UPDATE lease_history h SET released_at = clock_timestamp()
+ WHERE :act = 1 AND h.name = 'L' || :n AND released_at IS NULL
+   AND NOT EXISTS (SELECT FROM entitlock.lease_record r WHERE r.fencing = h.fencing);
+COMMIT;
+PGB
+	# Rate limits: 20 per second, bursts of 5.
+	rate => <<'PGB',
+\set n random(1, 2)
+\set c random(1, 2)
+BEGIN;
+INSERT INTO rate_ledger
+SELECT 'r' || :n, clock_timestamp(), :c FROM entitlock.rate_limit('r' || :n, 20, '1 s', 5, :c) WHERE allowed;
+COMMIT;
+PGB
+	# Mutual exclusion: read, then write what was read plus one, under
+	# lock(); a second holder at once would lose an update.
+	lock => <<'PGB',
+\set id random(1, 2)
+BEGIN;
+SELECT entitlock.lock('counter:' || :id);
+SELECT v FROM plain_counter WHERE id = :id \gset
+UPDATE plain_counter SET v = :v + 1 WHERE id = :id;
+INSERT INTO critical_ledger VALUES (:id);
+COMMIT;
+PGB
+	# lock_entity(subject, feature) holds recorders of the pair back:
+	# usage read twice under it does not change.
+	frozen => <<'PGB',
+\set s random(1, 5)
+\set f random(1, 2)
+BEGIN;
+SELECT entitlock.lock_entity((ARRAY['org:1', 'org:2', 'user:1', 'user:2', 'user:3'])[:s], (ARRAY['api', 'export'])[:f]);
+SELECT entitlock.usage((ARRAY['org:1', 'org:2', 'user:1', 'user:2', 'user:3'])[:s], (ARRAY['api', 'export'])[:f]) AS u0 \gset
+SELECT pg_sleep(0.002);
+INSERT INTO frozen_violations
+SELECT s, f, :u0, u FROM (SELECT (ARRAY['org:1', 'org:2', 'user:1', 'user:2', 'user:3'])[:s] s, (ARRAY['api', 'export'])[:f] f) x,
+       LATERAL (SELECT entitlock.usage(x.s, x.f) u) y WHERE u <> :u0;
+COMMIT;
+PGB
+	frozen_subject => <<'PGB',
+\set s random(1, 5)
+BEGIN;
+SELECT entitlock.lock((ARRAY['org:1', 'org:2', 'user:1', 'user:2', 'user:3'])[:s]);
+SELECT sum(entitlock.usage((ARRAY['org:1', 'org:2', 'user:1', 'user:2', 'user:3'])[:s], f, p)) AS u0
+  FROM unnest(ARRAY['api', 'export']) f, unnest(ARRAY['lifetime', 'day']) p \gset
+SELECT pg_sleep(0.002);
+INSERT INTO frozen_violations
+SELECT s, '*', :u0, u FROM (SELECT (ARRAY['org:1', 'org:2', 'user:1', 'user:2', 'user:3'])[:s] s) x,
+       LATERAL (SELECT sum(entitlock.usage(x.s, f, p)) u FROM unnest(ARRAY['api', 'export']) f, unnest(ARRAY['lifetime', 'day']) p) y
+ WHERE u <> :u0;
+COMMIT;
+PGB
+);
+
+# The checks at the end of a concurrent run: each query returns the rows
+# that break a guarantee.
+my %checks = (
+	'every meter equals its ledger' => q{
+		SELECT c.subject, c.feature, c.period, c.used, l.total
+		  FROM entitlock.usage_counter c
+		  FULL JOIN (SELECT l.subject, l.feature, l.period, l.period_start, sum(l.amount) AS total
+		               FROM usage_ledger l GROUP BY 1, 2, 3, 4) l
+		    ON (c.subject, c.feature, c.period, c.period_start) = (l.subject, l.feature, l.period, l.period_start)
+		 WHERE coalesce(c.used, 0) <> coalesce(l.total, 0)},
+	'refunds give back what the key recorded, once' => q{
+		SELECT r.key, r.subject, r.feature, r.back, l.amount
+		  FROM (SELECT key, subject, feature, sum(amount) AS back FROM refund_ledger GROUP BY 1, 2, 3) r
+		  LEFT JOIN (SELECT key, subject, feature, max(amount) AS amount FROM usage_ledger WHERE amount > 0 GROUP BY 1, 2, 3) l
+		    USING (key, subject, feature)
+		 WHERE r.back > coalesce(l.amount, 0)},
+	'no meter and no answer over its limit' => q{
+		SELECT c.subject, c.feature, c.period, c.used, m.lim FROM entitlock.usage_counter c JOIN meter_limit m USING (subject, feature, period)
+		 WHERE c.used > m.lim
+		UNION ALL
+		SELECT l.subject, l.feature, l.period, l.answered_used, m.lim FROM usage_ledger l JOIN meter_limit m USING (subject, feature, period)
+		 WHERE l.answered_used > m.lim},
+	'keys applied once' => q{
+		SELECT key, count(*) FROM effects GROUP BY key HAVING count(*) > 1},
+	'a replay follows a committed effect' => q{
+		SELECT r.key FROM replays r WHERE NOT EXISTS (SELECT FROM effects e WHERE e.key = r.key)},
+	'no two holders of a lease at once, fencing rising' => q{
+		SELECT name, prev_fencing, fencing FROM (
+			SELECT name, fencing, acquired_at,
+			       lag(fencing) OVER w AS prev_fencing,
+			       lag(least(expires_at, coalesce(released_at, expires_at))) OVER w AS prev_end,
+			       lag(acquired_at) OVER w AS prev_acquired
+			  FROM lease_history WINDOW w AS (PARTITION BY name ORDER BY acquired_at, fencing)) x
+		 WHERE prev_fencing >= fencing OR acquired_at < prev_end},
+	'rate limits within burst + rate x window' => q{
+		SELECT a.name, a.at, sum(b.cost)
+		  FROM rate_ledger a JOIN rate_ledger b ON b.name = a.name AND b.at >= a.at AND b.at < a.at + interval '1 s'
+		 GROUP BY a.name, a.at HAVING sum(b.cost) > 5 + 20 + 1},
+	'lock() excluded a second holder' => q{
+		SELECT p.id, p.v, count(c.id) FROM plain_counter p LEFT JOIN critical_ledger c USING (id)
+		 GROUP BY p.id, p.v HAVING p.v <> count(c.id)},
+	'lock_entity() and lock(subject) held recorders back' => q{SELECT * FROM frozen_violations},
+);
+
+my $cran = 0;
+for my $seed ($mode eq 'single' ? () : seeds(\@CONCURRENT_SEEDS))
+{
+	last if $deadline && time > $deadline && $cran;
+	$cran++;
+	sql(q{TRUNCATE entitlock.usage_counter, entitlock.usage_idempotency, entitlock.usage_limits_idempotency,
+			entitlock.rate_limit_state, entitlock.idempotency_key, entitlock.lease_record,
+			usage_ledger, refund_ledger, effects, replays, lease_history, rate_ledger, critical_ledger,
+			frozen_violations;
+		UPDATE plain_counter SET v = 0;});
+	my %weight = (limit => 30, limits => 30, refund => 8, first_time => 6, idempotency => 6,
+		lease => 8, rate => 6, lock => 6, frozen => 3, frozen_subject => 3);
+	my %files = map { ("030_model_${seed}_$_\@$weight{$_}" => $scripts{$_}) } keys %scripts;
+	$node->pgbench(
+		"--no-vacuum --client=12 --jobs=2 --time=8 --random-seed=$seed",
+		0,
+		[qr{processed: [1-9]}],
+		[qr{\A(?:pgbench: setting random seed to \d+\n)?\z}],
+		"concurrent: seed $seed, 12 clients of random operations run without errors",
+		\%files, "model");
+	for my $name (sort keys %checks)
+	{
+		my $bad = sql($checks{$name} . ' LIMIT 10');
+		is($bad, '', "concurrent: seed $seed: $name")
+		  or diag("seed $seed breaks \"$name\" (rerun with ENTITLOCK_SEED=$seed):\n$bad");
+	}
+	my $counts = sql(q{SELECT (SELECT count(*) FROM usage_ledger WHERE amount > 0) || ' recorded, '
+		|| (SELECT count(*) FROM usage_ledger WHERE amount = 0) || ' denied, '
+		|| (SELECT count(*) FROM refund_ledger WHERE amount > 0) || ' refunds, '
+		|| (SELECT count(*) FROM effects) || ' effects, '
+		|| (SELECT count(*) FROM lease_history) || ' leases, '
+		|| (SELECT count(*) FROM rate_ledger) || ' rate units, '
+		|| (SELECT count(*) FROM critical_ledger) || ' critical sections'});
+	note("seed $seed: $counts");
+	# The run must have reached the interesting states.
+	ok(sql(q{SELECT count(*) FILTER (WHERE c.used = m.lim) > 0 AND (SELECT count(*) FROM usage_ledger WHERE amount = 0) > 0
+		FROM entitlock.usage_counter c JOIN meter_limit m USING (subject, feature, period)}) eq 't',
+		"concurrent: seed $seed: meters reached their limits and calls were denied");
+}
+
+done_testing();
