@@ -346,7 +346,7 @@ for my $seed ($mode eq 'single' ? () : seeds(\@CONCURRENT_SEEDS))
 	$node->pgbench(
 		"--no-vacuum --client=12 --jobs=2 --time=8 --random-seed=$seed",
 		0,
-		[qr{processed: [1-9]}],
+		[ qr{processed: [1-9]}, qr{number of failed transactions: 0 } ],
 		[qr{\A(?:pgbench: setting random seed to \d+\n)?\z}],
 		"concurrent: seed $seed, 12 clients of random operations run without errors",
 		\%files, "model");

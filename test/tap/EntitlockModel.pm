@@ -151,7 +151,13 @@ sub gen_op
 			key    => rnd($rng, 3) == 0 ? pick($rng, @UKEYS) : undef,
 		};
 	}
-	elsif ($r < 410) { $op = { kind => 'refund', s => $s, f => $f, key => pick($rng, @UKEYS) }; }
+	elsif ($r < 410)
+	{
+		# Mostly a key that a call already used on that pair.
+		my @used = @{ $rng->{keyed} || [] };
+		my $u = @used && rnd($rng, 3) ? $used[ rnd($rng, scalar @used) ] : [ $s, $f, pick($rng, @UKEYS) ];
+		$op = { kind => 'refund', s => $u->[0], f => $u->[1], key => $u->[2] };
+	}
 	elsif ($r < 450) { $op = { kind => 'usage', s => $s, f => $f, p => $p }; }
 	elsif ($r < 460)
 	{
@@ -240,6 +246,14 @@ sub gen_op
 	else
 	{
 		$op = gen_bad($rng);
+	}
+	if (defined $op->{key} && $op->{kind} =~ /^(limit|record)$/)
+	{
+		push @{ $rng->{keyed} }, [ $op->{s}, $op->{f}, $op->{key} ];
+	}
+	if (defined $op->{key} && $op->{kind} eq 'limits')
+	{
+		push @{ $rng->{keyed} }, map { [ $_->[0], $_->[1], $op->{key} ] } @{ $op->{lims} };
 	}
 	return $op;
 }
@@ -1048,7 +1062,13 @@ sub compare
 	}
 	@rows = sort @rows if $exp->{sorted};
 	my $want = join("\n", @{ $exp->{rows} });
-	return join("\n", @rows) eq $want && @rows == @{ $exp->{rows} } ? undef : "expected [$want]";
+	return undef if join("\n", @rows) eq $want && @rows == @{ $exp->{rows} };
+	return "expected [" . join(' / ', @{ $exp->{rows} }) . "]" unless $exp->{sorted};
+	# A table read: only the rows that differ.
+	my %want = map { $_ => 1 } @{ $exp->{rows} };
+	my %got = map { $_ => 1 } @rows;
+	return "rows the model does not have: [" . join(' / ', grep { !$want{$_} } @rows)
+	  . "]; rows missing: [" . join(' / ', grep { !$got{$_} } @{ $exp->{rows} }) . "]";
 }
 
 sub describe_op
@@ -1057,7 +1077,12 @@ sub describe_op
 	return uc(tx_sql($op->{kind}) =~ s/;$//r) if tx_sql($op->{kind});
 	return 'SELECT pg_sleep(0.05)' if $op->{kind} eq 'sleep';
 	my $ctx = $op->{kind} =~ /^lease_(renew|release)$/ ? { token => "<$op->{which} token>" } : {};
-	return op_sql($op, $ctx);
+	my $sql = op_sql($op, $ctx);
+	# Without the formatting of the answer.
+	return 'SELECT * FROM entitlock.usage_counter' if $op->{kind} eq 'dump';
+	$sql =~ s/^SELECT concat_ws\(.*?\) FROM (entitlock\.\w+\()/SELECT * FROM $1/;
+	$sql =~ s/^SELECT (entitlock\.[\w.]+\(.*\))::text$/SELECT $1/;
+	return $sql;
 }
 
 # Run ops on a fresh state; returns undef when every answer agrees with
