@@ -421,6 +421,40 @@ SELECT (SELECT count(*) FROM entitlock.rate_limit_state) = (SELECT count(*) FROM
        AND NOT EXISTS (SELECT * FROM entitlock.rate_limit_state EXCEPT SELECT * FROM rl_before)
        AS nothing_changed;
 
+-- A denial reaches every meter of the set, whatever the caller's order:
+-- every order of a set of three where one limit denies records nothing,
+-- on meters with rows and without.  (1.1 wrote the canonical order while
+-- resetting the caller's, and charged the meters ordered after the
+-- denying one.)
+SELECT entitlock.record_usage('ao:org', 'api', 1);
+SELECT entitlock.record_usage('ao:user', 'api', 1);
+SELECT o.perm, bool_or(r.allowed) AS any_allowed, bool_and(r.allowed) AS all_allowed
+  FROM (VALUES (1, ARRAY[1, 2, 3]), (2, ARRAY[1, 3, 2]), (3, ARRAY[2, 1, 3]),
+               (4, ARRAY[2, 3, 1]), (5, ARRAY[3, 1, 2]), (6, ARRAY[3, 2, 1])) AS o(perm, idx),
+       LATERAL entitlock.record_usage_if_under_limits(ARRAY[
+           (ARRAY[entitlock.usage_limit('ao:org', 'api', 1),
+                  entitlock.usage_limit('ao:user', 'api', 5),
+                  entitlock.usage_limit('ao:new', 'api', 5, 'day')])[o.idx[1]],
+           (ARRAY[entitlock.usage_limit('ao:org', 'api', 1),
+                  entitlock.usage_limit('ao:user', 'api', 5),
+                  entitlock.usage_limit('ao:new', 'api', 5, 'day')])[o.idx[2]],
+           (ARRAY[entitlock.usage_limit('ao:org', 'api', 1),
+                  entitlock.usage_limit('ao:user', 'api', 5),
+                  entitlock.usage_limit('ao:new', 'api', 5, 'day')])[o.idx[3]]]) AS r
+ GROUP BY o.perm ORDER BY o.perm;
+SELECT subject, period, used FROM entitlock.usage_counter
+ WHERE subject LIKE 'ao:%' ORDER BY subject, period;
+
+-- The key of a denied set recorded nothing, so refunding it gives back
+-- nothing, even on a meter whose own limit had room and that someone
+-- else then charged.
+SELECT allowed FROM entitlock.record_usage_if_under_limits(ARRAY[
+    entitlock.usage_limit('dr:user', 'api', 0),
+    entitlock.usage_limit('dr:org', 'api', 3)], 1, 'denied-set');
+SELECT entitlock.record_usage('dr:org', 'api', 1);
+SELECT entitlock.refund_usage('dr:org', 'api', 'denied-set');
+SELECT entitlock.usage('dr:org', 'api');
+
 -- How the functions are declared.
 SELECT p.oid::regprocedure AS function, p.provolatile, p.proisstrict,
        p.proparallel, p.prosecdef
