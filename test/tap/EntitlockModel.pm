@@ -222,7 +222,7 @@ sub gen_op
 	{
 		$op = { kind => 'first_time', key => pick($rng, @IKEYS), short => rnd($rng, 4) == 0 };
 	}
-	elsif ($r < 720) { $op = { kind => 'purge' }; }
+	elsif ($r < 720) { $op = { kind => pick($rng, 'purge', 'peer_begin'), key => pick($rng, @IKEYS) }; }
 	elsif ($r < 775)
 	{
 		$op = { kind => 'lease_acquire', name => pick($rng, @LEASES),
@@ -383,6 +383,15 @@ sub op_sql
 		return sprintf("SELECT entitlock.first_time(%s, %s)::text", sqlq($op->{key}), $op->{short} ? "'30 ms'" : "'1 hour'");
 	}
 	if ($k eq 'purge') { return "SELECT entitlock.purge_expired()::text"; }
+	if ($k eq 'peer_begin')
+	{
+		# Another session's request with the same key, waiting at most
+		# 10 ms: 'in_progress' while this transaction owns the key.
+		my $call = sprintf("SELECT concat_ws('|', status, coalesce(response::text, '-')) FROM entitlock.idempotency_begin(%s, NULL, '1 hour', '10 ms')",
+			sqlq($op->{key}));
+		$call =~ s/'/''/g;
+		return "SELECT x FROM dblink('model_peer', '$call') AS t(x text)";
+	}
 	if ($k eq 'lease_acquire')
 	{
 		return sprintf("SELECT concat_ws('|', token, fencing) FROM entitlock.lease_acquire(%s, %s, %s, %s)",
@@ -845,6 +854,31 @@ sub expect
 					return compare($claim->(), $ans);
 				}
 				return compare($as_live, $ans);
+			}
+		};
+	}
+	if ($k eq 'peer_begin')
+	{
+		my $e = $db->{idem}{ $op->{key} };
+		# The peer commits at once: its claim outlives a rollback here.
+		my $peer_claims = sub {
+			for my $d ($db, map { $_->[1] } @{ $m->{stack} })
+			{
+				$d->{idem}{ $op->{key} } = { mine => 0, resp => undef, fp => undef, exp => 'long' };
+			}
+			return { rows => ['new|-'] };
+		};
+		my $seen = sub {
+			return { rows => [ $e->{mine} ? 'in_progress|-' : 'replay|' . ($e->{resp} // '-') ] };
+		};
+		return $peer_claims->() if !$e || $e->{exp} eq 'expired';
+		return $seen->() if $e->{exp} eq 'long';
+		my $as_seen = $seen->();
+		return {
+			check_ans => sub {
+				my ($ans) = @_;
+				return compare($peer_claims->(), $ans) if ($ans->{rows}[0] // '') =~ /^new/;
+				return compare($as_seen, $ans);
 			}
 		};
 	}
