@@ -455,6 +455,35 @@ SELECT entitlock.record_usage('dr:org', 'api', 1);
 SELECT entitlock.refund_usage('dr:org', 'api', 'denied-set');
 SELECT entitlock.usage('dr:org', 'api');
 
+-- A retry answers with the first call's row, period_end included, also
+-- once its period has ended; and a refund goes to the key's own period,
+-- never the current one.  The keys are made a day old here, as a retry
+-- or refund arriving the next day would find them.
+SELECT allowed, used FROM entitlock.record_usage_if_under_limit('pe:1', 'api', 1, 5, 'day', 'old-key');
+SELECT subject, allowed, used FROM entitlock.record_usage_if_under_limits(ARRAY[
+    entitlock.usage_limit('pe:2', 'api', 5, 'day'),
+    entitlock.usage_limit('pe:3', 'api', 5)], 1, 'old-set-key');
+UPDATE entitlock.usage_idempotency SET recorded_at = recorded_at - interval '1 day'
+ WHERE idempotency_key = 'old-key';
+UPDATE entitlock.usage_limits_idempotency SET recorded_at = recorded_at - interval '1 day'
+ WHERE idempotency_key = 'old-set-key';
+SELECT allowed, used,
+       period_end = (date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC') AS first_calls_period_end
+  FROM entitlock.record_usage_if_under_limit('pe:1', 'api', 1, 5, 'day', 'old-key');
+SELECT subject, allowed, used,
+       period_end IS NOT DISTINCT FROM (CASE WHEN period = 'day' THEN
+           date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' END) AS first_calls_period_end
+  FROM entitlock.record_usage_if_under_limits(ARRAY[
+    entitlock.usage_limit('pe:3', 'api', 5),
+    entitlock.usage_limit('pe:2', 'api', 5, 'day')], 1, 'old-set-key');
+-- Yesterday's counters are not there, so the day meters get nothing back
+-- and today's usage stays; the lifetime meter gets its unit back.
+SELECT entitlock.refund_usage('pe:1', 'api', 'old-key');
+SELECT entitlock.refund_usage('pe:2', 'api', 'old-set-key');
+SELECT entitlock.refund_usage('pe:3', 'api', 'old-set-key');
+SELECT entitlock.usage('pe:1', 'api', 'day'), entitlock.usage('pe:2', 'api', 'day'),
+       entitlock.usage('pe:3', 'api');
+
 -- How the functions are declared.
 SELECT p.oid::regprocedure AS function, p.provolatile, p.proisstrict,
        p.proparallel, p.prosecdef

@@ -1081,6 +1081,8 @@ record(MeterCall *call, int64 amount, bool conditional, text *key,
 			idempotent_check_same(&rec, &call->meter, amount, key);
 			entitlock_table_close(&idem);
 			entitlock_table_close(&counter);
+			/* The first call's answer, in the first call's period. */
+			compute_period(&call->meter, rec.period, rec.recorded_at);
 			call->allowed = rec.allowed;
 			call->new_used = rec.used;
 			call->replayed = true;
@@ -1486,6 +1488,9 @@ entitlock_record_usage_if_under_limits(PG_FUNCTION_ARGS)
 			{
 				int			j = match[i];
 
+				/* The first call's answer, in the first call's period. */
+				compute_period(&calls[i].meter, calls[i].meter.period,
+							   rec.recorded_at);
 				limits_result_row(values + i * LIMITS_RESULT_NATTS,
 								  nulls + i * LIMITS_RESULT_NATTS, &calls[i],
 								  DatumGetBool(rec.allowed[j]),
