@@ -84,6 +84,11 @@ debootstrap --variant=minbase bookworm "$root" "$mirror" >"$base/debootstrap.log
 	{ tail -20 "$base/debootstrap.log"; die "debootstrap failed"; }
 log "debootstrap: $((SECONDS - started))s"
 printf '#!/bin/sh\nexit 101\n' >"$root/usr/sbin/policy-rc.d" && chmod 755 "$root/usr/sbin/policy-rc.d"
+# This machine's own certificate authorities (a TLS-inspecting proxy's),
+# which ca-certificates adds when it is installed, so that the root
+# reaches the npm registry as the host does.
+mkdir -p "$root/usr/local/share/ca-certificates" &&
+	cp -r /usr/local/share/ca-certificates/. "$root/usr/local/share/ca-certificates/" 2>/dev/null
 mount -t proc proc "$root/proc" && mount -t sysfs sysfs "$root/sys" &&
 	mount --bind /dev/pts "$root/dev/pts" &&
 	mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs "$root/dev/shm" || die "cannot mount in $root"
