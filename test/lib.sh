@@ -16,9 +16,12 @@ as_root() {
 	if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
 }
 
-# Run a command as the owner of throwaway clusters.
+# Run a command as the owner of throwaway clusters.  As root it runs from
+# /, since postgres may not enter the caller's directory (a clone in /root:
+# initdb and pg_ctl fail to change back to it); so pass absolute paths, and
+# only paths postgres can read.
 as_pg() {
-	if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
+	if [ "$(id -u)" -eq 0 ]; then (cd / && runuser -u postgres -- "$@"); else "$@"; fi
 }
 
 # Install the Debian packages the build and the tests need, only when

@@ -7,11 +7,11 @@
 #
 # test/run.sh runs it after the host suite and counts its results.  For each
 # major it
-#   - creates a Debian root (debootstrap, 1.5 to 5 minutes, mostly
-#     downloads; missing roots are built in parallel) or reuses the one
-#     already there, installing what it lacks,
+#   - creates a bare Debian root (debootstrap --variant=minbase, 1 to 3
+#     minutes, mostly downloads; missing roots are built in parallel) or
+#     reuses the one already there,
 #   - mounts /proc and a tmpfs on /dev/shm in it (unmounted at exit, even on
-#     failure),
+#     failure), and installs there with apt-get the packages it lacks,
 #   - copies the source tree (with uncommitted files) to /build/entitlock,
 #   - runs test/run.sh there with PG_MAJOR=NN ENTITLOCK_SUITE=core: build
 #     with -Werror, install, throwaway cluster, regression and isolation
@@ -98,7 +98,9 @@ stop_root_processes() {
 	for i in 1 2 3 4 5 6 7 8 9 10 11; do
 		pids=()
 		for p in /proc/[0-9]*; do
-			[ "$(readlink "$p/root" 2>/dev/null)" = "$root" ] && pids+=("${p#/proc/}")
+			# the same directory, not the same path: in a chroot, a
+			# process in another root of that name would match the path
+			[ "$p/root" -ef "$root" ] && pids+=("${p#/proc/}")
 		done
 		[ ${#pids[@]} -eq 0 ] && return 0
 		if [ "$i" -eq 1 ]; then
@@ -155,14 +157,16 @@ no_services() {
 		chmod 755 "$1/usr/sbin/policy-rc.d"
 }
 
-# make_root MAJOR: debootstrap into pgNN.tmp, renamed to pgNN only when
-# complete, so that a half-built root is never used.
+# make_root MAJOR: a bare debootstrap into pgNN.tmp, renamed to pgNN only
+# when complete, so that a half-built root is never used.  The packages go
+# in afterwards with apt-get (upkeep_root), which resolves what debootstrap
+# --include cannot (virtual packages, such as lintian's perl-openssl-abi-3).
 make_root() {
 	local v=$1 root=$roots/pg$1 tmp=$roots/pg$1.tmp started=$SECONDS
 	umount_under "$tmp"
 	rm -rf --one-file-system "$tmp"
 	log "pg$v: building root $root (debootstrap ${suites[$v]}, log $roots/pg$v.log)"
-	if ! debootstrap --variant=minbase --include="$(root_packages "$v" | tr ' ' ,)" \
+	if ! debootstrap --variant=minbase \
 		"${suites[$v]}" "$tmp" "$mirror" >"$roots/pg$v.log" 2>&1 9>&-; then
 		umount_under "$tmp"
 		tail -n 30 "$roots/pg$v.log" | sed "s/^/[pg$v] /"
@@ -173,8 +177,8 @@ make_root() {
 	log "pg$v: root built in $((SECONDS - started))s"
 }
 
-# upkeep_root MAJOR: install into an existing root what root_packages
-# lists and it lacks (a root made before the list grew).
+# upkeep_root MAJOR: install into the root what root_packages lists and it
+# lacks: everything in a root just made, the additions in an older one.
 upkeep_root() {
 	local v=$1 root=$roots/pg$1 missing=() p
 	for p in $(root_packages "$v"); do

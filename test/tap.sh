@@ -40,29 +40,40 @@ pg_regress=$pgxs/src/test/regress/pg_regress
 [ -f "$("$bindir/pg_config" --sharedir)/extension/entitlock.control" ] ||
 	die "entitlock is not installed for PostgreSQL $PG_MAJOR (make && make install first)"
 
-# The tests to run, as absolute paths: prove runs in the scratch directory.
-tests=()
+# The tests to run.
+sources=()
 if [ $# -eq 0 ]; then
 	shopt -s nullglob
-	tests=("$ENTITLOCK_ROOT"/test/tap/*.pl)
+	sources=("$ENTITLOCK_ROOT"/test/tap/*.pl)
 	shopt -u nullglob
-	[ ${#tests[@]} -gt 0 ] || die "no tests in $ENTITLOCK_ROOT/test/tap"
+	[ ${#sources[@]} -gt 0 ] || die "no tests in $ENTITLOCK_ROOT/test/tap"
 else
 	for t in "$@"; do
 		[ -f "$t" ] || die "no such test: $t"
-		tests+=("$(cd "$(dirname "$t")" && pwd)/$(basename "$t")")
+		sources+=("$t")
 	done
 fi
 
 work=$(mktemp -d /tmp/entitlock-tap.XXXXXX) || die "mktemp failed"
 chmod 755 "$work"
-[ "$(id -u)" -eq 0 ] && chown postgres: "$work"
+
+# prove runs as postgres, which may not read the tree (a clone in /root):
+# the tests, and any module beside them (-I), are copied to $work/tap, and
+# run from there.
+mkdir "$work/tap" || die "cannot create $work/tap"
+cp "${sources[@]}" "$work/tap/" || die "cannot copy the tests to $work/tap"
+shopt -s nullglob
+for m in "$ENTITLOCK_ROOT"/test/tap/*.pm; do cp "$m" "$work/tap/" || die "cannot copy $m"; done
+shopt -u nullglob
+tests=()
+for t in "${sources[@]}"; do tests+=("$work/tap/$(basename "$t")"); done
+chmod -R a+rX "$work/tap"
+[ "$(id -u)" -eq 0 ] && chown -R postgres: "$work"
 
 # PostgreSQL 15's PostgreSQL::Test::Utils writes to $TESTDIR/tmp_check;
 # 16 and later read TESTDATADIR and TESTLOGDIR instead.  Set all three so
-# that the logs land in the same place on any major.  PROVE_FLAGS is
-# split into words on purpose.
-cd "$work" || die "cannot enter $work"
+# that the logs land in the same place on any major (as_pg runs prove
+# from /).  PROVE_FLAGS is split into words on purpose.
 # shellcheck disable=SC2086
 as_pg env \
 	PATH="$bindir:$PATH" \
@@ -71,8 +82,7 @@ as_pg env \
 	TESTDATADIR="$work/tmp_check" \
 	TESTLOGDIR="$work/tmp_check/log" \
 	PG_MAJOR="$PG_MAJOR" \
-	ENTITLOCK_ROOT="$ENTITLOCK_ROOT" \
-	prove -I "$perl_lib" -I "$ENTITLOCK_ROOT/test/tap" ${PROVE_FLAGS:-} \
+	prove -I "$perl_lib" -I "$work/tap" ${PROVE_FLAGS:-} \
 	"${tests[@]}" 2>&1 | tee "$work/prove.out"
 status=${PIPESTATUS[0]}
 

@@ -68,11 +68,14 @@ regress=${VALGRIND_TESTS:-$regress}
 # the tests.
 cluster_start "$dir" "jit = off" "autovacuum = off" >/dev/null
 cluster_stop "$dir"
+# valgrind runs as postgres, which may not read the tree (a clone in /root).
+cp "$ENTITLOCK_ROOT/test/valgrind.supp" "$dir/" && chmod 644 "$dir/valgrind.supp" ||
+	die "cannot copy test/valgrind.supp to $dir"
 as_pg valgrind --quiet --trace-children=yes --track-origins=yes \
 	--read-var-info=no --leak-check=no --num-callers=40 --error-limit=no \
 	--gen-suppressions=all --show-error-list=yes --fullpath-after= \
 	--error-markers=VALGRINDERROR-BEGIN,VALGRINDERROR-END \
-	--error-exitcode=128 --suppressions="$ENTITLOCK_ROOT/test/valgrind.supp" \
+	--error-exitcode=128 --suppressions="$dir/valgrind.supp" \
 	--log-file="$dir/valgrind.%p.log" \
 	"$bindir/postgres" -D "$dir/data" >"$dir/server.log" 2>&1 &
 vg_pid=$!

@@ -8,7 +8,8 @@
 # <!-- example: FILE[#REGION] --> marker in README.md is followed by that
 # file's text, and that every example file is shown.
 #
-# Needs Node 18 or later (installs Debian's nodejs and npm when missing)
+# Needs Node 18 or later (installs Debian's nodejs, npm and ca-certificates
+# when missing)
 # and, on the first run, the npm registry for "npm ci"; skips without it.
 
 set -uo pipefail
@@ -22,6 +23,9 @@ node_ok() {
 }
 node_ok || ensure_packages nodejs npm
 node_ok || { log "node 18 or later not available"; exit 77; }
+# Debian's node trusts the system's certificate authorities only (for
+# npm ci); nodejs merely recommends them.
+ensure_installed ca-certificates
 
 # npm ci only when node_modules is missing or older than the lock file.
 if [ ! node_modules/.package-lock.json -nt package-lock.json ]; then
