@@ -136,6 +136,24 @@ entitlock_acquire_internal(int64 key, LOCKMODE mode)
 }
 
 /*
+ * Give back one entitlock_acquire_internal() of key in mode, before the
+ * transaction ends: for a lock that only had to be held until the caller
+ * had done something.
+ */
+void
+entitlock_release_internal(int64 key, LOCKMODE mode)
+{
+	LOCKTAG		tag;
+
+	SET_LOCKTAG_ADVISORY(tag, MyDatabaseId,
+						 (uint32) (key >> 32), (uint32) key,
+						 ENTITLOCK_INTERNAL_LOCKS);
+	if (!LockRelease(&tag, mode, false))
+		elog(ERROR, "entitlock internal lock %lld was not held",
+			 (long long) key);
+}
+
+/*
  * Undo one entitlock_acquire of key in mode by this transaction.  Used to
  * back out of a half-taken pair of locks, and by a lease call that changed
  * nothing; a lock taken earlier in the transaction stays held, as its

@@ -22,10 +22,10 @@
  * meter behaves like a single-row UPDATE, where whichever session runs
  * first goes ahead, rather than a queue on an exclusive lock that is handed
  * to a sleeping waiter.  A period's first row has no row to lock yet: its
- * creators serialise on an internal lock for that row (see locks.c) and
- * look again once they hold it.  Calls with an idempotency key also take an
- * internal lock on the key, so that a retry racing its first call waits
- * for it and then answers from its record.
+ * creators serialise on an internal lock for that row and look again once
+ * they hold it (see "Creating a row" in table.c).  Calls with an
+ * idempotency key also take an internal lock on the key, so that a retry
+ * racing its first call waits for it and then answers from its record.
  *
  * Rows are found with SnapshotSelf and locked in their newest version, so
  * a decision reads the usage as of after the row lock was granted, as
@@ -576,8 +576,8 @@ counter_values(const UsageMeter *meter, Datum *values, bool *nulls)
 /*
  * Lock the meter's counter row for its period and read its usage; or, if
  * there is none, make sure no one else can create it first (see
- * entitlock_table_lock_or_create()).  Leaves call->found, ->tid and
- * ->used.
+ * entitlock_table_lock_or_create(); write_counter() creates it).  Leaves
+ * call->found, ->tid and ->used.
  */
 static void
 lock_counter(EntitlockTable *counter, MeterCall *call)
@@ -645,7 +645,8 @@ write_counter(EntitlockTable *counter, MeterCall *call)
 							   ENTITLOCK_COLUMN(COUNTER_USED));
 	else
 	{
-		entitlock_table_insert(counter, values, nulls);
+		entitlock_table_create(counter, values, nulls,
+							   counter_creation_key(call));
 		call->found = true;
 	}
 }
@@ -669,7 +670,6 @@ record_meter(EntitlockTable *counter, MeterCall *call, int64 amount,
 {
 	Datum		values[COUNTER_NATTS];
 	bool		nulls[COUNTER_NATTS];
-	bool		creation_locked = false;
 	TimestampTz start;
 	TM_Result	result;
 
@@ -683,13 +683,9 @@ record_meter(EntitlockTable *counter, MeterCall *call, int64 amount,
 		if (!entitlock_table_probe(counter, SnapshotSelf, values))
 		{
 			/* see lock_counter() */
-			if (!creation_locked)
-			{
-				entitlock_acquire_internal(counter_creation_key(call),
-										   ExclusiveLock);
-				creation_locked = true;
+			if (!entitlock_table_claim_creation(counter, values,
+												counter_creation_key(call)))
 				continue;
-			}
 			call->found = false;
 			call->used = 0;
 			decide(call, amount, conditional);
