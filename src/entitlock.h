@@ -44,6 +44,8 @@ extern bool entitlock_acquire_timeout(int64 key, LOCKMODE mode,
 									 int timeout_ms);
 extern int	entitlock_interval_ms(Interval *span, const char *what);
 extern void entitlock_release(int64 key, LOCKMODE mode);
+extern void entitlock_acquire_recording(const int64 *keys, int nkeys);
+extern void entitlock_locks_init(void);
 
 /* The advisory lock tag field that marks entitlock's internal locks. */
 #define ENTITLOCK_INTERNAL_LOCKS 3
