@@ -27,6 +27,7 @@ REGRESS = \
 	keys \
 	locks \
 	usage \
+	escalation \
 	idempotency \
 	leases \
 	compose \
@@ -53,6 +54,7 @@ ISOLATION = \
 	usage-prune-concurrent \
 	usage-first-row-concurrent \
 	usage-lock-entity-excludes \
+	usage-escalated-lock-entity-excludes \
 	usage-limits-crossing-order \
 	usage-limits-denial-untouched \
 	usage-limits-idempotency-concurrent \

@@ -6,13 +6,15 @@ SET client_min_messages = warning;
 CREATE EXTENSION IF NOT EXISTS entitlock;
 RESET client_min_messages;
 
--- This session's advisory locks, with the 64-bit key put back together
--- from pg_locks' classid (high half) and objid (low half).
+-- This session's advisory locks in the applications' key space, with the
+-- 64-bit key put back together from pg_locks' classid (high half) and
+-- objid (low half).  entitlock's internal locks (objsubid 3) are left out.
 CREATE TEMP VIEW my_locks AS
 SELECT (l.classid::bigint << 32) | l.objid::bigint AS key,
        l.objsubid, l.mode, l.granted
   FROM pg_locks AS l
  WHERE l.locktype = 'advisory'
+   AND l.objsubid <> 3
    AND l.pid = pg_backend_pid()
    AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database());
 
@@ -23,6 +25,10 @@ SELECT entitlock.lock('alpha');
 SELECT key = entitlock.key('alpha') AS is_alpha, objsubid, mode, granted FROM my_locks;
 SELECT pg_advisory_xact_lock(entitlock.key('alpha'));
 SELECT count(*) AS locks FROM my_locks;
+-- Besides, an exclusive lock takes one internal lock, its key's lock
+-- escalation stripe, in share mode (see sql/escalation.sql).
+SELECT objsubid, mode, granted FROM pg_locks
+ WHERE locktype = 'advisory' AND objsubid = 3 AND pid = pg_backend_pid();
 COMMIT;
 -- and COMMIT released it.
 SELECT count(*) AS locks FROM my_locks;

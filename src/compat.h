@@ -5,7 +5,7 @@
  *	  against (15, 17 and 18; the README names the tested ones).
  *
  * Every #if on PG_VERSION_NUM lives here, so the rest of the code is
- * written once against one API.  Only table.c includes it.
+ * written once against one API.  table.c and locks.c include it.
  *
  *-------------------------------------------------------------------------
  */
@@ -16,6 +16,8 @@
 #include "executor/executor.h"
 #include "nodes/parsenodes.h"
 #include "parser/parse_relation.h"
+#include "storage/lock.h"
+#include "utils/rel.h"
 
 #if PG_VERSION_NUM < 150000
 #error "entitlock needs PostgreSQL 15 or later"
@@ -28,6 +30,13 @@
 #else
 #define compat_index_beginscan(heap, index, snapshot, nkeys, norderbys) \
 	index_beginscan(heap, index, snapshot, nkeys, norderbys)
+#endif
+
+/* 17 let LockHeldByMe() also accept a stronger mode than the one asked. */
+#if PG_VERSION_NUM >= 170000
+#define compat_LockHeldByMe(tag, mode) LockHeldByMe(tag, mode, false)
+#else
+#define compat_LockHeldByMe(tag, mode) LockHeldByMe(tag, mode)
 #endif
 
 /* 16 added the result relations an EvalPlanQual recheck may touch. */

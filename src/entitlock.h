@@ -44,10 +44,13 @@ extern bool entitlock_acquire_timeout(int64 key, LOCKMODE mode,
 									 int timeout_ms);
 extern int	entitlock_interval_ms(Interval *span, const char *what);
 extern void entitlock_release(int64 key, LOCKMODE mode);
+extern void entitlock_acquire_recording(const int64 *keys, int nkeys);
+extern void entitlock_locks_init(void);
 
 /* The advisory lock tag field that marks entitlock's internal locks. */
 #define ENTITLOCK_INTERNAL_LOCKS 3
 extern void entitlock_acquire_internal(int64 key, LOCKMODE mode);
+extern void entitlock_release_internal(int64 key, LOCKMODE mode);
 
 /* stats.c */
 typedef enum EntitlockStatsKind
@@ -176,6 +179,11 @@ extern TM_Result entitlock_table_lock_row(EntitlockTable *t, ItemPointer tid,
 extern bool entitlock_table_lock_or_create(EntitlockTable *t,
 										   const Datum *keyvals,
 										   int64 create_key);
+extern bool entitlock_table_claim_creation(EntitlockTable *t,
+										   const Datum *keyvals,
+										   int64 create_key);
+extern void entitlock_table_create(EntitlockTable *t, Datum *values,
+								   bool *nulls, int64 create_key);
 extern void entitlock_table_update(EntitlockTable *t, ItemPointer otid,
 								   Datum *values, bool *nulls,
 								   uint32 changed);

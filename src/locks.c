@@ -9,7 +9,51 @@
  * by COMMIT, ROLLBACK or the death of the backend, and code that cannot load
  * the extension can still coordinate with code that does.  Waiting is left
  * entirely to PostgreSQL's lock manager, which gives lock_timeout,
- * statement_timeout, cancellation and deadlock detection for free.
+ * statement_timeout, cancellation and deadlock detection for free.  An
+ * exclusive lock also takes one internal lock, its key's stripe (below).
+ *
+ * Lock escalation.  A recording call (usage.c) holds shared locks on its
+ * subjects' and pairs' keys until its transaction ends, which is what makes
+ * an exclusive lock(subject) or lock_entity(subject, feature) hold it back
+ * and be held back by it.  Each such lock is an entry in the shared lock
+ * table, which has room for about max_locks_per_transaction entries per
+ * connection (some 7,800 in all at default settings), so one transaction
+ * recording on many meters would run out of it.  Once a transaction has
+ * taken entitlock.lock_escalation_threshold of those locks, its recording
+ * calls take no more: instead it holds every escalation stripe, a small
+ * fixed set of locks in the internal key space, in RowExclusiveLock, and
+ * every exclusive lock taken through this file (lock, try_lock, the timed
+ * lock, lock_all, lock_entity and try_lock_entity) also takes its key's
+ * stripe in ShareLock.  Those two modes conflict and neither conflicts
+ * with itself, so lock callers do not hold each other back there, nor do
+ * escalated recorders, but an escalated recorder and an exclusive lock
+ * holder wait for each other as if the recorder held a shared lock on
+ * every key.  So escalation keeps every guarantee of the per-key locks,
+ * at the price of also holding back exclusive lockers of names it never
+ * recorded on, until it ends.
+ *
+ * The details, and why:
+ *	- Striping the coarse lock by key keeps the lock() calls of a whole
+ *	  database off one lock tag, so they spread over the lock manager's
+ *	  partitions as their own keys do.
+ *	- A transaction escalates by taking every stripe at once, in ascending
+ *	  order: once escalated it never waits for a stripe again.  lock_all()
+ *	  takes its keys' stripes in the same order, after the keys, so the two
+ *	  cannot deadlock over stripes.  (A transaction that takes exclusive
+ *	  locks in several calls, the later stripe lower, can deadlock with one
+ *	  escalating meanwhile; the deadlock detector ends one of them, as it
+ *	  does for any two transactions locking in opposite orders.)
+ *	- A lock caller takes its key first and the stripe second, so that while
+ *	  it waits for a recorder's key it holds no stripe an escalating
+ *	  recorder could be waiting for.
+ *	- Whether a transaction has escalated is asked of the lock manager
+ *	  (does it hold the last stripe?), not remembered: a subtransaction
+ *	  that escalated and rolled back has given the stripes back.  The count
+ *	  of locks taken only grows until the transaction ends (a rolled back
+ *	  subtransaction's locks stay counted), which can only make escalation
+ *	  come early.
+ *	- pg_advisory_xact_lock() called directly takes no stripe, so an
+ *	  escalated recorder does not wait for it, nor it for the recorder.
  *
  * Relies on keys.c for turning names into keys.
  *
@@ -22,6 +66,7 @@
 
 #include "access/xact.h"
 #include "catalog/pg_type.h"
+#include "compat.h"
 #include "datatype/timestamp.h"
 #include "entitlock.h"
 #include "miscadmin.h"
@@ -42,12 +87,53 @@ PG_FUNCTION_INFO_V1(entitlock_lock_all);
 PG_FUNCTION_INFO_V1(entitlock_lock_entity);
 PG_FUNCTION_INFO_V1(entitlock_try_lock_entity);
 
+/*
+ * The escalation stripes: ESCALATION_STRIPES internal locks with fixed keys
+ * (any fixed values, never changed), a key's stripe chosen by its low bits.
+ */
+#define ESCALATION_STRIPES 64	/* at most 64: lock_all() keeps a bitmap */
+#define ESCALATION_KEY_BASE INT64CONST(0x656e746c65736300)
+
+/*
+ * Lock callers take their key's stripe in one mode, escalated recorders
+ * every stripe in the other.
+ */
+#define STRIPE_LOCKER_MODE ShareLock
+#define STRIPE_RECORDER_MODE RowExclusiveLock
+
+/* entitlock.lock_escalation_threshold */
+static int	lock_escalation_threshold = 1000;
+
+/* Recording locks this transaction has taken; see forget_recording_locks(). */
+static int64 recording_locks_taken = 0;
+
 /* The lock tag pg_advisory_xact_lock(bigint) uses; see lockfuncs.c. */
 static inline void
 set_key_locktag(LOCKTAG *tag, int64 key)
 {
 	SET_LOCKTAG_ADVISORY(*tag, MyDatabaseId,
 						 (uint32) (key >> 32), (uint32) key, 1);
+}
+
+/* The tag of key in the internal key space; see entitlock_acquire_internal() */
+static inline void
+set_internal_locktag(LOCKTAG *tag, int64 key)
+{
+	SET_LOCKTAG_ADVISORY(*tag, MyDatabaseId,
+						 (uint32) (key >> 32), (uint32) key,
+						 ENTITLOCK_INTERNAL_LOCKS);
+}
+
+static inline void
+set_stripe_locktag(LOCKTAG *tag, int stripe)
+{
+	set_internal_locktag(tag, ESCALATION_KEY_BASE + stripe);
+}
+
+static inline int
+key_stripe(int64 key)
+{
+	return (int) ((uint64) key % ESCALATION_STRIPES);
 }
 
 /*
@@ -65,31 +151,27 @@ check_not_parallel(void)
 }
 
 /*
- * With statistics on, a lock that is not free at once is a wait, and is
- * timed for the call in progress.  The first try does not queue, so the
- * lock is granted in the same order as without statistics.
+ * Take the lock tag in mode, waiting or not; returns what LockAcquire()
+ * says.  With statistics on, a lock that is not free at once is a wait,
+ * and is timed for the call in progress.  The first try does not queue,
+ * so the lock is granted in the same order as without statistics.
  */
-static void
-acquire_counting_waits(const LOCKTAG *tag, LOCKMODE mode)
+static LockAcquireResult
+acquire_tag(const LOCKTAG *tag, LOCKMODE mode, bool wait)
 {
+	LockAcquireResult result;
 	TimestampTz start;
 
-	if (LockAcquire(tag, mode, false, true) != LOCKACQUIRE_NOT_AVAIL)
-		return;
-	start = GetCurrentTimestamp();
-	(void) LockAcquire(tag, mode, false, false);
-	entitlock_stats_waited(start);
-}
-
-/* entitlock_acquire(), with no wait counted for statistics. */
-static bool
-acquire_uncounted(int64 key, LOCKMODE mode, bool wait)
-{
-	LOCKTAG		tag;
-
 	check_not_parallel();
-	set_key_locktag(&tag, key);
-	return LockAcquire(&tag, mode, false, !wait) != LOCKACQUIRE_NOT_AVAIL;
+	if (!wait || !entitlock_stats_on())
+		return LockAcquire(tag, mode, false, !wait);
+	result = LockAcquire(tag, mode, false, true);
+	if (result != LOCKACQUIRE_NOT_AVAIL)
+		return result;
+	start = GetCurrentTimestamp();
+	result = LockAcquire(tag, mode, false, false);
+	entitlock_stats_waited(start);
+	return result;
 }
 
 /*
@@ -103,12 +185,8 @@ entitlock_acquire(int64 key, LOCKMODE mode, bool wait)
 {
 	LOCKTAG		tag;
 
-	if (!wait || !entitlock_stats_on())
-		return acquire_uncounted(key, mode, wait);
-	check_not_parallel();
 	set_key_locktag(&tag, key);
-	acquire_counting_waits(&tag, mode);
-	return true;
+	return acquire_tag(&tag, mode, wait) != LOCKACQUIRE_NOT_AVAIL;
 }
 
 /*
@@ -125,14 +203,24 @@ entitlock_acquire_internal(int64 key, LOCKMODE mode)
 {
 	LOCKTAG		tag;
 
-	check_not_parallel();
-	SET_LOCKTAG_ADVISORY(tag, MyDatabaseId,
-						 (uint32) (key >> 32), (uint32) key,
-						 ENTITLOCK_INTERNAL_LOCKS);
-	if (entitlock_stats_on())
-		acquire_counting_waits(&tag, mode);
-	else
-		(void) LockAcquire(&tag, mode, false, false);
+	set_internal_locktag(&tag, key);
+	(void) acquire_tag(&tag, mode, true);
+}
+
+/*
+ * Give back one entitlock_acquire_internal() of key in mode, before the
+ * transaction ends: for a lock that only had to be held until the caller
+ * had done something.
+ */
+void
+entitlock_release_internal(int64 key, LOCKMODE mode)
+{
+	LOCKTAG		tag;
+
+	set_internal_locktag(&tag, key);
+	if (!LockRelease(&tag, mode, false))
+		elog(ERROR, "entitlock internal lock %lld was not held",
+			 (long long) key);
 }
 
 /*
@@ -178,8 +266,8 @@ entitlock_interval_ms(Interval *span, const char *what)
 }
 
 /*
- * Wait for the lock for at most timeout_ms; false when that expires.  A
- * negative timeout_ms waits as long as it takes, as entitlock_acquire().
+ * Wait for the lock tag for at most timeout_ms; false when that expires.
+ * A negative timeout_ms waits as long as it takes, as entitlock_acquire().
  *
  * The wait runs with lock_timeout set to the limit, inside an internal
  * subtransaction.  When the lock manager gives up it raises
@@ -200,8 +288,8 @@ entitlock_interval_ms(Interval *span, const char *what)
  * told apart from the lock timeout; PL/pgSQL's EXCEPTION WHEN
  * lock_not_available has the same blind spot.)
  */
-bool
-entitlock_acquire_timeout(int64 key, LOCKMODE mode, int timeout_ms)
+static bool
+acquire_tag_timeout(const LOCKTAG *tag, LOCKMODE mode, int timeout_ms)
 {
 	MemoryContext oldcontext = CurrentMemoryContext;
 	ResourceOwner oldowner = CurrentResourceOwner;
@@ -211,13 +299,13 @@ entitlock_acquire_timeout(int64 key, LOCKMODE mode, int timeout_ms)
 	TimestampTz start;
 
 	/* Most calls find the lock free; spare them the subtransaction. */
-	if (entitlock_acquire(key, mode, false))
+	if (acquire_tag(tag, mode, false) != LOCKACQUIRE_NOT_AVAIL)
 		return true;
 	/* lock_timeout = 0 means "wait forever", so a zero limit stops here. */
 	if (timeout_ms == 0)
 		return false;
 	if (timeout_ms < 0)
-		return entitlock_acquire(key, mode, true);
+		return acquire_tag(tag, mode, true) != LOCKACQUIRE_NOT_AVAIL;
 
 	start = GetCurrentTimestamp();
 	snprintf(timeout_str, sizeof(timeout_str), "%d", timeout_ms);
@@ -235,7 +323,7 @@ entitlock_acquire_timeout(int64 key, LOCKMODE mode, int timeout_ms)
 								 GUC_ACTION_SAVE, true, 0, false);
 
 		/* The wait is timed once, below. */
-		(void) acquire_uncounted(key, mode, true);
+		(void) LockAcquire(tag, mode, false, false);
 
 		/*
 		 * The lock timer can go off after the lock was granted, before the
@@ -287,6 +375,141 @@ entitlock_acquire_timeout(int64 key, LOCKMODE mode, int timeout_ms)
 	return acquired;
 }
 
+/* entitlock_acquire(), waiting at most timeout_ms; see acquire_tag_timeout() */
+bool
+entitlock_acquire_timeout(int64 key, LOCKMODE mode, int timeout_ms)
+{
+	LOCKTAG		tag;
+
+	set_key_locktag(&tag, key);
+	return acquire_tag_timeout(&tag, mode, timeout_ms);
+}
+
+/*
+ * Exclusive locks
+ *
+ * An exclusive lock on a name is its key in ExclusiveLock, then its
+ * stripe in STRIPE_LOCKER_MODE, so that escalated recorders and exclusive
+ * lock holders exclude each other (see the file header).  When the stripe
+ * cannot be had, the key is given back: the caller holds nothing new.
+ */
+static bool
+acquire_exclusive(int64 key, bool wait)
+{
+	LOCKTAG		tag;
+
+	if (!entitlock_acquire(key, ExclusiveLock, wait))
+		return false;
+	set_stripe_locktag(&tag, key_stripe(key));
+	if (acquire_tag(&tag, STRIPE_LOCKER_MODE, wait) != LOCKACQUIRE_NOT_AVAIL)
+		return true;
+	entitlock_release(key, ExclusiveLock);
+	return false;
+}
+
+/* As acquire_exclusive(), both locks within timeout_ms in all. */
+static bool
+acquire_exclusive_timeout(int64 key, int timeout_ms)
+{
+	LOCKTAG		tag;
+	TimestampTz start;
+	int64		elapsed_ms;
+
+	if (timeout_ms < 0)
+		return acquire_exclusive(key, true);
+	start = GetCurrentTimestamp();
+	if (!entitlock_acquire_timeout(key, ExclusiveLock, timeout_ms))
+		return false;
+	elapsed_ms = (GetCurrentTimestamp() - start) / 1000;
+	set_stripe_locktag(&tag, key_stripe(key));
+	if (acquire_tag_timeout(&tag, STRIPE_LOCKER_MODE,
+							(int) Max(timeout_ms - elapsed_ms, 0)))
+		return true;
+	entitlock_release(key, ExclusiveLock);
+	return false;
+}
+
+/*
+ * Recording locks
+ */
+
+/* Has this transaction (still) escalated? */
+static bool
+escalated(void)
+{
+	LOCKTAG		tag;
+
+	set_stripe_locktag(&tag, ESCALATION_STRIPES - 1);
+	return compat_LockHeldByMe(&tag, STRIPE_RECORDER_MODE);
+}
+
+/*
+ * Hold back exclusive lock callers on the keys of a recording call until
+ * the transaction ends, and wait for those holding them now: keys in
+ * ShareLock, in the order given, or once the transaction has taken
+ * entitlock.lock_escalation_threshold of those, every stripe in
+ * STRIPE_RECORDER_MODE instead (see the file header).
+ */
+void
+entitlock_acquire_recording(const int64 *keys, int nkeys)
+{
+	LOCKTAG		tag;
+	int			i;
+
+	if (recording_locks_taken + nkeys > lock_escalation_threshold)
+	{
+		/* Counted as if taken, so that the next call escalates too. */
+		recording_locks_taken += nkeys;
+		if (escalated())
+			return;
+		for (i = 0; i < ESCALATION_STRIPES; i++)
+		{
+			set_stripe_locktag(&tag, i);
+			(void) acquire_tag(&tag, STRIPE_RECORDER_MODE, true);
+		}
+		return;
+	}
+	for (i = 0; i < nkeys; i++)
+	{
+		set_key_locktag(&tag, keys[i]);
+		if (acquire_tag(&tag, ShareLock, true) == LOCKACQUIRE_OK)
+			recording_locks_taken++;
+	}
+}
+
+/* A transaction's end has released its recording locks. */
+static void
+forget_recording_locks(XactEvent event, void *arg)
+{
+	switch (event)
+	{
+		case XACT_EVENT_COMMIT:
+		case XACT_EVENT_PARALLEL_COMMIT:
+		case XACT_EVENT_ABORT:
+		case XACT_EVENT_PARALLEL_ABORT:
+		case XACT_EVENT_PREPARE:
+			recording_locks_taken = 0;
+			break;
+		default:
+			break;
+	}
+}
+
+/* At load: the escalation threshold, and its count's reset. */
+void
+entitlock_locks_init(void)
+{
+	DefineCustomIntVariable("entitlock.lock_escalation_threshold",
+							"Sets how many usage locks a transaction takes before it locks coarsely instead.",
+							"Past it, the transaction's recording calls take no lock per subject and feature, "
+							"and exclusive entitlock locks taken by other transactions wait for it to end.",
+							&lock_escalation_threshold,
+							1000, 0, INT_MAX,
+							PGC_USERSET, 0,
+							NULL, NULL, NULL);
+	RegisterXactCallback(forget_recording_locks, NULL);
+}
+
 /* The lock name in argument 0, which must be non-NULL and not empty. */
 static text *
 name_arg(FunctionCallInfo fcinfo, int64 *key)
@@ -313,7 +536,10 @@ lock_name_arg(FunctionCallInfo fcinfo, LOCKMODE mode, bool wait)
 	bool		got;
 
 	entitlock_stats_begin();
-	got = entitlock_acquire(key, mode, wait);
+	if (mode == ExclusiveLock)
+		got = acquire_exclusive(key, wait);
+	else
+		got = entitlock_acquire(key, mode, wait);
 
 	count_lock_call(name, 0);
 	return got;
@@ -322,7 +548,8 @@ lock_name_arg(FunctionCallInfo fcinfo, LOCKMODE mode, bool wait)
 /*
  * entitlock.lock(name text) returns void
  *
- * Exclusive lock on key(name) until the end of the transaction; waits.
+ * Exclusive lock on key(name) until the end of the transaction, with its
+ * escalation stripe (see the file header); waits.
  * NULL or empty name is an error.
  */
 Datum
@@ -352,7 +579,7 @@ entitlock_lock_timeout(PG_FUNCTION_ARGS)
 	timeout_ms = entitlock_interval_ms(PG_GETARG_INTERVAL_P(1), "timeout");
 
 	entitlock_stats_begin();
-	got = entitlock_acquire_timeout(key, ExclusiveLock, timeout_ms);
+	got = acquire_exclusive_timeout(key, timeout_ms);
 	count_lock_call(name, got ? 0 : ENTITLOCK_STATS_TIMEOUT);
 	PG_RETURN_BOOL(got);
 }
@@ -425,6 +652,8 @@ entitlock_lock_all(PG_FUNCTION_ARGS)
 	NamedKey   *keys;
 	int			nkeys = 0;
 	int			lbound;
+	int			last = -1;
+	uint64		stripes = 0;
 	int			i;
 
 	entitlock_require_arg(fcinfo, 0, "lock name array");
@@ -457,15 +686,34 @@ entitlock_lock_all(PG_FUNCTION_ARGS)
 
 	qsort(keys, nkeys, sizeof(NamedKey), cmp_named_keys);
 
-	/* Each lock taken is a call, for statistics. */
+	/*
+	 * The keys, and then their stripes in ascending order, as an escalating
+	 * recorder takes them (see the file header), so that the two cannot
+	 * deadlock over the stripes.  Each lock taken is a call, for
+	 * statistics; waits for the stripes count with the last.
+	 */
 	for (i = 0; i < nkeys; i++)
 	{
 		if (i > 0 && keys[i].key == keys[i - 1].key)
 			continue;
+		if (last >= 0)
+			count_lock_call(keys[last].name, 0);
 		entitlock_stats_begin();
 		(void) entitlock_acquire(keys[i].key, ExclusiveLock, true);
-		count_lock_call(keys[i].name, 0);
+		stripes |= UINT64CONST(1) << key_stripe(keys[i].key);
+		last = i;
 	}
+	for (i = 0; i < ESCALATION_STRIPES; i++)
+	{
+		LOCKTAG		tag;
+
+		if ((stripes & (UINT64CONST(1) << i)) == 0)
+			continue;
+		set_stripe_locktag(&tag, i);
+		(void) acquire_tag(&tag, STRIPE_LOCKER_MODE, true);
+	}
+	if (last >= 0)
+		count_lock_call(keys[last].name, 0);
 	PG_RETURN_VOID();
 }
 
@@ -485,10 +733,11 @@ entity_arg_keys(FunctionCallInfo fcinfo, int64 *realm_key, int64 *pair_key)
 /*
  * entitlock.lock_entity(realm text, entity text) returns void
  *
- * Shared lock on key(realm), then exclusive on key(realm, entity).  Callers
- * on different entities of one realm run side by side; an exclusive
- * lock(realm) waits for all of them and holds off new ones.  The realm is
- * always locked first, which is what keeps the hierarchy deadlock-free.
+ * Shared lock on key(realm), then exclusive on key(realm, entity) (with its
+ * stripe, see the file header).  Callers on different entities of one
+ * realm run side by side; an exclusive lock(realm) waits for all of them
+ * and holds off new ones.  The realm is always locked first, which is what
+ * keeps the hierarchy deadlock-free.
  */
 Datum
 entitlock_lock_entity(PG_FUNCTION_ARGS)
@@ -499,7 +748,7 @@ entitlock_lock_entity(PG_FUNCTION_ARGS)
 
 	entitlock_stats_begin();
 	(void) entitlock_acquire(realm_key, ShareLock, true);
-	(void) entitlock_acquire(pair_key, ExclusiveLock, true);
+	(void) acquire_exclusive(pair_key, true);
 	count_lock_call(realm, 0);
 	PG_RETURN_VOID();
 }
@@ -521,7 +770,7 @@ entitlock_try_lock_entity(PG_FUNCTION_ARGS)
 	entitlock_stats_begin();
 	if (entitlock_acquire(realm_key, ShareLock, false))
 	{
-		got = entitlock_acquire(pair_key, ExclusiveLock, false);
+		got = acquire_exclusive(pair_key, false);
 		if (!got)
 			entitlock_release(realm_key, ShareLock);
 	}

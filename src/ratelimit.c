@@ -265,6 +265,7 @@ entitlock_rate_limit(PG_FUNCTION_ARGS)
 	bool		found = false;
 	TimestampTz tat = 0;
 	ItemPointerData tid;
+	int64		create_key;
 
 	name = entitlock_nonempty_text_arg(fcinfo, 0, "name");
 	if (VARSIZE_ANY_EXHDR(name) > RATE_MAX_NAME_BYTES)
@@ -305,10 +306,10 @@ entitlock_rate_limit(PG_FUNCTION_ARGS)
 	CommandCounterIncrement();
 
 	/* Lock the name's row, or make sure no one else creates it first. */
-	found = entitlock_table_lock_or_create(&t, row,
-										   (int64) entitlock_hash_bytes(VARDATA_ANY(name),
-																		VARSIZE_ANY_EXHDR(name),
-																		RATE_CREATE_LOCK_SEED));
+	create_key = (int64) entitlock_hash_bytes(VARDATA_ANY(name),
+											  VARSIZE_ANY_EXHDR(name),
+											  RATE_CREATE_LOCK_SEED);
+	found = entitlock_table_lock_or_create(&t, row, create_key);
 	if (found)
 	{
 		tid = t.oldslot->tts_tid;
@@ -324,7 +325,7 @@ entitlock_rate_limit(PG_FUNCTION_ARGS)
 			entitlock_table_update(&t, &tid, row, row_nulls,
 								   ENTITLOCK_COLUMN(STATE_TAT));
 		else
-			entitlock_table_insert(&t, row, row_nulls);
+			entitlock_table_create(&t, row, row_nulls, create_key);
 	}
 	entitlock_table_close(&t);
 	count_rate_call(name, &d);

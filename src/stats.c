@@ -195,6 +195,9 @@ stats_shmem_startup(void)
 void
 _PG_init(void)
 {
+	/* Lock escalation works however the library was loaded. */
+	entitlock_locks_init();
+
 	/*
 	 * Statistics need shared memory, which only the postmaster can set
 	 * aside; loaded any later, the library counts nothing.  The GUC can only

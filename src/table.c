@@ -43,6 +43,7 @@
 #include "funcapi.h"
 #include "miscadmin.h"
 #include "nodes/execnodes.h"
+#include "storage/lmgr.h"
 #include "storage/procarray.h"
 #include "utils/fmgroids.h"
 #include "utils/builtins.h"
@@ -628,22 +629,82 @@ set_updated_columns(EntitlockTable *t, uint32 changed)
 }
 
 /*
+ * Creating a row
+ *
+ * Two transactions may want to create the same row (a meter's counter for
+ * a new period, a rate limit's first state) at once; the unique index
+ * would fail the second.  So a creator first takes the internal lock
+ * create_key, which only that row's creators take, and looks again, this
+ * time also for a row another transaction has inserted and not yet
+ * committed; if there is none, the row is its to create.  It gives the
+ * lock back as soon as its row is in the table: from then on a second
+ * creator finds that row and waits for its creator's transaction, as a
+ * unique index insertion would, and decides once it has ended.  Holding
+ * the lock only that long, rather than until the transaction ends, lets
+ * one transaction create any number of rows without filling the shared
+ * lock table.  A creator that inserts nothing keeps the lock until its
+ * transaction ends.
+ */
+
+/*
+ * Take create_key and look for the row keyed keyvals.  Returns true,
+ * holding the lock, when there is no row at all: the caller may create it
+ * with entitlock_table_create() (or keep the lock until the transaction
+ * ends).  Otherwise gives the lock back, waits for a transaction still
+ * creating the row, and returns false: the caller looks for the row again.
+ */
+bool
+entitlock_table_claim_creation(EntitlockTable *t, const Datum *keyvals,
+							   int64 create_key)
+{
+	SnapshotData dirty;
+	TransactionId creator;
+	TimestampTz start;
+
+	entitlock_acquire_internal(create_key, ExclusiveLock);
+	InitDirtySnapshot(dirty);
+	if (!entitlock_table_probe(t, &dirty, keyvals))
+		return true;
+	ExecClearTuple(t->slot);
+	creator = dirty.xmin;
+	entitlock_release_internal(create_key, ExclusiveLock);
+	if (TransactionIdIsValid(creator))
+	{
+		start = entitlock_stats_on() ? GetCurrentTimestamp() : 0;
+		XactLockTableWait(creator, NULL, NULL, XLTW_None);
+		if (start != 0)
+			entitlock_stats_waited(start);
+	}
+	return false;
+}
+
+/*
+ * Insert the row values/nulls that entitlock_table_claim_creation() let
+ * the caller create, and give back its create_key.
+ */
+void
+entitlock_table_create(EntitlockTable *t, Datum *values, bool *nulls,
+					   int64 create_key)
+{
+	entitlock_table_insert(t, values, nulls);
+	entitlock_release_internal(create_key, ExclusiveLock);
+}
+
+/*
  * Find the row whose unique key (index 0) is keyvals and lock it for an
  * update, or make sure no one else creates it first; returns whether it
  * was found.  A found row is locked in its newest version (under READ
  * COMMITTED; REPEATABLE READ and SERIALIZABLE fail instead, as UPDATE
- * does, when it changed since the snapshot) and left in t->oldslot.  A row
- * created by a transaction still in progress is not seen; its creator
- * holds the internal lock create_key until it ends, and once we hold it
- * the row is either committed and found, or not there and ours to create.
- * A row deleted meanwhile (a prune) is looked for again.
+ * does, when it changed since the snapshot) and left in t->oldslot.  When
+ * it returns false the caller holds create_key (see
+ * entitlock_table_claim_creation()).  A row deleted meanwhile (a prune) is
+ * looked for again.
  */
 bool
 entitlock_table_lock_or_create(EntitlockTable *t, const Datum *keyvals,
 							   int64 create_key)
 {
 	bool		latest = !IsolationUsesXactSnapshot();
-	bool		creation_locked = false;
 
 	for (;;)
 	{
@@ -653,10 +714,8 @@ entitlock_table_lock_or_create(EntitlockTable *t, const Datum *keyvals,
 		CHECK_FOR_INTERRUPTS();
 		if (!entitlock_table_probe(t, SnapshotSelf, keyvals))
 		{
-			if (creation_locked)
+			if (entitlock_table_claim_creation(t, keyvals, create_key))
 				return false;
-			entitlock_acquire_internal(create_key, ExclusiveLock);
-			creation_locked = true;
 			continue;
 		}
 		tid = t->slot->tts_tid;

@@ -17,15 +17,17 @@
  * an exclusive lock(subject) then freezes all of a subject's usage, and an
  * exclusive lock_entity(subject, feature) taken by application code
  * excludes recording on that meter, while recorders do not exclude each
- * other there.  Recorders meet on the counter row itself: it is locked, as
- * SELECT ... FOR NO KEY UPDATE would, before its usage is read, so a hot
- * meter behaves like a single-row UPDATE, where whichever session runs
- * first goes ahead, rather than a queue on an exclusive lock that is handed
- * to a sleeping waiter.  A period's first row has no row to lock yet: its
- * creators serialise on an internal lock for that row (see locks.c) and
- * look again once they hold it.  Calls with an idempotency key also take an
- * internal lock on the key, so that a retry racing its first call waits
- * for it and then answers from its record.
+ * other there.  (A transaction that has taken many of these takes coarser
+ * locks with the same effect instead; see "Lock escalation" in locks.c.)
+ * Recorders meet on the counter row itself: it is locked, as SELECT ... FOR
+ * NO KEY UPDATE would, before its usage is read, so a hot meter behaves
+ * like a single-row UPDATE, where whichever session runs first goes ahead,
+ * rather than a queue on an exclusive lock that is handed to a sleeping
+ * waiter.  A period's first row has no row to lock yet: its creators
+ * serialise on an internal lock for that row and look again once they hold
+ * it (see "Creating a row" in table.c).  Calls with an idempotency key also
+ * take an internal lock on the key, so that a retry racing its first call
+ * waits for it and then answers from its record.
  *
  * Rows are found with SnapshotSelf and locked in their newest version, so
  * a decision reads the usage as of after the row lock was granted, as
@@ -450,7 +452,8 @@ static EntitlockTableDef setkey_def = {
  * Take the shared advisory locks of every meter of a call (sorted in
  * canonical order), subjects and then pairs, each in ascending key order
  * as lock_all() takes its keys, so that no order of calls can deadlock on
- * them.
+ * them.  A transaction that has taken many of them takes coarser locks
+ * instead, which exclude the same lock callers (see locks.c).
  */
 static int
 cmp_int64(const void *a, const void *b)
@@ -464,21 +467,27 @@ cmp_int64(const void *a, const void *b)
 static void
 lock_meters_shared(MeterCall *calls, int n)
 {
-	int64	   *keys = palloc(sizeof(int64) * n);
+	int64	   *keys = palloc(sizeof(int64) * 2 * n);
+	int			nkeys = 0;
 	int			pass;
 	int			i;
 
 	for (pass = 0; pass < 2; pass++)
 	{
+		int64	   *these = keys + nkeys;
+		int			m = 0;
+
 		for (i = 0; i < n; i++)
-			keys[i] = pass == 0 ? calls[i].subject_key : calls[i].pair_key;
-		qsort(keys, n, sizeof(int64), cmp_int64);
+			these[i] = pass == 0 ? calls[i].subject_key : calls[i].pair_key;
+		qsort(these, n, sizeof(int64), cmp_int64);
 		for (i = 0; i < n; i++)
 		{
-			if (i == 0 || keys[i] != keys[i - 1])
-				(void) entitlock_acquire(keys[i], ShareLock, true);
+			if (i == 0 || these[i] != these[m - 1])
+				these[m++] = these[i];
 		}
+		nkeys += m;
 	}
+	entitlock_acquire_recording(keys, nkeys);
 	pfree(keys);
 }
 
@@ -576,8 +585,8 @@ counter_values(const UsageMeter *meter, Datum *values, bool *nulls)
 /*
  * Lock the meter's counter row for its period and read its usage; or, if
  * there is none, make sure no one else can create it first (see
- * entitlock_table_lock_or_create()).  Leaves call->found, ->tid and
- * ->used.
+ * entitlock_table_lock_or_create(); write_counter() creates it).  Leaves
+ * call->found, ->tid and ->used.
  */
 static void
 lock_counter(EntitlockTable *counter, MeterCall *call)
@@ -645,7 +654,8 @@ write_counter(EntitlockTable *counter, MeterCall *call)
 							   ENTITLOCK_COLUMN(COUNTER_USED));
 	else
 	{
-		entitlock_table_insert(counter, values, nulls);
+		entitlock_table_create(counter, values, nulls,
+							   counter_creation_key(call));
 		call->found = true;
 	}
 }
@@ -669,7 +679,6 @@ record_meter(EntitlockTable *counter, MeterCall *call, int64 amount,
 {
 	Datum		values[COUNTER_NATTS];
 	bool		nulls[COUNTER_NATTS];
-	bool		creation_locked = false;
 	TimestampTz start;
 	TM_Result	result;
 
@@ -683,13 +692,9 @@ record_meter(EntitlockTable *counter, MeterCall *call, int64 amount,
 		if (!entitlock_table_probe(counter, SnapshotSelf, values))
 		{
 			/* see lock_counter() */
-			if (!creation_locked)
-			{
-				entitlock_acquire_internal(counter_creation_key(call),
-										   ExclusiveLock);
-				creation_locked = true;
+			if (!entitlock_table_claim_creation(counter, values,
+												counter_creation_key(call)))
 				continue;
-			}
 			call->found = false;
 			call->used = 0;
 			decide(call, amount, conditional);
