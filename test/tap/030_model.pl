@@ -153,6 +153,20 @@ SELECT subject, feature, period, period_start, CASE WHEN allowed THEN :a ELSE 0 
 ON CONFLICT DO NOTHING;
 COMMIT;
 PGB
+	# A transaction recording on many meters, past a lowered escalation
+	# threshold: its recorders then hold the coarse stripe locks instead
+	# of per-meter ones, and the frozen checks must still hold.
+	bulk => <<'PGB',
+\set r random(1, 1000000)
+BEGIN;
+SET LOCAL entitlock.lock_escalation_threshold = 4;
+WITH m AS (SELECT x.* FROM generate_series(1, 6) g,
+                 pick_meter(1 + (g * :r) % 5, 1 + (g + :r) % 2, 1 + (g * 7 + :r / 3) % 2) x),
+     r AS (SELECT r.*, m.* FROM m, entitlock.record_usage_if_under_limit(m.subject, m.feature, 1, m.lim, m.period) r)
+INSERT INTO usage_ledger
+SELECT subject, feature, period, period_start, CASE WHEN allowed THEN 1 ELSE 0 END, NULL, used FROM r;
+COMMIT;
+PGB
 	# Sets of an organisation's and a user's limit and both periods of
 	# one pair, in a random order: all or nothing.
 	limits => <<'PGB',
@@ -340,7 +354,7 @@ for my $seed ($mode eq 'single' ? () : seeds(\@CONCURRENT_SEEDS))
 			usage_ledger, refund_ledger, effects, replays, lease_history, rate_ledger, critical_ledger,
 			frozen_violations;
 		UPDATE plain_counter SET v = 0;});
-	my %weight = (limit => 30, limits => 30, refund => 8, first_time => 6, idempotency => 6,
+	my %weight = (limit => 30, limits => 30, bulk => 4, refund => 8, first_time => 6, idempotency => 6,
 		lease => 8, rate => 6, lock => 6, frozen => 3, frozen_subject => 3);
 	my %files = map { ("030_model_${seed}_$_\@$weight{$_}" => $scripts{$_}) } keys %scripts;
 	$node->pgbench(
