@@ -43,6 +43,7 @@
 #include "funcapi.h"
 #include "miscadmin.h"
 #include "nodes/execnodes.h"
+#include "storage/bufmgr.h"
 #include "storage/procarray.h"
 #include "utils/fmgroids.h"
 #include "utils/builtins.h"
@@ -292,6 +293,65 @@ entitlock_table_probe(EntitlockTable *t, Snapshot snapshot,
 
 	if (found)
 		slot_getallattrs(t->slot);
+	return found;
+}
+
+/*
+ * Find the row whose key in the first index (unique) equals keyvals as a
+ * snapshot taken now sees it, and leave it in t->slot with all its columns
+ * extracted, as entitlock_table_probe() does; for a caller about to
+ * conclude that the row is not there.
+ *
+ * A probe with SnapshotSelf (or a dirty snapshot) judges each version when
+ * it reaches it, and that can miss a row that another transaction is
+ * updating: an update that cannot stay on the page (not HOT, which a long
+ * snapshot elsewhere makes common, as it keeps pages full of dead
+ * versions) adds an index entry for the new version, and a probe that read
+ * the index page before that entry was added, or reached the new version
+ * while its updater was still running, reaches the old version once the
+ * updater has committed: it sees no version at all.  Inserting then fails
+ * with a unique violation.  Judged against one MVCC snapshot, exactly one
+ * version of a row committed before the snapshot is visible, and its index
+ * entry was there before the scan began.
+ *
+ * The scan itself is made with SnapshotAny and each version is judged here,
+ * under its buffer's share lock as the heap's own scans judge them: an
+ * index scan with an MVCC snapshot would take SERIALIZABLE predicate locks
+ * on index pages that every key shares, which the SnapshotSelf probes avoid
+ * so that calls on unrelated keys do not fail each other.  The version
+ * found may have been changed since the snapshot; the caller's update or
+ * row lock finds that out, as it does after any probe.
+ */
+bool
+entitlock_table_probe_stable(EntitlockTable *t, const Datum *keyvals)
+{
+	Snapshot	snapshot = RegisterSnapshot(GetLatestSnapshot());
+	IndexScanDesc scan;
+	bool		found = false;
+
+	Assert(t->def->indexes[0].layout->unique);
+	scan = entitlock_table_scan(t, 0, SnapshotAny, BTEqualStrategyNumber,
+								t->def->indexes[0].layout->nkeys, keyvals);
+	while (index_getnext_slot(scan, ForwardScanDirection, t->slot))
+	{
+		BufferHeapTupleTableSlot *bslot = (BufferHeapTupleTableSlot *) t->slot;
+
+		CHECK_FOR_INTERRUPTS();
+		Assert(TTS_IS_BUFFERTUPLE(t->slot));
+		LockBuffer(bslot->buffer, BUFFER_LOCK_SHARE);
+		found = HeapTupleSatisfiesVisibility(bslot->base.tuple, snapshot,
+											 bslot->buffer);
+		LockBuffer(bslot->buffer, BUFFER_LOCK_UNLOCK);
+		if (found)
+			break;
+	}
+	index_endscan(scan);
+	UnregisterSnapshot(snapshot);
+
+	if (found)
+		slot_getallattrs(t->slot);
+	else
+		ExecClearTuple(t->slot);
 	return found;
 }
 
@@ -636,7 +696,9 @@ set_updated_columns(EntitlockTable *t, uint32 changed)
  * created by a transaction still in progress is not seen; its creator
  * holds the internal lock create_key until it ends, and once we hold it
  * the row is either committed and found, or not there and ours to create.
- * A row deleted meanwhile (a prune) is looked for again.
+ * Only a look that cannot miss a row being updated meanwhile
+ * (entitlock_table_probe_stable()) may conclude that it is not there.  A
+ * row deleted meanwhile (a prune) is looked for again.
  */
 bool
 entitlock_table_lock_or_create(EntitlockTable *t, const Datum *keyvals,
@@ -653,11 +715,13 @@ entitlock_table_lock_or_create(EntitlockTable *t, const Datum *keyvals,
 		CHECK_FOR_INTERRUPTS();
 		if (!entitlock_table_probe(t, SnapshotSelf, keyvals))
 		{
-			if (creation_locked)
+			if (!creation_locked)
+			{
+				entitlock_acquire_internal(create_key, ExclusiveLock);
+				creation_locked = true;
+			}
+			if (!entitlock_table_probe_stable(t, keyvals))
 				return false;
-			entitlock_acquire_internal(create_key, ExclusiveLock);
-			creation_locked = true;
-			continue;
 		}
 		tid = t->slot->tts_tid;
 		/* The probe's buffer pin would keep the page from being pruned. */

@@ -33,7 +33,10 @@
  * takes no SERIALIZABLE predicate locks on the index pages that all pairs
  * share, which would make calls on unrelated pairs fail each other.  See
  * entitlock_check_visible_to_transaction() for REPEATABLE READ and
- * SERIALIZABLE.
+ * SERIALIZABLE.  A row that such a probe does not find may still be there,
+ * hidden by a concurrent update, so the creation lock is followed by a look
+ * against one snapshot (entitlock_table_probe_stable()) before a row is
+ * created.
  *
  * A call naming several meters locks all of them, in one canonical order,
  * before it reads any, decides every limit, and then writes all or none.
@@ -651,6 +654,25 @@ write_counter(EntitlockTable *counter, MeterCall *call)
 }
 
 /*
+ * The meter's counter row was not found by a probe: take the internal lock
+ * that its creators hold (see entitlock_table_lock_or_create()), unless
+ * *creation_locked says it is held already, and look again, with the look
+ * that a concurrent update cannot hide the row from.  Returns whether the
+ * row is there, left in counter->slot.
+ */
+static bool
+probe_after_creation_lock(EntitlockTable *counter, MeterCall *call,
+						  const Datum *values, bool *creation_locked)
+{
+	if (!*creation_locked)
+	{
+		entitlock_acquire_internal(counter_creation_key(call), ExclusiveLock);
+		*creation_locked = true;
+	}
+	return entitlock_table_probe_stable(counter, values);
+}
+
+/*
  * Decide and record one meter without locking its row first, for a call on
  * a single meter: read the newest version, decide, and replace exactly
  * that version.  If another recorder replaced it meanwhile (the update
@@ -680,16 +702,10 @@ record_meter(EntitlockTable *counter, MeterCall *call, int64 amount,
 		ItemPointerData tid;
 
 		CHECK_FOR_INTERRUPTS();
-		if (!entitlock_table_probe(counter, SnapshotSelf, values))
+		if (!entitlock_table_probe(counter, SnapshotSelf, values) &&
+			!probe_after_creation_lock(counter, call, values,
+									   &creation_locked))
 		{
-			/* see lock_counter() */
-			if (!creation_locked)
-			{
-				entitlock_acquire_internal(counter_creation_key(call),
-										   ExclusiveLock);
-				creation_locked = true;
-				continue;
-			}
 			call->found = false;
 			call->used = 0;
 			decide(call, amount, conditional);
