@@ -809,18 +809,31 @@ update_is_plain(EntitlockTable *t, const bool *nulls)
  * version in slot (as read, not locked), so that writing it would wait:
  * for statistics, which count such a wait.  A row only locked is not
  * being changed.
+ *
+ * The slot holds a pin on the row's buffer, which keeps the row where it
+ * is but not its header still: a row lock or an update by another backend
+ * rewrites xmax and the infomask under the buffer's exclusive content
+ * lock, turning a plain xid into a MultiXactId or back.  Read without the
+ * lock, the infomask could say MultiXactId while xmax already holds a
+ * plain xid, and looking that up as a MultiXactId fails (XX000).  So the
+ * header is read under the share lock, as the heap's visibility checks
+ * read it; only hint bits change under a share lock, never xmax.
  */
 bool
 entitlock_slot_being_changed(TupleTableSlot *slot)
 {
-	HeapTuple	tuple = ExecFetchSlotHeapTuple(slot, false, NULL);
-	HeapTupleHeader header = tuple->t_data;
-	TransactionId xmax;
+	BufferHeapTupleTableSlot *bslot = (BufferHeapTupleTableSlot *) slot;
+	HeapTupleHeader header;
+	TransactionId xmax = InvalidTransactionId;
 
-	if (header->t_infomask & HEAP_XMAX_INVALID ||
-		HEAP_XMAX_IS_LOCKED_ONLY(header->t_infomask))
-		return false;
-	xmax = HeapTupleHeaderGetUpdateXid(header);
+	Assert(TTS_IS_BUFFERTUPLE(slot) && BufferIsValid(bslot->buffer));
+	LockBuffer(bslot->buffer, BUFFER_LOCK_SHARE);
+	header = bslot->base.tuple->t_data;
+	if (!(header->t_infomask & HEAP_XMAX_INVALID) &&
+		!HEAP_XMAX_IS_LOCKED_ONLY(header->t_infomask))
+		xmax = HeapTupleHeaderGetUpdateXid(header);
+	LockBuffer(bslot->buffer, BUFFER_LOCK_UNLOCK);
+
 	return TransactionIdIsValid(xmax) &&
 		!TransactionIdIsCurrentTransactionId(xmax) &&
 		TransactionIdIsInProgress(xmax);
