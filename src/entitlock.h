@@ -163,6 +163,8 @@ extern IndexScanDesc entitlock_table_scan(EntitlockTable *t, int indexno,
 										  const Datum *keyvals);
 extern bool entitlock_table_probe(EntitlockTable *t, Snapshot snapshot,
 								  const Datum *keyvals);
+extern bool entitlock_table_probe_stable(EntitlockTable *t,
+										 const Datum *keyvals);
 extern bool entitlock_datum_equals_text(Datum stored, text *t);
 extern bool entitlock_next_row_with_text(EntitlockTable *t,
 										 IndexScanDesc scan, int attno,

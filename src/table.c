@@ -43,6 +43,7 @@
 #include "funcapi.h"
 #include "miscadmin.h"
 #include "nodes/execnodes.h"
+#include "storage/bufmgr.h"
 #include "storage/lmgr.h"
 #include "storage/procarray.h"
 #include "utils/fmgroids.h"
@@ -293,6 +294,65 @@ entitlock_table_probe(EntitlockTable *t, Snapshot snapshot,
 
 	if (found)
 		slot_getallattrs(t->slot);
+	return found;
+}
+
+/*
+ * Find the row whose key in the first index (unique) equals keyvals as a
+ * snapshot taken now sees it, and leave it in t->slot with all its columns
+ * extracted, as entitlock_table_probe() does; for a caller about to
+ * conclude that the row is not there.
+ *
+ * A probe with SnapshotSelf (or a dirty snapshot) judges each version when
+ * it reaches it, and that can miss a row that another transaction is
+ * updating: an update that cannot stay on the page (not HOT, which a long
+ * snapshot elsewhere makes common, as it keeps pages full of dead
+ * versions) adds an index entry for the new version, and a probe that read
+ * the index page before that entry was added, or reached the new version
+ * while its updater was still running, reaches the old version once the
+ * updater has committed: it sees no version at all.  Inserting then fails
+ * with a unique violation.  Judged against one MVCC snapshot, exactly one
+ * version of a row committed before the snapshot is visible, and its index
+ * entry was there before the scan began.
+ *
+ * The scan itself is made with SnapshotAny and each version is judged here,
+ * under its buffer's share lock as the heap's own scans judge them: an
+ * index scan with an MVCC snapshot would take SERIALIZABLE predicate locks
+ * on index pages that every key shares, which the SnapshotSelf probes avoid
+ * so that calls on unrelated keys do not fail each other.  The version
+ * found may have been changed since the snapshot; the caller's update or
+ * row lock finds that out, as it does after any probe.
+ */
+bool
+entitlock_table_probe_stable(EntitlockTable *t, const Datum *keyvals)
+{
+	Snapshot	snapshot = RegisterSnapshot(GetLatestSnapshot());
+	IndexScanDesc scan;
+	bool		found = false;
+
+	Assert(t->def->indexes[0].layout->unique);
+	scan = entitlock_table_scan(t, 0, SnapshotAny, BTEqualStrategyNumber,
+								t->def->indexes[0].layout->nkeys, keyvals);
+	while (index_getnext_slot(scan, ForwardScanDirection, t->slot))
+	{
+		BufferHeapTupleTableSlot *bslot = (BufferHeapTupleTableSlot *) t->slot;
+
+		CHECK_FOR_INTERRUPTS();
+		Assert(TTS_IS_BUFFERTUPLE(t->slot));
+		LockBuffer(bslot->buffer, BUFFER_LOCK_SHARE);
+		found = HeapTupleSatisfiesVisibility(bslot->base.tuple, snapshot,
+											 bslot->buffer);
+		LockBuffer(bslot->buffer, BUFFER_LOCK_UNLOCK);
+		if (found)
+			break;
+	}
+	index_endscan(scan);
+	UnregisterSnapshot(snapshot);
+
+	if (found)
+		slot_getallattrs(t->slot);
+	else
+		ExecClearTuple(t->slot);
 	return found;
 }
 
@@ -664,7 +724,19 @@ entitlock_table_claim_creation(EntitlockTable *t, const Datum *keyvals,
 	entitlock_acquire_internal(create_key, ExclusiveLock);
 	InitDirtySnapshot(dirty);
 	if (!entitlock_table_probe(t, &dirty, keyvals))
-		return true;
+	{
+		/*
+		 * No creator is at work (they hold create_key), but a committed row
+		 * replaced meanwhile by a non-HOT update can escape any probe that
+		 * judges versions as it meets them; only a look against one fixed
+		 * snapshot may conclude that the row is not there.
+		 */
+		if (!entitlock_table_probe_stable(t, keyvals))
+			return true;
+		ExecClearTuple(t->slot);
+		entitlock_release_internal(create_key, ExclusiveLock);
+		return false;
+	}
 	ExecClearTuple(t->slot);
 	creator = dirty.xmin;
 	entitlock_release_internal(create_key, ExclusiveLock);
@@ -804,18 +876,31 @@ update_is_plain(EntitlockTable *t, const bool *nulls)
  * version in slot (as read, not locked), so that writing it would wait:
  * for statistics, which count such a wait.  A row only locked is not
  * being changed.
+ *
+ * The slot holds a pin on the row's buffer, which keeps the row where it
+ * is but not its header still: a row lock or an update by another backend
+ * rewrites xmax and the infomask under the buffer's exclusive content
+ * lock, turning a plain xid into a MultiXactId or back.  Read without the
+ * lock, the infomask could say MultiXactId while xmax already holds a
+ * plain xid, and looking that up as a MultiXactId fails (XX000).  So the
+ * header is read under the share lock, as the heap's visibility checks
+ * read it; only hint bits change under a share lock, never xmax.
  */
 bool
 entitlock_slot_being_changed(TupleTableSlot *slot)
 {
-	HeapTuple	tuple = ExecFetchSlotHeapTuple(slot, false, NULL);
-	HeapTupleHeader header = tuple->t_data;
-	TransactionId xmax;
+	BufferHeapTupleTableSlot *bslot = (BufferHeapTupleTableSlot *) slot;
+	HeapTupleHeader header;
+	TransactionId xmax = InvalidTransactionId;
 
-	if (header->t_infomask & HEAP_XMAX_INVALID ||
-		HEAP_XMAX_IS_LOCKED_ONLY(header->t_infomask))
-		return false;
-	xmax = HeapTupleHeaderGetUpdateXid(header);
+	Assert(TTS_IS_BUFFERTUPLE(slot) && BufferIsValid(bslot->buffer));
+	LockBuffer(bslot->buffer, BUFFER_LOCK_SHARE);
+	header = bslot->base.tuple->t_data;
+	if (!(header->t_infomask & HEAP_XMAX_INVALID) &&
+		!HEAP_XMAX_IS_LOCKED_ONLY(header->t_infomask))
+		xmax = HeapTupleHeaderGetUpdateXid(header);
+	LockBuffer(bslot->buffer, BUFFER_LOCK_UNLOCK);
+
 	return TransactionIdIsValid(xmax) &&
 		!TransactionIdIsCurrentTransactionId(xmax) &&
 		TransactionIdIsInProgress(xmax);

@@ -35,7 +35,10 @@
  * takes no SERIALIZABLE predicate locks on the index pages that all pairs
  * share, which would make calls on unrelated pairs fail each other.  See
  * entitlock_check_visible_to_transaction() for REPEATABLE READ and
- * SERIALIZABLE.
+ * SERIALIZABLE.  A row that such a probe does not find may still be there,
+ * hidden by a concurrent update, so the creation lock is followed by a look
+ * against one snapshot (entitlock_table_probe_stable()) before a row is
+ * created.
  *
  * A call naming several meters locks all of them, in one canonical order,
  * before it reads any, decides every limit, and then writes all or none.
@@ -1230,11 +1233,20 @@ entitlock_record_usage(PG_FUNCTION_ARGS)
 /* The row type entitlock.usage_limit, as this code reads it. */
 #define LIMIT_NATTS 4
 
+/*
+ * Check that desc, the row type entitlock.usage_limit, has the four fields
+ * this code reads, of their types and in their order, and set attnos[i]
+ * to the 0-based position of field i in desc.  Dropped attributes are
+ * skipped: a superuser's ALTER TYPE ... ADD ATTRIBUTE and DROP ATTRIBUTE
+ * leave one behind, which a row of the type still has a place for, so
+ * desc can have more attributes than fields, and its rows are taken apart
+ * and built with desc->natts places, never LIMIT_NATTS.
+ */
 static void
-check_limit_type(TupleDesc desc)
+check_limit_type(TupleDesc desc, int *attnos)
 {
 	static const Oid types[LIMIT_NATTS] = {TEXTOID, TEXTOID, INT8OID, TEXTOID};
-	int			natts = 0;
+	int			nfields = 0;
 	int			i;
 
 	for (i = 0; i < desc->natts; i++)
@@ -1243,17 +1255,18 @@ check_limit_type(TupleDesc desc)
 
 		if (att->attisdropped)
 			continue;
-		if (natts >= LIMIT_NATTS || att->atttypid != types[natts] ||
-			att->attnum != natts + 1)
-			natts = -1;
-		if (natts < 0)
+		if (nfields >= LIMIT_NATTS || att->atttypid != types[nfields])
+		{
+			nfields = -1;
 			break;
-		natts++;
+		}
+		attnos[nfields++] = i;
 	}
-	if (natts != LIMIT_NATTS)
+	if (nfields != LIMIT_NATTS)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("type \"entitlock.usage_limit\" has been changed"),
+				 errdetail("It must have the fields subject text, feature text, usage_limit bigint and period text, in that order."),
 				 errhint("Reinstall the entitlock extension.")));
 }
 
@@ -1291,6 +1304,9 @@ limits_arg(FunctionCallInfo fcinfo, int argno, int *n)
 	MeterCall  *calls;
 	MeterCall **sorted;
 	ErrorContextCallback errcallback;
+	int			attnos[LIMIT_NATTS];
+	Datum	   *values;
+	bool	   *nulls;
 	int			position = 0;
 	int			i;
 
@@ -1302,7 +1318,9 @@ limits_arg(FunctionCallInfo fcinfo, int argno, int *n)
 				 errmsg("limits must be a one-dimensional array")));
 	elemtype = ARR_ELEMTYPE(arr);
 	desc = lookup_rowtype_tupdesc(elemtype, -1);
-	check_limit_type(desc);
+	check_limit_type(desc, attnos);
+	values = palloc(sizeof(Datum) * desc->natts);
+	nulls = palloc(sizeof(bool) * desc->natts);
 	deconstruct_array(arr, elemtype, -1, false, TYPALIGN_DOUBLE, &elems,
 					  &elem_nulls, &count);
 	if (count == 0)
@@ -1328,6 +1346,7 @@ limits_arg(FunctionCallInfo fcinfo, int argno, int *n)
 		HeapTupleHeader th;
 		Datum		fields[LIMIT_NATTS];
 		bool		isnull[LIMIT_NATTS];
+		int			f;
 
 		position = i + 1;
 		if (elem_nulls[i])
@@ -1339,7 +1358,12 @@ limits_arg(FunctionCallInfo fcinfo, int argno, int *n)
 		ItemPointerSetInvalid(&tuple.t_self);
 		tuple.t_tableOid = InvalidOid;
 		tuple.t_data = th;
-		heap_deform_tuple(&tuple, desc, fields, isnull);
+		heap_deform_tuple(&tuple, desc, values, nulls);
+		for (f = 0; f < LIMIT_NATTS; f++)
+		{
+			fields[f] = values[attnos[f]];
+			isnull[f] = nulls[attnos[f]];
+		}
 		limit_fields(fields, isnull, &calls[i]);
 		meter_call_init(&calls[i], i, calls[i].limit);
 	}
@@ -1780,6 +1804,9 @@ entitlock_usage_limit(PG_FUNCTION_ARGS)
 	TupleDesc	desc;
 	Datum		fields[LIMIT_NATTS];
 	bool		isnull[LIMIT_NATTS] = {false, false, false, false};
+	int			attnos[LIMIT_NATTS];
+	Datum	   *values;
+	bool	   *nulls;
 	MeterCall	call;
 	int			i;
 
@@ -1791,13 +1818,20 @@ entitlock_usage_limit(PG_FUNCTION_ARGS)
 
 	if (get_call_result_type(fcinfo, NULL, &desc) != TYPEFUNC_COMPOSITE)
 		elog(ERROR, "return type must be a row type");
-	check_limit_type(desc);
-	fields[0] = PointerGetDatum(call.meter.subject);
-	fields[1] = PointerGetDatum(call.meter.feature);
-	fields[2] = Int64GetDatum(call.limit);
-	fields[3] = CStringGetTextDatum(period_names[call.meter.period]);
+	check_limit_type(desc, attnos);
+
+	/* A dropped attribute's place in the row is NULL. */
+	values = palloc0(sizeof(Datum) * desc->natts);
+	nulls = palloc(sizeof(bool) * desc->natts);
+	memset(nulls, true, sizeof(bool) * desc->natts);
+	values[attnos[0]] = PointerGetDatum(call.meter.subject);
+	values[attnos[1]] = PointerGetDatum(call.meter.feature);
+	values[attnos[2]] = Int64GetDatum(call.limit);
+	values[attnos[3]] = CStringGetTextDatum(period_names[call.meter.period]);
+	for (i = 0; i < LIMIT_NATTS; i++)
+		nulls[attnos[i]] = false;
 	desc = BlessTupleDesc(desc);
-	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(desc, fields, isnull)));
+	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(desc, values, nulls)));
 }
 
 /*
