@@ -55,6 +55,7 @@ ISOLATION = \
 	usage-first-row-concurrent \
 	usage-lock-entity-excludes \
 	usage-escalated-lock-entity-excludes \
+	usage-escalation-no-deadlock \
 	usage-limits-crossing-order \
 	usage-limits-denial-untouched \
 	usage-limits-idempotency-concurrent \

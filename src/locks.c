@@ -36,13 +36,15 @@
  *	- Striping the coarse lock by key keeps the lock() calls of a whole
  *	  database off one lock tag, so they spread over the lock manager's
  *	  partitions as their own keys do.
- *	- A transaction escalates by taking every stripe at once, in ascending
- *	  order: once escalated it never waits for a stripe again.  lock_all()
- *	  takes its keys' stripes in the same order, after the keys, so the two
- *	  cannot deadlock over stripes.  (A transaction that takes exclusive
- *	  locks in several calls, the later stripe lower, can deadlock with one
- *	  escalating meanwhile; the deadlock detector ends one of them, as it
- *	  does for any two transactions locking in opposite orders.)
+ *	- A transaction escalates by taking every stripe at once without
+ *	  waiting for any (try_escalate()): if one is held by an exclusive lock
+ *	  holder, it gives back what it took and goes on with per-key locks,
+ *	  trying again later.  Waiting there would deadlock two transactions
+ *	  that each lock a name of their own and then record in bulk, though
+ *	  they share no name.  So escalation adds no wait at all; an escalated
+ *	  recorder makes exclusive lock callers wait for it, as a recorder of
+ *	  their keys would.  lock_all() takes its keys' stripes in ascending
+ *	  order, after the keys.
  *	- A lock caller takes its key first and the stripe second, so that while
  *	  it waits for a recorder's key it holds no stripe an escalating
  *	  recorder could be waiting for.
@@ -106,6 +108,13 @@ static int	lock_escalation_threshold = 1000;
 
 /* Recording locks this transaction has taken; see forget_recording_locks(). */
 static int64 recording_locks_taken = 0;
+
+/*
+ * A transaction that could not escalate (a stripe was held) tries again
+ * once it has taken this many more per-key locks, not at every call.
+ */
+#define ESCALATION_RETRY 64
+static int64 next_escalation_try = 0;
 
 /* The lock tag pg_advisory_xact_lock(bigint) uses; see lockfuncs.c. */
 static inline void
@@ -433,6 +442,40 @@ acquire_exclusive_timeout(int64 key, int timeout_ms)
  * Recording locks
  */
 
+/*
+ * Escalate, if every stripe can be had at once: take them all in
+ * STRIPE_RECORDER_MODE without waiting, or, as soon as one is not free,
+ * give back those this attempt took and return false.  Escalation never
+ * waits: a transaction that holds a stripe as an exclusive lock holder (a
+ * lock() on its tenant before a bulk import, say) would otherwise wait for
+ * another such transaction that waits for it in turn, though the two share
+ * no name.  A transaction that cannot escalate goes on with per-key locks,
+ * which only wait for the keys it records on.
+ */
+static bool
+try_escalate(void)
+{
+	LOCKTAG		tag;
+	LockAcquireResult taken[ESCALATION_STRIPES];
+	int			i;
+
+	for (i = 0; i < ESCALATION_STRIPES; i++)
+	{
+		set_stripe_locktag(&tag, i);
+		taken[i] = acquire_tag(&tag, STRIPE_RECORDER_MODE, false);
+		if (taken[i] == LOCKACQUIRE_NOT_AVAIL)
+		{
+			while (--i >= 0)
+			{
+				set_stripe_locktag(&tag, i);
+				LockRelease(&tag, STRIPE_RECORDER_MODE, false);
+			}
+			return false;
+		}
+	}
+	return true;
+}
+
 /* Has this transaction (still) escalated? */
 static bool
 escalated(void)
@@ -456,18 +499,17 @@ entitlock_acquire_recording(const int64 *keys, int nkeys)
 	LOCKTAG		tag;
 	int			i;
 
-	if (recording_locks_taken + nkeys > lock_escalation_threshold)
+	if (recording_locks_taken + nkeys > lock_escalation_threshold &&
+		recording_locks_taken >= next_escalation_try)
 	{
-		/* Counted as if taken, so that the next call escalates too. */
-		recording_locks_taken += nkeys;
-		if (escalated())
-			return;
-		for (i = 0; i < ESCALATION_STRIPES; i++)
+		if (escalated() || try_escalate())
 		{
-			set_stripe_locktag(&tag, i);
-			(void) acquire_tag(&tag, STRIPE_RECORDER_MODE, true);
+			/* Counted as if taken, so that the next call escalates too. */
+			recording_locks_taken += nkeys;
+			return;
 		}
-		return;
+		/* Some stripe is held: per-key locks for a while, then again. */
+		next_escalation_try = recording_locks_taken + ESCALATION_RETRY;
 	}
 	for (i = 0; i < nkeys; i++)
 	{
@@ -489,6 +531,7 @@ forget_recording_locks(XactEvent event, void *arg)
 		case XACT_EVENT_PARALLEL_ABORT:
 		case XACT_EVENT_PREPARE:
 			recording_locks_taken = 0;
+			next_escalation_try = 0;
 			break;
 		default:
 			break;

@@ -327,6 +327,11 @@ entitlock_rate_limit(PG_FUNCTION_ARGS)
 		else
 			entitlock_table_create(&t, row, row_nulls, create_key);
 	}
+	else if (!found)
+	{
+		/* Nothing created: the claim was needed only for the decision. */
+		entitlock_release_internal(create_key, ExclusiveLock);
+	}
 	entitlock_table_close(&t);
 	count_rate_call(name, &d);
 

@@ -641,6 +641,19 @@ decide(MeterCall *call, int64 amount, bool conditional)
 	}
 }
 
+/*
+ * A meter found without a counter row and left without one (a denial, a
+ * refund of nothing): give back the claim on creating its row at once, as
+ * the decision needed it only while it was being made.  Held to the end of
+ * the transaction, one claim per such meter would fill the shared lock
+ * table in a transaction making many of them.
+ */
+static void
+release_creation_claim(const MeterCall *call)
+{
+	entitlock_release_internal(counter_creation_key(call), ExclusiveLock);
+}
+
 /* Write the decided usage, if it changed. */
 static void
 write_counter(EntitlockTable *counter, MeterCall *call)
@@ -649,7 +662,11 @@ write_counter(EntitlockTable *counter, MeterCall *call)
 	bool		nulls[COUNTER_NATTS];
 
 	if (call->new_used == call->used)
+	{
+		if (!call->found)
+			release_creation_claim(call);
 		return;
+	}
 	counter_values(&call->meter, values, nulls);
 	values[COUNTER_USED] = Int64GetDatum(call->new_used);
 	if (call->found)
@@ -1606,7 +1623,10 @@ give_back(EntitlockTable *counter, MeterCall *call, UsagePeriod period,
 	compute_period(&call->meter, period, recorded_at);
 	lock_counter(counter, call);
 	if (!call->found)
+	{
+		release_creation_claim(call);
 		return 0;
+	}
 	decide(call, -amount, false);
 	write_counter(counter, call);
 	return call->used - call->new_used;

@@ -81,6 +81,29 @@ bulk_step(
 			entitlock.rate_limit('r:' || g, 10, '1 minute') AS r
 	  WHERE r.allowed");
 
+# Calls that create no row hold nothing afterwards either: denials on new
+# meters, refunds of nothing, denied sets and peeks at new rate limits
+# give back their claim on creating the row once they have decided.
+bulk_step(
+	"20000 denials on distinct new meters",
+	"SELECT count(*) FROM generate_series(1, 20000) AS g,
+			entitlock.record_usage_if_under_limit('d:' || g, 'api', 1, 0) AS r
+	  WHERE NOT r.allowed");
+bulk_step(
+	"20000 refunds of nothing on distinct missing meters",
+	"SELECT count(entitlock.record_usage('n:' || g, 'api', -1)) FROM generate_series(1, 20000) AS g");
+bulk_step(
+	"3000 denied sets on new meters",
+	"SELECT count(*) FROM generate_series(1, 3000) AS g,
+			entitlock.record_usage_if_under_limits(ARRAY[
+				entitlock.usage_limit('ds:' || g, 'api', 5),
+				entitlock.usage_limit('dz:' || g, 'api', 0)]) AS r
+	  WHERE NOT r.allowed");
+bulk_step(
+	"10000 peeks at new rate limits",
+	"SELECT count(*) FROM generate_series(1, 10000) AS g,
+			entitlock.rate_limit('p:' || g, 10, '1 minute', NULL, 0) AS r");
+
 # About the threshold (1,000 locks), the stripes (64) and a few relation
 # locks, whatever the number of meters.
 my $held = $bulk->query_safe(
@@ -108,6 +131,12 @@ is( $node->safe_psql(
 						AND period = 'lifetime'"),
 	"$meters|$meters",
 	'every meter recorded once');
+is( $node->safe_psql(
+		'postgres', "SELECT count(*) FROM entitlock.usage_counter
+					  WHERE subject LIKE 'd:%' OR subject LIKE 'n:%'
+						 OR subject LIKE 'ds:%' OR subject LIKE 'dz:%'"),
+	'0',
+	'denials and refunds of nothing left no rows');
 is( $node->safe_psql(
 		'postgres', "SELECT sum(entitlock.usage('u:' || g, 'api', 'hour')),
 						   sum(entitlock.usage('u:' || g, 'api', 'day'))
