@@ -87,7 +87,7 @@ SELECT count(*) FROM generate_series(1, 100) g,
  WHERE r.allowed;
 SELECT * FROM my_locks WHERE objsubid = 3;
 COMMIT;
--- A call that creates nothing keeps it until the transaction ends.
+-- A call that creates nothing gives it back once it has decided too.
 BEGIN;
 SELECT allowed FROM entitlock.record_usage_if_under_limit('new:0', 'api', 5, 1);
 SELECT * FROM my_locks WHERE objsubid = 3;

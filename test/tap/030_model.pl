@@ -112,6 +112,8 @@ CREATE TABLE usage_ledger (subject text, feature text, period text,
 	period_start timestamptz, amount bigint, key text, answered_used bigint);
 CREATE UNIQUE INDEX ON usage_ledger (key, subject, feature, period) WHERE key IS NOT NULL AND amount > 0;
 CREATE TABLE refund_ledger (key text, subject text, feature text, amount bigint);
+-- Every answer to a keyed call: a retry must get the first answer.
+CREATE TABLE key_answers (key text, subject text, feature text, period text, allowed boolean, used bigint);
 CREATE TABLE effects (key text, at timestamptz DEFAULT clock_timestamp());
 CREATE TABLE replays (key text);
 CREATE TABLE lease_history (name text, token uuid, fencing bigint,
@@ -147,6 +149,7 @@ my %scripts = (
 BEGIN;
 WITH m AS (SELECT *, CASE WHEN :keyed = 0 THEN concat_ws(':', 'c', :s, :f, :p, :a, :k) END AS key FROM pick_meter(:s, :f, :p)),
      r AS (SELECT r.*, m.* FROM m, entitlock.record_usage_if_under_limit(m.subject, m.feature, :a, m.lim, m.period, m.key) r)
+   , ka AS (INSERT INTO key_answers SELECT key, subject, feature, period, allowed, used FROM r WHERE key IS NOT NULL)
 INSERT INTO usage_ledger
 SELECT subject, feature, period, period_start, CASE WHEN allowed THEN :a ELSE 0 END, key, used
   FROM r
@@ -160,6 +163,9 @@ PGB
 \set r random(1, 1000000)
 BEGIN;
 SET LOCAL entitlock.lock_escalation_threshold = 4;
+SELECT entitlock.lock('job:' || :r % 3);
+SELECT count(*) FROM generate_series(1, 5) AS g,
+       entitlock.record_usage_if_under_limit('fresh:' || :r || ':' || g, 'api', 1, 0) AS d WHERE NOT d.allowed;
 WITH m AS (SELECT x.* FROM generate_series(1, 6) g,
                  pick_meter(1 + (g * :r) % 5, 1 + (g + :r) % 2, 1 + (g * 7 + :r / 3) % 2) x),
      r AS (SELECT r.*, m.* FROM m, entitlock.record_usage_if_under_limit(m.subject, m.feature, 1, m.lim, m.period) r)
@@ -181,7 +187,9 @@ WITH m AS (SELECT x.* FROM (VALUES (:o, 1), (:u, 1), (:u, 2)) v(s, p), pick_mete
      l AS (SELECT array_agg(entitlock.usage_limit(subject, feature, lim, period) ORDER BY random()) AS lims FROM m),
      r AS (SELECT r.* FROM l, entitlock.record_usage_if_under_limits(l.lims, :a,
                 CASE WHEN :keyed = 0 THEN concat_ws(':', 's', :o, :u, :f, :a, :k) END) r),
-     ok AS (SELECT bool_and(allowed) AS all_ok FROM r)
+     ok AS (SELECT bool_and(allowed) AS all_ok FROM r),
+     ka AS (INSERT INTO key_answers
+            SELECT concat_ws(':', 's', :o, :u, :f, :a, :k), subject, feature, period, allowed, used FROM r WHERE :keyed = 0)
 INSERT INTO usage_ledger
 SELECT r.subject, r.feature, r.period, m.period_start, CASE WHEN ok.all_ok THEN :a ELSE 0 END,
        CASE WHEN :keyed = 0 THEN concat_ws(':', 's', :o, :u, :f, :a, :k) END, r.used
@@ -322,6 +330,9 @@ my %checks = (
 		UNION ALL
 		SELECT l.subject, l.feature, l.period, l.answered_used, m.lim FROM usage_ledger l JOIN meter_limit m USING (subject, feature, period)
 		 WHERE l.answered_used > m.lim},
+	'a retry gets the first answer' => q{
+		SELECT key, subject, feature, period FROM key_answers
+		 GROUP BY 1, 2, 3, 4 HAVING count(DISTINCT (allowed, used)) > 1},
 	'keys applied once' => q{
 		SELECT key, count(*) FROM effects GROUP BY key HAVING count(*) > 1},
 	'a replay follows a committed effect' => q{
@@ -351,7 +362,7 @@ for my $seed ($mode eq 'single' ? () : seeds(\@CONCURRENT_SEEDS))
 	$cran++;
 	sql(q{TRUNCATE entitlock.usage_counter, entitlock.usage_idempotency, entitlock.usage_limits_idempotency,
 			entitlock.rate_limit_state, entitlock.idempotency_key, entitlock.lease_record,
-			usage_ledger, refund_ledger, effects, replays, lease_history, rate_ledger, critical_ledger,
+			usage_ledger, refund_ledger, key_answers, effects, replays, lease_history, rate_ledger, critical_ledger,
 			frozen_violations;
 		UPDATE plain_counter SET v = 0;});
 	my %weight = (limit => 30, limits => 30, bulk => 4, refund => 8, first_time => 6, idempotency => 6,
