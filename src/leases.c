@@ -15,11 +15,21 @@
  * after the lock is granted).  lease_acquire only tries that lock: a name
  * that another transaction is acquiring, renewing or releasing at that
  * moment is busy, and the answer is the same as for a held lease, no row.
- * So acquiring never waits on a lock, never raises a duplicate-key error
- * (only the lock holder inserts, after looking) and never gets a deadlock
- * error.  A caller that asks to wait for a held lease (wait, 1.1) tries
- * again after sleeping, holding nothing meanwhile, so that its wait cannot
- * delay the holder's renew or release.
+ * So acquiring never queues for the name's lock and never raises a
+ * duplicate-key error (only the lock holder inserts, after looking).
+ *
+ * A caller that asks to wait (wait, 1.1) holds nothing while it waits, so
+ * that its wait cannot delay the holder's renew or release.  For a held
+ * lease it sleeps until the lease expires, looking again every little
+ * while for a release; no transaction is in the way, so PostgreSQL has
+ * nothing to wait on.  A name busy because another transaction wrote its
+ * row (an acquisition, renewal or release not yet committed) stays busy
+ * until that transaction ends, and its end is waited for as a row lock
+ * waits for a row's writer, in the lock manager: a sleep would hide the
+ * wait from the deadlock detector, and two transactions each holding an
+ * uncommitted lease and waiting for the other's would both sleep out
+ * their bounds.  So a wait that closes a cycle of waits fails with
+ * deadlock_detected, the one error contention can bring.
  * (The lock of a lease it took stays held until its transaction ends, and
  * a renew or release of that name in another transaction waits for it.)
  * When it changes nothing, it gives the lock back at once rather than at
@@ -50,6 +60,7 @@
 #include "postgres.h"
 
 #include "access/htup_details.h"
+#include "access/transam.h"
 #include "access/xlog.h"
 #include "access/xact.h"
 #include "catalog/namespace.h"
@@ -239,6 +250,45 @@ begin_owner_call(FunctionCallInfo fcinfo, EntitlockTable *t, int64 hash,
 }
 
 /*
+ * The other transaction that is writing name's row now: the writer of a
+ * version of the row that is not committed yet (a new lease, a renewal,
+ * a release), or InvalidTransactionId when there is none.  Such a
+ * transaction took the name's lock to write and keeps it until it ends.
+ * Read without the name's lock, with a dirty snapshot, which shows rows
+ * not yet committed and says who is writing them.  Like SnapshotSelf it
+ * takes no SERIALIZABLE predicate locks.
+ */
+static TransactionId
+name_writer_in_progress(int64 hash, text *name)
+{
+	EntitlockTable t;
+	SnapshotData dirty;
+	IndexScanDesc scan;
+	Datum		hashval = Int64GetDatum(hash);
+	TransactionId writer = InvalidTransactionId;
+
+	InitDirtySnapshot(dirty);
+	entitlock_table_open(&t, &lease_def, RowExclusiveLock);
+	scan = entitlock_table_scan(&t, HASH_INDEX, &dirty,
+								BTEqualStrategyNumber, 1, &hashval);
+
+	/*
+	 * The scan sets the snapshot's xmin and xmax for the version it returns:
+	 * an inserter or an updater or deleter still in progress.
+	 */
+	while (entitlock_next_row_with_text(&t, scan, COL_NAME + 1, name))
+	{
+		writer = TransactionIdIsValid(dirty.xmax) ? dirty.xmax : dirty.xmin;
+		if (TransactionIdIsValid(writer))
+			break;
+	}
+	index_endscan(scan);
+	ExecClearTuple(t.slot);
+	entitlock_table_close(&t);
+	return writer;
+}
+
+/*
  * The next fencing number.  A cached or cycling sequence would hand out
  * numbers out of order across backends, so refuse one.
  */
@@ -382,11 +432,14 @@ try_take_lease(int64 hash, text *name, Interval *ttl, text *holder,
  * on the name at this moment, and stays so for wait (NULL or 0: does not
  * wait; 1.0 declared the function without wait).
  *
- * A wait holds nothing while it sleeps: the holder's renew and release
- * never queue behind a waiter.  The waiter sleeps until the lease's expiry
+ * A wait holds nothing: the holder's renew and release never queue behind
+ * a waiter.  For a held lease the waiter sleeps until the lease's expiry
  * and looks again at least every LEASE_POLL_MS, so it notices a release
- * that soon after its commit; cancels and statement_timeout end the sleep.
- * It looks again at once when its latch is set.
+ * that soon after its commit; it looks again at once when its latch is
+ * set.  For a name whose row another transaction is writing, it waits in
+ * the lock manager for that transaction to end (see the file header), and
+ * a cycle of waits through it ends with deadlock_detected.  Cancels and
+ * statement_timeout end either wait; lock_timeout does not apply.
  */
 Datum
 entitlock_lease_acquire(PG_FUNCTION_ARGS)
@@ -429,6 +482,20 @@ entitlock_lease_acquire(PG_FUNCTION_ARGS)
 			break;
 		if (wait_start == 0)
 			wait_start = now;
+
+		if (attempt == LEASE_BUSY)
+		{
+			TransactionId writer = name_writer_in_progress(hash, name);
+			long		left = TimestampDifferenceMilliseconds(now, deadline);
+
+			if (TransactionIdIsValid(writer))
+			{
+				/* Ended or not, look again: the bound is checked above. */
+				(void) entitlock_wait_for_xact(writer, (int) left);
+				CHECK_FOR_INTERRUPTS();
+				continue;
+			}
+		}
 
 		wake = Min(deadline, TimestampTzPlusMilliseconds(now, LEASE_POLL_MS));
 		if (attempt == LEASE_HELD)
