@@ -46,9 +46,10 @@
  * Fencing numbers come from one sequence, entitlock.lease_fencing, with
  * no cache.  A sequence never goes back: not after a rolled-back
  * acquisition (whose number a client has seen), not after release, and
- * not after a crash, as its WAL is flushed ahead of what it hands out.  As
- * acquisitions of one name are serialised by the name's lock, each gets a
- * number larger than every earlier one's.  pg_dump saves its position.
+ * not after a crash, as the WAL that covers a number is flushed before the
+ * number is returned, whichever backend wrote it.  As acquisitions of one
+ * name are serialised by the name's lock, each gets a number larger than
+ * every earlier one's.  pg_dump saves its position.
  *
  * Time is the server's wall clock at the moment of each call, after the
  * name's lock is granted (clock_timestamp(), not now()): a transaction
@@ -60,6 +61,7 @@
 #include "postgres.h"
 
 #include "access/htup_details.h"
+#include "access/relation.h"
 #include "access/transam.h"
 #include "access/xlog.h"
 #include "access/xact.h"
@@ -69,6 +71,7 @@
 #include "commands/sequence.h"
 #include "entitlock.h"
 #include "miscadmin.h"
+#include "storage/bufmgr.h"
 #include "storage/latch.h"
 #include "utils/wait_event.h"
 #include "utils/builtins.h"
@@ -289,6 +292,40 @@ name_writer_in_progress(int64 hash, text *name)
 }
 
 /*
+ * The end of the WAL that covers every number the fencing sequence has
+ * handed out: its page's LSN, set by the record that last moved it ahead.
+ *
+ * A sequence writes WAL once for many numbers ahead, and the calls that
+ * then hand out numbers from that batch, in any backend, write nothing.
+ * Flushing the record is left to the commit of the transaction that wrote
+ * it, so a number handed out by an acquisition that never commits (rolled
+ * back, or cut short by a crash, or committed asynchronously) could be
+ * handed out again after a crash; and so could one handed out from a
+ * batch whose record another backend wrote and has not flushed yet (its
+ * commit asynchronous, or not reached).  Flushing up to this point before
+ * a number is returned keeps every number ever returned below what the
+ * sequence restarts from.  Once the batch's record is flushed, as it
+ * mostly is, the flush only compares two positions; calls that draw from
+ * a batch while its record is being flushed wait for that flush.
+ */
+static XLogRecPtr
+sequence_wal_end(Oid seqid)
+{
+	Relation	seqrel;
+	Buffer		buf;
+	XLogRecPtr	lsn;
+
+	/* nextval_internal() has locked the sequence for the transaction. */
+	seqrel = relation_open(seqid, NoLock);
+	buf = ReadBuffer(seqrel, 0);
+	LockBuffer(buf, BUFFER_LOCK_SHARE);
+	lsn = PageGetLSN(BufferGetPage(buf));
+	UnlockReleaseBuffer(buf);
+	relation_close(seqrel, NoLock);
+	return lsn;
+}
+
+/*
  * The next fencing number.  A cached or cycling sequence would hand out
  * numbers out of order across backends, so refuse one.
  */
@@ -298,7 +335,6 @@ next_fencing(void)
 	Oid			seqid;
 	HeapTuple	tuple;
 	bool		usable;
-	XLogRecPtr	before;
 	int64		fencing;
 
 	seqid = get_relname_relid(FENCING_SEQUENCE,
@@ -318,19 +354,9 @@ next_fencing(void)
 				 errdetail("Fencing numbers need a sequence that increases, without cache or cycle."),
 				 errhint("Update the extension with ALTER EXTENSION entitlock UPDATE, or reinstall it.")));
 
-	/*
-	 * Callers need no rights on the sequence, as on the table.  A sequence
-	 * writes WAL once for many numbers ahead and leaves flushing it to the
-	 * commit, so a number handed out by an acquisition that never commits
-	 * (rolled back, or cut short by a crash, or committed asynchronously)
-	 * could be handed out again after a crash.  Flush when it wrote: one
-	 * flush per batch of numbers keeps every number ever returned below what
-	 * the sequence restarts from.
-	 */
-	before = XactLastRecEnd;
+	/* Callers need no rights on the sequence, as on the table. */
 	fencing = nextval_internal(seqid, false);
-	if (XactLastRecEnd != before)
-		XLogFlush(XactLastRecEnd);
+	XLogFlush(sequence_wal_end(seqid));
 	return fencing;
 }
 
