@@ -72,6 +72,7 @@ ISOLATION = \
 	lease-stale-owner \
 	lease-serializable \
 	lease-wait \
+	lease-wait-deadlock \
 	serializable-independent
 
 # Isolation specs live under test/; pg_isolation_regress takes the last

@@ -42,6 +42,7 @@ extern Interval *entitlock_ttl_arg(FunctionCallInfo fcinfo, int argno,
 extern bool entitlock_acquire(int64 key, LOCKMODE mode, bool wait);
 extern bool entitlock_acquire_timeout(int64 key, LOCKMODE mode,
 									 int timeout_ms);
+extern bool entitlock_wait_for_xact(TransactionId xid, int timeout_ms);
 extern int	entitlock_interval_ms(Interval *span, const char *what);
 extern void entitlock_release(int64 key, LOCKMODE mode);
 extern void entitlock_acquire_recording(const int64 *keys, int nkeys);

@@ -15,11 +15,21 @@
  * after the lock is granted).  lease_acquire only tries that lock: a name
  * that another transaction is acquiring, renewing or releasing at that
  * moment is busy, and the answer is the same as for a held lease, no row.
- * So acquiring never waits on a lock, never raises a duplicate-key error
- * (only the lock holder inserts, after looking) and never gets a deadlock
- * error.  A caller that asks to wait for a held lease (wait, 1.1) tries
- * again after sleeping, holding nothing meanwhile, so that its wait cannot
- * delay the holder's renew or release.
+ * So acquiring never queues for the name's lock and never raises a
+ * duplicate-key error (only the lock holder inserts, after looking).
+ *
+ * A caller that asks to wait (wait, 1.1) holds nothing while it waits, so
+ * that its wait cannot delay the holder's renew or release.  For a held
+ * lease it sleeps until the lease expires, looking again every little
+ * while for a release; no transaction is in the way, so PostgreSQL has
+ * nothing to wait on.  A name busy because another transaction wrote its
+ * row (an acquisition, renewal or release not yet committed) stays busy
+ * until that transaction ends, and its end is waited for as a row lock
+ * waits for a row's writer, in the lock manager: a sleep would hide the
+ * wait from the deadlock detector, and two transactions each holding an
+ * uncommitted lease and waiting for the other's would both sleep out
+ * their bounds.  So a wait that closes a cycle of waits fails with
+ * deadlock_detected, the one error contention can bring.
  * (The lock of a lease it took stays held until its transaction ends, and
  * a renew or release of that name in another transaction waits for it.)
  * When it changes nothing, it gives the lock back at once rather than at
@@ -36,9 +46,10 @@
  * Fencing numbers come from one sequence, entitlock.lease_fencing, with
  * no cache.  A sequence never goes back: not after a rolled-back
  * acquisition (whose number a client has seen), not after release, and
- * not after a crash, as its WAL is flushed ahead of what it hands out.  As
- * acquisitions of one name are serialised by the name's lock, each gets a
- * number larger than every earlier one's.  pg_dump saves its position.
+ * not after a crash, as the WAL that covers a number is flushed before the
+ * number is returned, whichever backend wrote it.  As acquisitions of one
+ * name are serialised by the name's lock, each gets a number larger than
+ * every earlier one's.  pg_dump saves its position.
  *
  * Time is the server's wall clock at the moment of each call, after the
  * name's lock is granted (clock_timestamp(), not now()): a transaction
@@ -50,6 +61,8 @@
 #include "postgres.h"
 
 #include "access/htup_details.h"
+#include "access/relation.h"
+#include "access/transam.h"
 #include "access/xlog.h"
 #include "access/xact.h"
 #include "catalog/namespace.h"
@@ -58,6 +71,7 @@
 #include "commands/sequence.h"
 #include "entitlock.h"
 #include "miscadmin.h"
+#include "storage/bufmgr.h"
 #include "storage/latch.h"
 #include "utils/wait_event.h"
 #include "utils/builtins.h"
@@ -239,6 +253,79 @@ begin_owner_call(FunctionCallInfo fcinfo, EntitlockTable *t, int64 hash,
 }
 
 /*
+ * The other transaction that is writing name's row now: the writer of a
+ * version of the row that is not committed yet (a new lease, a renewal,
+ * a release), or InvalidTransactionId when there is none.  Such a
+ * transaction took the name's lock to write and keeps it until it ends.
+ * Read without the name's lock, with a dirty snapshot, which shows rows
+ * not yet committed and says who is writing them.  Like SnapshotSelf it
+ * takes no SERIALIZABLE predicate locks.
+ */
+static TransactionId
+name_writer_in_progress(int64 hash, text *name)
+{
+	EntitlockTable t;
+	SnapshotData dirty;
+	IndexScanDesc scan;
+	Datum		hashval = Int64GetDatum(hash);
+	TransactionId writer = InvalidTransactionId;
+
+	InitDirtySnapshot(dirty);
+	entitlock_table_open(&t, &lease_def, RowExclusiveLock);
+	scan = entitlock_table_scan(&t, HASH_INDEX, &dirty,
+								BTEqualStrategyNumber, 1, &hashval);
+
+	/*
+	 * The scan sets the snapshot's xmin and xmax for the version it returns:
+	 * an inserter or an updater or deleter still in progress.
+	 */
+	while (entitlock_next_row_with_text(&t, scan, COL_NAME + 1, name))
+	{
+		writer = TransactionIdIsValid(dirty.xmax) ? dirty.xmax : dirty.xmin;
+		if (TransactionIdIsValid(writer))
+			break;
+	}
+	index_endscan(scan);
+	ExecClearTuple(t.slot);
+	entitlock_table_close(&t);
+	return writer;
+}
+
+/*
+ * The end of the WAL that covers every number the fencing sequence has
+ * handed out: its page's LSN, set by the record that last moved it ahead.
+ *
+ * A sequence writes WAL once for many numbers ahead, and the calls that
+ * then hand out numbers from that batch, in any backend, write nothing.
+ * Flushing the record is left to the commit of the transaction that wrote
+ * it, so a number handed out by an acquisition that never commits (rolled
+ * back, or cut short by a crash, or committed asynchronously) could be
+ * handed out again after a crash; and so could one handed out from a
+ * batch whose record another backend wrote and has not flushed yet (its
+ * commit asynchronous, or not reached).  Flushing up to this point before
+ * a number is returned keeps every number ever returned below what the
+ * sequence restarts from.  Once the batch's record is flushed, as it
+ * mostly is, the flush only compares two positions; calls that draw from
+ * a batch while its record is being flushed wait for that flush.
+ */
+static XLogRecPtr
+sequence_wal_end(Oid seqid)
+{
+	Relation	seqrel;
+	Buffer		buf;
+	XLogRecPtr	lsn;
+
+	/* nextval_internal() has locked the sequence for the transaction. */
+	seqrel = relation_open(seqid, NoLock);
+	buf = ReadBuffer(seqrel, 0);
+	LockBuffer(buf, BUFFER_LOCK_SHARE);
+	lsn = PageGetLSN(BufferGetPage(buf));
+	UnlockReleaseBuffer(buf);
+	relation_close(seqrel, NoLock);
+	return lsn;
+}
+
+/*
  * The next fencing number.  A cached or cycling sequence would hand out
  * numbers out of order across backends, so refuse one.
  */
@@ -248,7 +335,6 @@ next_fencing(void)
 	Oid			seqid;
 	HeapTuple	tuple;
 	bool		usable;
-	XLogRecPtr	before;
 	int64		fencing;
 
 	seqid = get_relname_relid(FENCING_SEQUENCE,
@@ -268,19 +354,9 @@ next_fencing(void)
 				 errdetail("Fencing numbers need a sequence that increases, without cache or cycle."),
 				 errhint("Update the extension with ALTER EXTENSION entitlock UPDATE, or reinstall it.")));
 
-	/*
-	 * Callers need no rights on the sequence, as on the table.  A sequence
-	 * writes WAL once for many numbers ahead and leaves flushing it to the
-	 * commit, so a number handed out by an acquisition that never commits
-	 * (rolled back, or cut short by a crash, or committed asynchronously)
-	 * could be handed out again after a crash.  Flush when it wrote: one
-	 * flush per batch of numbers keeps every number ever returned below what
-	 * the sequence restarts from.
-	 */
-	before = XactLastRecEnd;
+	/* Callers need no rights on the sequence, as on the table. */
 	fencing = nextval_internal(seqid, false);
-	if (XactLastRecEnd != before)
-		XLogFlush(XactLastRecEnd);
+	XLogFlush(sequence_wal_end(seqid));
 	return fencing;
 }
 
@@ -382,11 +458,14 @@ try_take_lease(int64 hash, text *name, Interval *ttl, text *holder,
  * on the name at this moment, and stays so for wait (NULL or 0: does not
  * wait; 1.0 declared the function without wait).
  *
- * A wait holds nothing while it sleeps: the holder's renew and release
- * never queue behind a waiter.  The waiter sleeps until the lease's expiry
+ * A wait holds nothing: the holder's renew and release never queue behind
+ * a waiter.  For a held lease the waiter sleeps until the lease's expiry
  * and looks again at least every LEASE_POLL_MS, so it notices a release
- * that soon after its commit; cancels and statement_timeout end the sleep.
- * It looks again at once when its latch is set.
+ * that soon after its commit; it looks again at once when its latch is
+ * set.  For a name whose row another transaction is writing, it waits in
+ * the lock manager for that transaction to end (see the file header), and
+ * a cycle of waits through it ends with deadlock_detected.  Cancels and
+ * statement_timeout end either wait; lock_timeout does not apply.
  */
 Datum
 entitlock_lease_acquire(PG_FUNCTION_ARGS)
@@ -429,6 +508,20 @@ entitlock_lease_acquire(PG_FUNCTION_ARGS)
 			break;
 		if (wait_start == 0)
 			wait_start = now;
+
+		if (attempt == LEASE_BUSY)
+		{
+			TransactionId writer = name_writer_in_progress(hash, name);
+			long		left = TimestampDifferenceMilliseconds(now, deadline);
+
+			if (TransactionIdIsValid(writer))
+			{
+				/* Ended or not, look again: the bound is checked above. */
+				(void) entitlock_wait_for_xact(writer, (int) left);
+				CHECK_FOR_INTERRUPTS();
+				continue;
+			}
+		}
 
 		wake = Min(deadline, TimestampTzPlusMilliseconds(now, LEASE_POLL_MS));
 		if (attempt == LEASE_HELD)

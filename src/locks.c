@@ -66,6 +66,8 @@
 #include <limits.h>
 #include <math.h>
 
+#include "access/subtrans.h"
+#include "access/transam.h"
 #include "access/xact.h"
 #include "catalog/pg_type.h"
 #include "compat.h"
@@ -73,6 +75,7 @@
 #include "entitlock.h"
 #include "miscadmin.h"
 #include "storage/lock.h"
+#include "storage/procarray.h"
 #include "utils/array.h"
 #include "utils/guc.h"
 #include "utils/memutils.h"
@@ -275,8 +278,10 @@ entitlock_interval_ms(Interval *span, const char *what)
 }
 
 /*
- * Wait for the lock tag for at most timeout_ms; false when that expires.
- * A negative timeout_ms waits as long as it takes, as entitlock_acquire().
+ * Wait in the lock manager for the lock tag in mode, for at most timeout_ms
+ * (more than zero); false when that expires.  With keep, the lock is then
+ * held until the end of the transaction; without, it is given back as soon
+ * as it is granted, for a caller that only waits for its holders to go.
  *
  * The wait runs with lock_timeout set to the limit, inside an internal
  * subtransaction.  When the lock manager gives up it raises
@@ -298,25 +303,15 @@ entitlock_interval_ms(Interval *span, const char *what)
  * lock_not_available has the same blind spot.)
  */
 static bool
-acquire_tag_timeout(const LOCKTAG *tag, LOCKMODE mode, int timeout_ms)
+wait_with_lock_timeout(const LOCKTAG *tag, LOCKMODE mode, int timeout_ms,
+					   bool keep)
 {
 	MemoryContext oldcontext = CurrentMemoryContext;
 	ResourceOwner oldowner = CurrentResourceOwner;
 	char		timeout_str[32];
 	volatile bool acquired = false;
 	bool		statement_timer_armed;
-	TimestampTz start;
 
-	/* Most calls find the lock free; spare them the subtransaction. */
-	if (acquire_tag(tag, mode, false) != LOCKACQUIRE_NOT_AVAIL)
-		return true;
-	/* lock_timeout = 0 means "wait forever", so a zero limit stops here. */
-	if (timeout_ms == 0)
-		return false;
-	if (timeout_ms < 0)
-		return acquire_tag(tag, mode, true) != LOCKACQUIRE_NOT_AVAIL;
-
-	start = GetCurrentTimestamp();
 	snprintf(timeout_str, sizeof(timeout_str), "%d", timeout_ms);
 	statement_timer_armed = get_timeout_active(STATEMENT_TIMEOUT);
 
@@ -331,7 +326,6 @@ acquire_tag_timeout(const LOCKTAG *tag, LOCKMODE mode, int timeout_ms)
 								 PGC_USERSET, PGC_S_SESSION,
 								 GUC_ACTION_SAVE, true, 0, false);
 
-		/* The wait is timed once, below. */
 		(void) LockAcquire(tag, mode, false, false);
 
 		/*
@@ -342,8 +336,10 @@ acquire_tag_timeout(const LOCKTAG *tag, LOCKMODE mode, int timeout_ms)
 		 */
 		CHECK_FOR_INTERRUPTS();
 		AtEOXact_GUC(true, save_nestlevel);
+		if (!keep)
+			(void) LockRelease(tag, mode, false);
 
-		/* The lock now passes to the outer transaction's resource owner. */
+		/* A kept lock now passes to the outer transaction's resource owner. */
 		ReleaseCurrentSubTransaction();
 		MemoryContextSwitchTo(oldcontext);
 		CurrentResourceOwner = oldowner;
@@ -379,6 +375,32 @@ acquire_tag_timeout(const LOCKTAG *tag, LOCKMODE mode, int timeout_ms)
 	}
 	PG_END_TRY();
 
+	return acquired;
+}
+
+/*
+ * Wait for the lock tag for at most timeout_ms; false when that expires.
+ * A negative timeout_ms waits as long as it takes, as entitlock_acquire();
+ * see wait_with_lock_timeout() for how.
+ */
+static bool
+acquire_tag_timeout(const LOCKTAG *tag, LOCKMODE mode, int timeout_ms)
+{
+	bool		acquired;
+	TimestampTz start;
+
+	/* Most calls find the lock free; spare them the subtransaction. */
+	if (acquire_tag(tag, mode, false) != LOCKACQUIRE_NOT_AVAIL)
+		return true;
+	/* lock_timeout = 0 means "wait forever", so a zero limit stops here. */
+	if (timeout_ms == 0)
+		return false;
+	if (timeout_ms < 0)
+		return acquire_tag(tag, mode, true) != LOCKACQUIRE_NOT_AVAIL;
+
+	start = GetCurrentTimestamp();
+	/* The wait is timed once, here. */
+	acquired = wait_with_lock_timeout(tag, mode, timeout_ms, true);
 	if (entitlock_stats_on())
 		entitlock_stats_waited(start);
 	return acquired;
@@ -392,6 +414,54 @@ entitlock_acquire_timeout(int64 key, LOCKMODE mode, int timeout_ms)
 
 	set_key_locktag(&tag, key);
 	return acquire_tag_timeout(&tag, mode, timeout_ms);
+}
+
+/*
+ * Wait for the transaction that wrote xid to end, for at most timeout_ms
+ * (more than zero); false when that expires, true once it has ended.
+ *
+ * This is how a row lock waits for a row's writer: a transaction holds the
+ * lock on its own transaction id exclusively until it ends, and a waiter
+ * asks for it in share mode.  So the wait is a lock wait, which
+ * PostgreSQL's deadlock detector sees (a cycle through it ends with
+ * deadlock_detected), and statement_timeout and cancels end it with their
+ * usual errors.  The waiter keeps nothing: the lock is given back as soon
+ * as it is granted, and no one else asks for it in a mode that would
+ * queue behind ours.
+ *
+ * xid may be a subtransaction's, whose lock goes at its own commit: if it
+ * is then still in progress, it lives on in its parent, which is waited
+ * for next.  Callers time their own waits, so this one is not counted for
+ * statistics.
+ */
+bool
+entitlock_wait_for_xact(TransactionId xid, int timeout_ms)
+{
+	TimestampTz deadline;
+
+	deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), timeout_ms);
+	while (TransactionIdIsValid(xid))
+	{
+		LOCKTAG		tag;
+
+		SET_LOCKTAG_TRANSACTION(tag, xid);
+		if (LockAcquire(&tag, ShareLock, false, true) != LOCKACQUIRE_NOT_AVAIL)
+			(void) LockRelease(&tag, ShareLock, false);
+		else
+		{
+			long		left;
+
+			left = TimestampDifferenceMilliseconds(GetCurrentTimestamp(),
+												   deadline);
+			if (left <= 0 ||
+				!wait_with_lock_timeout(&tag, ShareLock, (int) left, false))
+				return false;
+		}
+		if (!TransactionIdIsInProgress(xid))
+			break;
+		xid = SubTransGetParent(xid);
+	}
+	return true;
 }
 
 /*
