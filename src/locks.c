@@ -36,15 +36,17 @@
  *	- Striping the coarse lock by key keeps the lock() calls of a whole
  *	  database off one lock tag, so they spread over the lock manager's
  *	  partitions as their own keys do.
- *	- A transaction escalates by taking every stripe at once without
- *	  waiting for any (try_escalate()): if one is held by an exclusive lock
- *	  holder, it gives back what it took and goes on with per-key locks,
- *	  trying again later.  Waiting there would deadlock two transactions
- *	  that each lock a name of their own and then record in bulk, though
- *	  they share no name.  So escalation adds no wait at all; an escalated
- *	  recorder makes exclusive lock callers wait for it, as a recorder of
- *	  their keys would.  lock_all() takes its keys' stripes in ascending
- *	  order, after the keys.
+ *	- A transaction escalates by taking every stripe, in ascending order,
+ *	  waiting for the exclusive lock holders of the moment; once escalated
+ *	  it never waits for a stripe again.  But a transaction that holds a
+ *	  stripe itself, as an exclusive lock holder, takes them only all at
+ *	  once without waiting (try_escalate()), and otherwise goes on with
+ *	  per-key locks and tries again later: two transactions that each lock
+ *	  a name of their own and then record in bulk would else wait for each
+ *	  other's stripe, though they share no name.  (Such a transaction can
+ *	  still run out of the lock table if others hold exclusive locks all
+ *	  along.)  lock_all() takes its keys' stripes in ascending order, after
+ *	  the keys.
  *	- A lock caller takes its key first and the stripe second, so that while
  *	  it waits for a recorder's key it holds no stripe an escalating
  *	  recorder could be waiting for.
@@ -515,12 +517,12 @@ acquire_exclusive_timeout(int64 key, int timeout_ms)
 /*
  * Escalate, if every stripe can be had at once: take them all in
  * STRIPE_RECORDER_MODE without waiting, or, as soon as one is not free,
- * give back those this attempt took and return false.  Escalation never
- * waits: a transaction that holds a stripe as an exclusive lock holder (a
- * lock() on its tenant before a bulk import, say) would otherwise wait for
- * another such transaction that waits for it in turn, though the two share
- * no name.  A transaction that cannot escalate goes on with per-key locks,
- * which only wait for the keys it records on.
+ * give back those this attempt took and return false.  This is for a
+ * transaction that holds a stripe as an exclusive lock holder (a lock() on
+ * its tenant before a bulk import, say): waiting for the stripes, it could
+ * wait for another such transaction that waits for it in turn, though the
+ * two share no name.  It goes on with per-key locks meanwhile, which only
+ * wait for the keys it records on.
  */
 static bool
 try_escalate(void)
@@ -544,6 +546,41 @@ try_escalate(void)
 		}
 	}
 	return true;
+}
+
+/*
+ * Escalate, waiting for every stripe in ascending order: for a transaction
+ * that holds no stripe as an exclusive lock holder, which therefore cannot
+ * be waited for over stripes by another escalating transaction.
+ */
+static bool
+escalate_waiting(void)
+{
+	LOCKTAG		tag;
+	int			i;
+
+	for (i = 0; i < ESCALATION_STRIPES; i++)
+	{
+		set_stripe_locktag(&tag, i);
+		(void) acquire_tag(&tag, STRIPE_RECORDER_MODE, true);
+	}
+	return true;
+}
+
+/* Does this transaction hold a stripe as an exclusive lock holder? */
+static bool
+holds_locker_stripe(void)
+{
+	LOCKTAG		tag;
+	int			i;
+
+	for (i = 0; i < ESCALATION_STRIPES; i++)
+	{
+		set_stripe_locktag(&tag, i);
+		if (compat_LockHeldByMe(&tag, STRIPE_LOCKER_MODE))
+			return true;
+	}
+	return false;
 }
 
 /* Has this transaction (still) escalated? */
@@ -572,7 +609,8 @@ entitlock_acquire_recording(const int64 *keys, int nkeys)
 	if (recording_locks_taken + nkeys > lock_escalation_threshold &&
 		recording_locks_taken >= next_escalation_try)
 	{
-		if (escalated() || try_escalate())
+		if (escalated() || (holds_locker_stripe() ? try_escalate() :
+							escalate_waiting()))
 		{
 			/* Counted as if taken, so that the next call escalates too. */
 			recording_locks_taken += nkeys;

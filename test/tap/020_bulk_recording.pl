@@ -60,6 +60,18 @@ sub bulk_step
 	exit;
 }
 
+# Another session holds an exclusive lock on an unrelated name when the
+# bulk transaction passes the threshold, and ends 3 s later: escalation
+# waits for it (it holds a stripe), rather than giving up and running out
+# of the lock table with per-key locks.
+my $holder = $node->background_psql('postgres');
+$holder->query_until(qr/locked/, "BEGIN;
+SELECT entitlock.lock('unrelated-holder');
+\\echo locked
+SELECT pg_sleep(3);
+COMMIT;
+");
+
 $bulk->query_safe('BEGIN');
 bulk_step(
 	"record_usage on $meters distinct meters",
@@ -124,6 +136,7 @@ is( $node->safe_psql(
 
 bulk_step('commit', 'COMMIT');
 $bulk->quit;
+$holder->quit;
 
 is( $node->safe_psql(
 		'postgres', "SELECT count(*), sum(used) FROM entitlock.usage_counter
