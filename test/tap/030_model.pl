@@ -158,7 +158,10 @@ COMMIT;
 PGB
 	# A transaction recording on many meters, past a lowered escalation
 	# threshold: its recorders then hold the coarse stripe locks instead
-	# of per-meter ones, and the frozen checks must still hold.
+	# of per-meter ones, and the frozen checks must still hold.  Its calls
+	# go in the canonical order sets use (pair key, names, period kind), as
+	# any transaction making several calls must, or it deadlocks with them.
+	# A job lock first, and denials on new meters, as a real import has.
 	bulk => <<'PGB',
 \set r random(1, 1000000)
 BEGIN;
@@ -167,7 +170,8 @@ SELECT entitlock.lock('job:' || :r % 3);
 SELECT count(*) FROM generate_series(1, 5) AS g,
        entitlock.record_usage_if_under_limit('fresh:' || :r || ':' || g, 'api', 1, 0) AS d WHERE NOT d.allowed;
 WITH m AS (SELECT x.* FROM generate_series(1, 6) g,
-                 pick_meter(1 + (g * :r) % 5, 1 + (g + :r) % 2, 1 + (g * 7 + :r / 3) % 2) x),
+                 pick_meter(1 + (g * :r) % 5, 1 + (g + :r) % 2, 1 + (g * 7 + :r / 3) % 2) x
+            ORDER BY entitlock.key(x.subject, x.feature), x.subject, x.feature, x.period <> 'lifetime'),
      r AS (SELECT r.*, m.* FROM m, entitlock.record_usage_if_under_limit(m.subject, m.feature, 1, m.lim, m.period) r)
 INSERT INTO usage_ledger
 SELECT subject, feature, period, period_start, CASE WHEN allowed THEN 1 ELSE 0 END, NULL, used FROM r;
