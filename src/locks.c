@@ -37,8 +37,9 @@
  *	  database off one lock tag, so they spread over the lock manager's
  *	  partitions as their own keys do.
  *	- A transaction escalates by taking every stripe, in ascending order,
- *	  waiting for the exclusive lock holders of the moment; once escalated
- *	  it never waits for a stripe again.  But a transaction that holds a
+ *	  waiting for the exclusive lock holders of the moment, for up to a
+ *	  second (escalate_waiting()); once escalated it never waits for a
+ *	  stripe again.  But a transaction that holds a
  *	  stripe itself, as an exclusive lock holder, takes them only all at
  *	  once without waiting (try_escalate()), and otherwise goes on with
  *	  per-key locks and tries again later: two transactions that each lock
@@ -120,6 +121,10 @@ static int64 recording_locks_taken = 0;
  */
 #define ESCALATION_RETRY 64
 static int64 next_escalation_try = 0;
+static int64 escalation_retry_gap = ESCALATION_RETRY;
+
+/* How long an escalation waits for exclusive lock holders, at most. */
+#define ESCALATION_WAIT_MS 1000
 
 /* The lock tag pg_advisory_xact_lock(bigint) uses; see lockfuncs.c. */
 static inline void
@@ -549,20 +554,40 @@ try_escalate(void)
 }
 
 /*
- * Escalate, waiting for every stripe in ascending order: for a transaction
- * that holds no stripe as an exclusive lock holder, which therefore cannot
- * be waited for over stripes by another escalating transaction.
+ * Escalate, waiting for every stripe in ascending order, but for at most
+ * ESCALATION_WAIT_MS in all: for a transaction that holds no stripe as an
+ * exclusive lock holder, which therefore cannot be waited for over
+ * stripes by another escalating transaction.  Exclusive locks are mostly
+ * held for a request's length, so the wait is short; but a session idle in
+ * its transaction with a lock() held would hold it back indefinitely.  So
+ * when the time runs out, it gives back what it took and returns false,
+ * and the caller goes on with per-key locks and tries again later.
  */
 static bool
 escalate_waiting(void)
 {
 	LOCKTAG		tag;
+	TimestampTz deadline;
 	int			i;
 
+	deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+										   ESCALATION_WAIT_MS);
 	for (i = 0; i < ESCALATION_STRIPES; i++)
 	{
+		long		left = TimestampDifferenceMilliseconds(GetCurrentTimestamp(),
+														   deadline);
+
 		set_stripe_locktag(&tag, i);
-		(void) acquire_tag(&tag, STRIPE_RECORDER_MODE, true);
+		if (!acquire_tag_timeout(&tag, STRIPE_RECORDER_MODE,
+								 (int) Max(left, 1)))
+		{
+			while (--i >= 0)
+			{
+				set_stripe_locktag(&tag, i);
+				LockRelease(&tag, STRIPE_RECORDER_MODE, false);
+			}
+			return false;
+		}
 	}
 	return true;
 }
@@ -616,8 +641,12 @@ entitlock_acquire_recording(const int64 *keys, int nkeys)
 			recording_locks_taken += nkeys;
 			return;
 		}
-		/* Some stripe is held: per-key locks for a while, then again. */
-		next_escalation_try = recording_locks_taken + ESCALATION_RETRY;
+		/*
+		 * Some stripe is held: per-key locks for a while, then again, after
+		 * twice as many each time (each try may wait ESCALATION_WAIT_MS).
+		 */
+		next_escalation_try = recording_locks_taken + escalation_retry_gap;
+		escalation_retry_gap *= 2;
 	}
 	for (i = 0; i < nkeys; i++)
 	{
@@ -640,6 +669,7 @@ forget_recording_locks(XactEvent event, void *arg)
 		case XACT_EVENT_PREPARE:
 			recording_locks_taken = 0;
 			next_escalation_try = 0;
+			escalation_retry_gap = ESCALATION_RETRY;
 			break;
 		default:
 			break;

@@ -61,14 +61,15 @@ sub bulk_step
 }
 
 # Another session holds an exclusive lock on an unrelated name when the
-# bulk transaction passes the threshold, and ends 3 s later: escalation
-# waits for it (it holds a stripe), rather than giving up and running out
-# of the lock table with per-key locks.
+# bulk transaction passes the threshold, and ends half a second later, as
+# a request would: escalation waits for it (it holds a stripe; an
+# escalation waits up to 1 s), rather than giving up at once and running
+# out of the lock table with per-key locks.
 my $holder = $node->background_psql('postgres');
 $holder->query_until(qr/locked/, "BEGIN;
 SELECT entitlock.lock('unrelated-holder');
 \\echo locked
-SELECT pg_sleep(3);
+SELECT pg_sleep(0.5);
 COMMIT;
 ");
 
