@@ -38,10 +38,10 @@
  *	  partitions as their own keys do.
  *	- A transaction escalates by taking every stripe, in ascending order,
  *	  waiting for the exclusive lock holders of the moment, for up to a
- *	  second (escalate_waiting()); once escalated it never waits for a
+ *	  second (escalate()); once escalated it never waits for a
  *	  stripe again.  But a transaction that holds a
  *	  stripe itself, as an exclusive lock holder, takes them only all at
- *	  once without waiting (try_escalate()), and otherwise goes on with
+ *	  once without waiting (escalate(0)), and otherwise goes on with
  *	  per-key locks and tries again later: two transactions that each lock
  *	  a name of their own and then record in bulk would else wait for each
  *	  other's stripe, though they share no name.  (Such a transaction can
@@ -520,66 +520,36 @@ acquire_exclusive_timeout(int64 key, int timeout_ms)
  */
 
 /*
- * Escalate, if every stripe can be had at once: take them all in
- * STRIPE_RECORDER_MODE without waiting, or, as soon as one is not free,
- * give back those this attempt took and return false.  This is for a
- * transaction that holds a stripe as an exclusive lock holder (a lock() on
- * its tenant before a bulk import, say): waiting for the stripes, it could
+ * Escalate: take every stripe in STRIPE_RECORDER_MODE, in ascending order,
+ * waiting for exclusive lock holders for at most wait_ms in all (0: not at
+ * all).  When one cannot be had in time, give back those this attempt took
+ * and return false; the caller goes on with per-key locks and tries again
+ * later.
+ *
+ * A transaction that holds a stripe itself, as an exclusive lock holder (a
+ * lock() on its tenant before a bulk import, say), must not wait: it could
  * wait for another such transaction that waits for it in turn, though the
- * two share no name.  It goes on with per-key locks meanwhile, which only
- * wait for the keys it records on.
+ * two share no name.  Others wait, but only ESCALATION_WAIT_MS: exclusive
+ * locks are mostly held for a request's length, but a session idle in its
+ * transaction with a lock() held would hold them back indefinitely.
  */
 static bool
-try_escalate(void)
-{
-	LOCKTAG		tag;
-	LockAcquireResult taken[ESCALATION_STRIPES];
-	int			i;
-
-	for (i = 0; i < ESCALATION_STRIPES; i++)
-	{
-		set_stripe_locktag(&tag, i);
-		taken[i] = acquire_tag(&tag, STRIPE_RECORDER_MODE, false);
-		if (taken[i] == LOCKACQUIRE_NOT_AVAIL)
-		{
-			while (--i >= 0)
-			{
-				set_stripe_locktag(&tag, i);
-				LockRelease(&tag, STRIPE_RECORDER_MODE, false);
-			}
-			return false;
-		}
-	}
-	return true;
-}
-
-/*
- * Escalate, waiting for every stripe in ascending order, but for at most
- * ESCALATION_WAIT_MS in all: for a transaction that holds no stripe as an
- * exclusive lock holder, which therefore cannot be waited for over
- * stripes by another escalating transaction.  Exclusive locks are mostly
- * held for a request's length, so the wait is short; but a session idle in
- * its transaction with a lock() held would hold it back indefinitely.  So
- * when the time runs out, it gives back what it took and returns false,
- * and the caller goes on with per-key locks and tries again later.
- */
-static bool
-escalate_waiting(void)
+escalate(int wait_ms)
 {
 	LOCKTAG		tag;
 	TimestampTz deadline;
 	int			i;
 
-	deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
-										   ESCALATION_WAIT_MS);
+	deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), wait_ms);
 	for (i = 0; i < ESCALATION_STRIPES; i++)
 	{
-		long		left = TimestampDifferenceMilliseconds(GetCurrentTimestamp(),
-														   deadline);
+		long		left = 0;
 
+		if (wait_ms > 0)
+			left = Max(TimestampDifferenceMilliseconds(GetCurrentTimestamp(),
+													   deadline), 1);
 		set_stripe_locktag(&tag, i);
-		if (!acquire_tag_timeout(&tag, STRIPE_RECORDER_MODE,
-								 (int) Max(left, 1)))
+		if (!acquire_tag_timeout(&tag, STRIPE_RECORDER_MODE, (int) left))
 		{
 			while (--i >= 0)
 			{
@@ -634,8 +604,8 @@ entitlock_acquire_recording(const int64 *keys, int nkeys)
 	if (recording_locks_taken + nkeys > lock_escalation_threshold &&
 		recording_locks_taken >= next_escalation_try)
 	{
-		if (escalated() || (holds_locker_stripe() ? try_escalate() :
-							escalate_waiting()))
+		if (escalated() ||
+			escalate(holds_locker_stripe() ? 0 : ESCALATION_WAIT_MS))
 		{
 			/* Counted as if taken, so that the next call escalates too. */
 			recording_locks_taken += nkeys;
