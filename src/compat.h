@@ -13,6 +13,7 @@
 #define ENTITLOCK_COMPAT_H
 
 #include "access/genam.h"
+#include "access/tableam.h"
 #include "executor/executor.h"
 #include "nodes/parsenodes.h"
 #include "parser/parse_relation.h"
