@@ -15,6 +15,9 @@ OBJS = \
 	src/locks.o \
 	src/table.o \
 	src/usage.o \
+	src/usage_counter.o \
+	src/usage_keys.o \
+	src/usage_limits.o \
 	src/idempotency.o \
 	src/leases.o \
 	src/ratelimit.o \
@@ -95,7 +98,7 @@ include $(PGXS)
 endif
 
 # PGXS tracks no header dependencies.
-$(OBJS): src/entitlock.h src/compat.h
+$(OBJS): src/entitlock.h src/compat.h src/usage.h
 
 # A PGXN distribution archive of the committed tree.
 dist:
