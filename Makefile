@@ -11,6 +11,8 @@ MODULE_big = entitlock
 EXTVERSION = $(shell sed -n "s/^default_version *= *'\([^']*\)'.*/\1/p" $(EXTENSION).control)
 
 OBJS = \
+	src/entitlock.o \
+	src/util.o \
 	src/keys.o \
 	src/locks.o \
 	src/table.o \
@@ -98,7 +100,8 @@ include $(PGXS)
 endif
 
 # PGXS tracks no header dependencies.
-$(OBJS): src/entitlock.h src/compat.h src/usage.h
+$(OBJS): src/entitlock.h src/compat.h src/util.h src/table.h src/locks.h \
+	src/stats.h src/usage.h
 
 # A PGXN distribution archive of the committed tree.
 dist:

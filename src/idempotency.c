@@ -32,8 +32,11 @@
 
 #include "access/xact.h"
 #include "catalog/pg_type.h"
-#include "entitlock.h"
+#include "locks.h"
 #include "miscadmin.h"
+#include "stats.h"
+#include "table.h"
+#include "util.h"
 #include "utils/builtins.h"
 #include "utils/jsonb.h"
 #include "utils/snapmgr.h"
@@ -49,6 +52,12 @@ PG_FUNCTION_INFO_V1(entitlock_purge_expired);
  * distinct from any lock an application takes by name.
  */
 #define IDEMPOTENCY_REALM "entitlock.idempotency"
+
+/* Keys are not limited in length: the table stores their hash. */
+static const EntitlockNameMessages key_messages = {
+	"idempotency key must not be null", "idempotency key must not be empty",
+	NULL
+};
 
 /* entitlock.idempotency_key, 0-based column numbers */
 #define COL_KEY_HASH 0
@@ -103,12 +112,6 @@ typedef struct Claim
 /*
  * Finding a key's rows
  */
-
-static int64
-key_hash(text *key)
-{
-	return entitlock_pair_key(cstring_to_text(IDEMPOTENCY_REALM), key);
-}
 
 /*
  * The key's rows as of now: committed ones, and this transaction's own.
@@ -223,10 +226,9 @@ claim_key(text *key, text *fingerprint, Interval *ttl, int wait_ms,
 	Datum		values[CLAIM_NATTS];
 	bool		nulls[CLAIM_NATTS];
 
-	PreventCommandIfReadOnly(cmdname);
-	PreventCommandDuringRecovery(cmdname);
+	entitlock_begin_write(cmdname);
 
-	hash = key_hash(key);
+	hash = entitlock_realm_key(IDEMPOTENCY_REALM, key);
 	entitlock_table_open(&t, &claim_def, RowExclusiveLock);
 
 	/* This transaction's own earlier claims, too, must be seen. */
@@ -332,8 +334,8 @@ count_claim_call(text *key, ClaimOutcome outcome)
 Datum
 entitlock_idempotency_begin(PG_FUNCTION_ARGS)
 {
-	ReturnSetInfo *rsinfo = entitlock_materialize_resultinfo(fcinfo);
-	text	   *key = entitlock_nonempty_text_arg(fcinfo, 0, "idempotency key");
+	ReturnSetInfo *rsinfo = entitlock_init_srf(fcinfo);
+	text	   *key = entitlock_name_arg(fcinfo, 0, &key_messages);
 	text	   *fingerprint = PG_ARGISNULL(1) ? NULL : PG_GETARG_TEXT_PP(1);
 	Interval   *ttl = entitlock_ttl_arg(fcinfo, 2, NULL, NULL);
 	int			wait_ms = -1;
@@ -343,7 +345,8 @@ entitlock_idempotency_begin(PG_FUNCTION_ARGS)
 	bool		nulls[2] = {false, false};
 
 	if (PG_NARGS() > 3 && !PG_ARGISNULL(3))
-		wait_ms = entitlock_interval_ms(PG_GETARG_INTERVAL_P(3), "wait");
+		wait_ms = entitlock_interval_ms(PG_GETARG_INTERVAL_P(3),
+										"wait must not be negative");
 
 	entitlock_stats_begin();
 	outcome = claim_key(key, fingerprint, ttl, wait_ms, &response,
@@ -355,7 +358,7 @@ entitlock_idempotency_begin(PG_FUNCTION_ARGS)
 									"in_progress");
 	values[1] = JsonbPGetDatum(response);
 	nulls[1] = response == NULL;
-	entitlock_return_one_row(fcinfo, rsinfo, values, nulls);
+	tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 	return (Datum) 0;
 }
 
@@ -370,7 +373,7 @@ entitlock_idempotency_begin(PG_FUNCTION_ARGS)
 Datum
 entitlock_first_time(PG_FUNCTION_ARGS)
 {
-	text	   *key = entitlock_nonempty_text_arg(fcinfo, 0, "idempotency key");
+	text	   *key = entitlock_name_arg(fcinfo, 0, &key_messages);
 	Interval   *ttl = entitlock_ttl_arg(fcinfo, 1, NULL, NULL);
 	Jsonb	   *response;
 	ClaimOutcome outcome;
@@ -403,7 +406,7 @@ not_claimed_error(text *key, const char *detail)
 Datum
 entitlock_idempotency_complete(PG_FUNCTION_ARGS)
 {
-	text	   *key = entitlock_nonempty_text_arg(fcinfo, 0, "idempotency key");
+	text	   *key = entitlock_name_arg(fcinfo, 0, &key_messages);
 	Jsonb	   *response = PG_ARGISNULL(1) ? NULL : PG_GETARG_JSONB_P(1);
 	EntitlockTable t;
 	IndexScanDesc scan;
@@ -413,10 +416,9 @@ entitlock_idempotency_complete(PG_FUNCTION_ARGS)
 	bool		nulls[CLAIM_NATTS];
 	ItemPointerData tid;
 
-	PreventCommandIfReadOnly("idempotency_complete()");
-	PreventCommandDuringRecovery("idempotency_complete()");
+	entitlock_begin_write("idempotency_complete()");
 
-	hash = key_hash(key);
+	hash = entitlock_realm_key(IDEMPOTENCY_REALM, key);
 	entitlock_table_open(&t, &claim_def, RowExclusiveLock);
 
 	/*
@@ -487,8 +489,7 @@ entitlock_purge_expired(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("max_rows must not be negative")));
 
-	PreventCommandIfReadOnly("purge_expired()");
-	PreventCommandDuringRecovery("purge_expired()");
+	entitlock_begin_write("purge_expired()");
 
 	entitlock_table_open(&t, &claim_def, RowExclusiveLock);
 	now = TimestampTzGetDatum(GetCurrentTimestamp());

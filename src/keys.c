@@ -16,20 +16,13 @@
  * value can contain a zero byte, so the pair key cannot be produced by any
  * single name, nor by any other split of the same characters.
  *
- * This file also holds the module's magic block and the argument checks
- * shared by every SQL-callable function that takes a name or a ttl.
- *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
 
-#include "entitlock.h"
 #include "mb/pg_wchar.h"
 #include "port/pg_bswap.h"
-#include "utils/builtins.h"
-#include "utils/timestamp.h"
-
-PG_MODULE_MAGIC;
+#include "util.h"
 
 PG_FUNCTION_INFO_V1(entitlock_key);
 PG_FUNCTION_INFO_V1(entitlock_key_pair);
@@ -173,22 +166,16 @@ text_utf8(text *t, size_t *len)
 	return converted;
 }
 
-static void
-check_not_empty(text *t, const char *what)
-{
-	if (VARSIZE_ANY_EXHDR(t) == 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("%s must not be empty", what)));
-}
-
 int64
 entitlock_name_key(text *name)
 {
 	const char *bytes;
 	size_t		len;
 
-	check_not_empty(name, "lock name");
+	if (VARSIZE_ANY_EXHDR(name) == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("lock name must not be empty")));
 	bytes = text_utf8(name, &len);
 	return (int64) xxh64(bytes, len, 0);
 }
@@ -203,8 +190,14 @@ entitlock_pair_key(text *realm, text *entity)
 	char	   *buf;
 	int64		key;
 
-	check_not_empty(realm, "realm");
-	check_not_empty(entity, "entity");
+	if (VARSIZE_ANY_EXHDR(realm) == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("realm must not be empty")));
+	if (VARSIZE_ANY_EXHDR(entity) == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("entity must not be empty")));
 	rbytes = text_utf8(realm, &rlen);
 	ebytes = text_utf8(entity, &elen);
 
@@ -229,122 +222,6 @@ entitlock_hash_bytes(const void *data, size_t len, uint64 seed)
 }
 
 /*
- * Raise null_value_not_allowed, naming what, when argument argno is NULL.
- * entitlock's functions are not STRICT: a NULL name silently returning NULL
- * would let a caller believe it holds a lock (or recorded usage) it never
- * did, so NULL is an error instead.
- */
-void
-entitlock_require_arg(FunctionCallInfo fcinfo, int argno, const char *what)
-{
-	if (PG_ARGISNULL(argno))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("%s must not be null", what)));
-}
-
-/* Fetch a text argument that must be present. */
-text *
-entitlock_text_arg(FunctionCallInfo fcinfo, int argno, const char *what)
-{
-	entitlock_require_arg(fcinfo, argno, what);
-	return PG_GETARG_TEXT_PP(argno);
-}
-
-/* Fetch a text argument that must be present and not empty. */
-text *
-entitlock_nonempty_text_arg(FunctionCallInfo fcinfo, int argno,
-							const char *what)
-{
-	text	   *t = entitlock_text_arg(fcinfo, argno, what);
-
-	check_not_empty(t, what);
-	return t;
-}
-
-/* How much of a name or key an error message quotes. */
-#define MESSAGE_CHARS 64
-
-/*
- * A name or key for an error message: whole if short, else its first
- * characters followed by "...".  Keys may be megabytes long.
- */
-char *
-entitlock_text_for_message(text *t)
-{
-	const char *s = VARDATA_ANY(t);
-	int			len = VARSIZE_ANY_EXHDR(t);
-	int			cut;
-
-	if (pg_mbstrlen_with_len(s, len) <= MESSAGE_CHARS)
-		return text_to_cstring(t);
-	cut = pg_mbcharcliplen(s, len, MESSAGE_CHARS);
-	return psprintf("%.*s...", cut, s);
-}
-
-/* The moment something made at now with ttl expires. */
-TimestampTz
-entitlock_expiry(TimestampTz now, Interval *ttl)
-{
-	return DatumGetTimestampTz(DirectFunctionCall2(timestamptz_pl_interval,
-												   TimestampTzGetDatum(now),
-												   PointerGetDatum(ttl)));
-}
-
-/*
- * Fetch a ttl argument: present, greater than zero from now, and no longer
- * than max (or, without one, than TTL_BOUND_YEARS).  The bounds are
- * checked first, as intervals compare (a month as 30 days), so that an
- * absurd ttl, long or negative, gets a message about the ttl and not a
- * timestamp overflow.  Checked before any lock is taken, so a bad ttl fails
- * without waiting.
- */
-#define TTL_BOUND_YEARS 10000
-
-Interval *
-entitlock_ttl_arg(FunctionCallInfo fcinfo, int argno, const Interval *max,
-				  const char *max_text)
-{
-	Interval   *ttl;
-	Interval	bound = {0};
-	Interval	negative_bound = {0};
-	TimestampTz now;
-
-	entitlock_require_arg(fcinfo, argno, "ttl");
-	ttl = PG_GETARG_INTERVAL_P(argno);
-	if (max == NULL)
-	{
-		bound.month = TTL_BOUND_YEARS * MONTHS_PER_YEAR;
-		max = &bound;
-		max_text = CppAsString2(TTL_BOUND_YEARS) " years";
-	}
-	if (DatumGetInt32(DirectFunctionCall2(interval_cmp,
-										  PointerGetDatum(ttl),
-										  PointerGetDatum(max))) > 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("ttl must not be longer than %s", max_text)));
-
-	/*
-	 * Below -max it cannot come out positive, and adding it could overflow.
-	 * Between the bounds, a ttl such as '1 month -30 days' is judged by what
-	 * it adds up to from now.
-	 */
-	negative_bound.month = -max->month;
-	negative_bound.day = -max->day;
-	negative_bound.time = -max->time;
-	now = GetCurrentTimestamp();
-	if (DatumGetInt32(DirectFunctionCall2(interval_cmp,
-										  PointerGetDatum(ttl),
-										  PointerGetDatum(&negative_bound))) < 0 ||
-		entitlock_expiry(now, ttl) <= now)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("ttl must be greater than zero")));
-	return ttl;
-}
-
-/*
  * entitlock.key(name text) returns bigint
  *
  * STRICT.  Raises invalid_parameter_value for an empty name.
@@ -365,22 +242,4 @@ entitlock_key_pair(PG_FUNCTION_ARGS)
 {
 	PG_RETURN_INT64(entitlock_pair_key(PG_GETARG_TEXT_PP(0),
 									   PG_GETARG_TEXT_PP(1)));
-}
-
-/*
- * A version 4 (random) UUID from the strong random source: lease tokens,
- * which are capabilities and must not be guessable, and claim identities.
- */
-pg_uuid_t *
-entitlock_random_uuid(void)
-{
-	pg_uuid_t  *uuid = palloc(sizeof(pg_uuid_t));
-
-	if (!pg_strong_random(uuid->data, UUID_LEN))
-		ereport(ERROR,
-				(errcode(ERRCODE_INTERNAL_ERROR),
-				 errmsg("could not generate random values")));
-	uuid->data[6] = (uuid->data[6] & 0x0f) | 0x40;
-	uuid->data[8] = (uuid->data[8] & 0x3f) | 0x80;
-	return uuid;
 }

@@ -63,23 +63,26 @@
 #include "access/htup_details.h"
 #include "access/relation.h"
 #include "access/transam.h"
-#include "access/xlog.h"
 #include "access/xact.h"
+#include "access/xlog.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_sequence.h"
 #include "catalog/pg_type.h"
 #include "commands/sequence.h"
-#include "entitlock.h"
+#include "locks.h"
 #include "miscadmin.h"
+#include "stats.h"
 #include "storage/bufmgr.h"
 #include "storage/latch.h"
-#include "utils/wait_event.h"
+#include "table.h"
+#include "util.h"
 #include "utils/builtins.h"
 #include "utils/lsyscache.h"
 #include "utils/snapmgr.h"
 #include "utils/syscache.h"
 #include "utils/timestamp.h"
 #include "utils/uuid.h"
+#include "utils/wait_event.h"
 
 PG_FUNCTION_INFO_V1(entitlock_lease_acquire);
 PG_FUNCTION_INFO_V1(entitlock_lease_renew);
@@ -90,6 +93,11 @@ PG_FUNCTION_INFO_V1(entitlock_lease_release);
  * from any lock an application takes by name.
  */
 #define LEASE_REALM "entitlock.lease"
+
+/* Names are not limited in length: the table stores their hash. */
+static const EntitlockNameMessages name_messages = {
+	"lease name must not be null", "lease name must not be empty", NULL
+};
 
 #define FENCING_SEQUENCE "lease_fencing"
 
@@ -163,12 +171,6 @@ lease_ttl_arg(FunctionCallInfo fcinfo, int argno)
 	return entitlock_ttl_arg(fcinfo, argno, &max, MAX_TTL_TEXT);
 }
 
-static int64
-name_hash(text *name)
-{
-	return entitlock_pair_key(cstring_to_text(LEASE_REALM), name);
-}
-
 /*
  * Take the name's lock, open the table and find the name's row as it is
  * now that the lock is granted.  Without wait, returns false (having done
@@ -181,8 +183,7 @@ begin_lease_call(EntitlockTable *t, int64 hash, text *name, bool wait,
 	IndexScanDesc scan;
 	Datum		hashval = Int64GetDatum(hash);
 
-	PreventCommandIfReadOnly(cmdname);
-	PreventCommandDuringRecovery(cmdname);
+	entitlock_begin_write(cmdname);
 
 	if (!entitlock_acquire(hash, ExclusiveLock, wait))
 		return false;
@@ -242,7 +243,7 @@ begin_owner_call(FunctionCallInfo fcinfo, EntitlockTable *t, int64 hash,
 	pg_uuid_t  *token;
 	pg_uuid_t  *stored;
 
-	entitlock_require_arg(fcinfo, 1, "lease token");
+	entitlock_require_arg(fcinfo, 1, "lease token must not be null");
 	token = PG_GETARG_UUID_P(1);
 
 	(void) begin_lease_call(t, hash, name, true, lease, cmdname);
@@ -470,12 +471,12 @@ try_take_lease(int64 hash, text *name, Interval *ttl, text *holder,
 Datum
 entitlock_lease_acquire(PG_FUNCTION_ARGS)
 {
-	text	   *name = entitlock_nonempty_text_arg(fcinfo, 0, "lease name");
+	text	   *name = entitlock_name_arg(fcinfo, 0, &name_messages);
 	Interval   *ttl = lease_ttl_arg(fcinfo, 1);
 	text	   *holder = PG_ARGISNULL(2) ? NULL : PG_GETARG_TEXT_PP(2);
 	int			wait_ms = 0;
 	ReturnSetInfo *rsinfo;
-	int64		hash = name_hash(name);
+	int64		hash = entitlock_realm_key(LEASE_REALM, name);
 	TimestampTz deadline;
 	TimestampTz wait_start = 0;
 	pg_uuid_t  *token = NULL;
@@ -487,8 +488,9 @@ entitlock_lease_acquire(PG_FUNCTION_ARGS)
 	bool		result_nulls[2] = {false, false};
 
 	if (PG_NARGS() > 3 && !PG_ARGISNULL(3))
-		wait_ms = entitlock_interval_ms(PG_GETARG_INTERVAL_P(3), "wait");
-	rsinfo = entitlock_materialize_resultinfo(fcinfo);
+		wait_ms = entitlock_interval_ms(PG_GETARG_INTERVAL_P(3),
+										"wait must not be negative");
+	rsinfo = entitlock_init_srf(fcinfo);
 	entitlock_stats_begin();
 
 	deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), wait_ms);
@@ -544,13 +546,11 @@ entitlock_lease_acquire(PG_FUNCTION_ARGS)
 	entitlock_stats_count(ENTITLOCK_STATS_LEASE, name, false, flags);
 
 	if (attempt != LEASE_TAKEN)
-	{
-		entitlock_return_no_rows(fcinfo, rsinfo);
-		return (Datum) 0;
-	}
+		return (Datum) 0;		/* no rows */
 	result[0] = UUIDPGetDatum(token);
 	result[1] = Int64GetDatum(fencing);
-	entitlock_return_one_row(fcinfo, rsinfo, result, result_nulls);
+	tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, result,
+						 result_nulls);
 	return (Datum) 0;
 }
 
@@ -565,11 +565,11 @@ entitlock_lease_acquire(PG_FUNCTION_ARGS)
 Datum
 entitlock_lease_renew(PG_FUNCTION_ARGS)
 {
-	text	   *name = entitlock_nonempty_text_arg(fcinfo, 0, "lease name");
+	text	   *name = entitlock_name_arg(fcinfo, 0, &name_messages);
 	Interval   *ttl = lease_ttl_arg(fcinfo, 2);
 	EntitlockTable t;
 	Lease		lease;
-	int64		hash = name_hash(name);
+	int64		hash = entitlock_realm_key(LEASE_REALM, name);
 	bool		mine;
 
 	entitlock_stats_begin();
@@ -596,10 +596,10 @@ entitlock_lease_renew(PG_FUNCTION_ARGS)
 Datum
 entitlock_lease_release(PG_FUNCTION_ARGS)
 {
-	text	   *name = entitlock_nonempty_text_arg(fcinfo, 0, "lease name");
+	text	   *name = entitlock_name_arg(fcinfo, 0, &name_messages);
 	EntitlockTable t;
 	Lease		lease;
-	int64		hash = name_hash(name);
+	int64		hash = entitlock_realm_key(LEASE_REALM, name);
 	bool		mine;
 
 	entitlock_stats_begin();

@@ -67,7 +67,6 @@
 #include "postgres.h"
 
 #include <limits.h>
-#include <math.h>
 
 #include "access/subtrans.h"
 #include "access/transam.h"
@@ -75,10 +74,12 @@
 #include "catalog/pg_type.h"
 #include "compat.h"
 #include "datatype/timestamp.h"
-#include "entitlock.h"
+#include "locks.h"
 #include "miscadmin.h"
+#include "stats.h"
 #include "storage/lock.h"
 #include "storage/procarray.h"
+#include "util.h"
 #include "utils/array.h"
 #include "utils/guc.h"
 #include "utils/memutils.h"
@@ -257,31 +258,6 @@ entitlock_release(int64 key, LOCKMODE mode)
 	if (!LockRelease(&tag, mode, false))
 		elog(ERROR, "entitlock lock %lld was not held",
 			 (long long) key);
-}
-
-/*
- * Convert a wait limit to whole milliseconds, rounding up so that a wait of
- * 1 microsecond still waits.  Months count as 30 days, as elsewhere in
- * PostgreSQL.  Anything beyond what lock_timeout accepts (about 24 days)
- * is clamped to that.
- */
-int
-entitlock_interval_ms(Interval *span, const char *what)
-{
-	double		usecs;
-	double		ms;
-
-	usecs = (double) span->time +
-		((double) span->month * DAYS_PER_MONTH + (double) span->day) *
-		(double) USECS_PER_DAY;
-	if (usecs < 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("%s must not be negative", what)));
-	ms = ceil(usecs / 1000.0);
-	if (ms > (double) INT_MAX)
-		return INT_MAX;
-	return (int) ms;
 }
 
 /*
@@ -665,7 +641,7 @@ entitlock_locks_init(void)
 static text *
 name_arg(FunctionCallInfo fcinfo, int64 *key)
 {
-	text	   *name = entitlock_text_arg(fcinfo, 0, "lock name");
+	text	   *name = entitlock_text_arg(fcinfo, 0, "lock name must not be null");
 
 	*key = entitlock_name_key(name);
 	return name;
@@ -726,8 +702,9 @@ entitlock_lock_timeout(PG_FUNCTION_ARGS)
 	int			timeout_ms;
 	bool		got;
 
-	entitlock_require_arg(fcinfo, 1, "timeout");
-	timeout_ms = entitlock_interval_ms(PG_GETARG_INTERVAL_P(1), "timeout");
+	entitlock_require_arg(fcinfo, 1, "timeout must not be null");
+	timeout_ms = entitlock_interval_ms(PG_GETARG_INTERVAL_P(1),
+									   "timeout must not be negative");
 
 	entitlock_stats_begin();
 	got = acquire_exclusive_timeout(key, timeout_ms);
@@ -807,7 +784,7 @@ entitlock_lock_all(PG_FUNCTION_ARGS)
 	uint64		stripes = 0;
 	int			i;
 
-	entitlock_require_arg(fcinfo, 0, "lock name array");
+	entitlock_require_arg(fcinfo, 0, "lock name array must not be null");
 	names = PG_GETARG_ARRAYTYPE_P(0);
 	deconstruct_array(names, TEXTOID, -1, false, TYPALIGN_INT,
 					  &elems, &nulls, &nelems);
@@ -872,8 +849,8 @@ entitlock_lock_all(PG_FUNCTION_ARGS)
 static text *
 entity_arg_keys(FunctionCallInfo fcinfo, int64 *realm_key, int64 *pair_key)
 {
-	text	   *realm = entitlock_text_arg(fcinfo, 0, "realm");
-	text	   *entity = entitlock_text_arg(fcinfo, 1, "entity");
+	text	   *realm = entitlock_text_arg(fcinfo, 0, "realm must not be null");
+	text	   *entity = entitlock_text_arg(fcinfo, 1, "entity must not be null");
 
 	/* The pair first: its checks name the empty part. */
 	*pair_key = entitlock_pair_key(realm, entity);

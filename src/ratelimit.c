@@ -30,17 +30,17 @@
 #include "access/xact.h"
 #include "catalog/pg_type.h"
 #include "common/int.h"
-#include "entitlock.h"
+#include "locks.h"
 #include "miscadmin.h"
+#include "stats.h"
+#include "table.h"
+#include "util.h"
 #include "utils/builtins.h"
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
 PG_FUNCTION_INFO_V1(entitlock_rate_limit);
 PG_FUNCTION_INFO_V1(entitlock_gcra);
-
-/* Names are stored in full and indexed, as usage subjects are. */
-#define RATE_MAX_NAME_BYTES 512
 
 /* The longest window, burst * per / rate, that a limit may have. */
 #define RATE_MAX_WINDOW_YEARS 10000
@@ -74,24 +74,17 @@ typedef struct RateDecision
  * Arguments
  */
 
-static int64
-int8_arg(FunctionCallInfo fcinfo, int argno, const char *what)
-{
-	entitlock_require_arg(fcinfo, argno, what);
-	return PG_GETARG_INT64(argno);
-}
+static const EntitlockNameMessages name_messages = {
+	"name must not be null", "name must not be empty", "name is too long"
+};
 
-/* per as microseconds, a month counting as 30 days, as elsewhere. */
+/* per as microseconds (see entitlock_interval_usecs()). */
 static int64
 per_usecs(Interval *per)
 {
-	int64		days;
 	int64		usecs;
 
-	if (pg_mul_s64_overflow((int64) per->month, DAYS_PER_MONTH, &days) ||
-		pg_add_s64_overflow(days, (int64) per->day, &days) ||
-		pg_mul_s64_overflow(days, USECS_PER_DAY, &usecs) ||
-		pg_add_s64_overflow(usecs, per->time, &usecs) ||
+	if (!entitlock_interval_usecs(per, &usecs) ||
 		usecs > RATE_MAX_WINDOW_USECS)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
@@ -109,14 +102,16 @@ static RateLimit
 limit_args(FunctionCallInfo fcinfo, int first_argno)
 {
 	RateLimit	limit;
-	int64		rate = int8_arg(fcinfo, first_argno, "rate");
+	int64		rate = entitlock_int8_arg(fcinfo, first_argno,
+										  "rate must not be null");
 	int64		per;
 
-	entitlock_require_arg(fcinfo, first_argno + 1, "per");
+	entitlock_require_arg(fcinfo, first_argno + 1, "per must not be null");
 	per = per_usecs(PG_GETARG_INTERVAL_P(first_argno + 1));
 	limit.burst = PG_ARGISNULL(first_argno + 2) ? rate :
 		PG_GETARG_INT64(first_argno + 2);
-	limit.cost = int8_arg(fcinfo, first_argno + 3, "cost");
+	limit.cost = entitlock_int8_arg(fcinfo, first_argno + 3,
+								   "cost must not be null");
 
 	if (rate <= 0)
 		ereport(ERROR,
@@ -194,24 +189,15 @@ gcra_decide(const RateLimit *limit, bool has_tat, TimestampTz tat,
 	return d;
 }
 
-static Interval *
-usecs_interval(int64 usecs)
-{
-	Interval   *span = palloc0(sizeof(Interval));
-
-	span->time = usecs;
-	return span;
-}
-
 /* Fill in the four columns rate_limit() and gcra() share. */
 static void
 decision_values(const RateDecision *d, Datum *values, bool *nulls)
 {
 	values[0] = BoolGetDatum(d->allowed);
 	values[1] = Int64GetDatum(d->remaining);
-	values[2] = IntervalPGetDatum(usecs_interval(d->retry_after));
+	values[2] = IntervalPGetDatum(entitlock_usecs_interval(d->retry_after));
 	nulls[2] = !d->has_retry_after;
-	values[3] = IntervalPGetDatum(usecs_interval(d->reset_after));
+	values[3] = IntervalPGetDatum(entitlock_usecs_interval(d->reset_after));
 }
 
 /*
@@ -253,7 +239,7 @@ count_rate_call(text *name, const RateDecision *d)
 Datum
 entitlock_rate_limit(PG_FUNCTION_ARGS)
 {
-	ReturnSetInfo *rsinfo = entitlock_materialize_resultinfo(fcinfo);
+	ReturnSetInfo *rsinfo = entitlock_init_srf(fcinfo);
 	text	   *name;
 	RateLimit	limit;
 	EntitlockTable t;
@@ -267,14 +253,7 @@ entitlock_rate_limit(PG_FUNCTION_ARGS)
 	ItemPointerData tid;
 	int64		create_key;
 
-	name = entitlock_nonempty_text_arg(fcinfo, 0, "name");
-	if (VARSIZE_ANY_EXHDR(name) > RATE_MAX_NAME_BYTES)
-		ereport(ERROR,
-				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
-				 errmsg("name is too long"),
-				 errdetail("It is %d bytes long; the limit is %d bytes.",
-						   (int) VARSIZE_ANY_EXHDR(name),
-						   RATE_MAX_NAME_BYTES)));
+	name = entitlock_name_arg(fcinfo, 0, &name_messages);
 	limit = limit_args(fcinfo, 1);
 	row[0] = PointerGetDatum(name);
 	entitlock_stats_begin();
@@ -294,12 +273,11 @@ entitlock_rate_limit(PG_FUNCTION_ARGS)
 		d = gcra_decide(&limit, found, tat, GetCurrentTimestamp());
 		count_rate_call(name, &d);
 		decision_values(&d, values, nulls);
-		entitlock_return_one_row(fcinfo, rsinfo, values, nulls);
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 		return (Datum) 0;
 	}
 
-	PreventCommandIfReadOnly("rate_limit()");
-	PreventCommandDuringRecovery("rate_limit()");
+	entitlock_begin_write("rate_limit()");
 
 	entitlock_table_open(&t, &state_def, RowExclusiveLock);
 	entitlock_table_prepare_writes(&t);
@@ -336,7 +314,7 @@ entitlock_rate_limit(PG_FUNCTION_ARGS)
 	count_rate_call(name, &d);
 
 	decision_values(&d, values, nulls);
-	entitlock_return_one_row(fcinfo, rsinfo, values, nulls);
+	tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 	return (Datum) 0;
 }
 
@@ -353,14 +331,14 @@ entitlock_rate_limit(PG_FUNCTION_ARGS)
 Datum
 entitlock_gcra(PG_FUNCTION_ARGS)
 {
-	ReturnSetInfo *rsinfo = entitlock_materialize_resultinfo(fcinfo);
+	ReturnSetInfo *rsinfo = entitlock_init_srf(fcinfo);
 	RateLimit	limit;
 	TimestampTz at;
 	RateDecision d;
 	Datum		values[5];
 	bool		nulls[5] = {false, false, false, false, false};
 
-	entitlock_require_arg(fcinfo, 1, "at");
+	entitlock_require_arg(fcinfo, 1, "at must not be null");
 	at = PG_GETARG_TIMESTAMPTZ(1);
 	limit = limit_args(fcinfo, 2);
 	if (TIMESTAMP_NOT_FINITE(at) ||
@@ -374,6 +352,6 @@ entitlock_gcra(PG_FUNCTION_ARGS)
 					PG_ARGISNULL(0) ? 0 : PG_GETARG_TIMESTAMPTZ(0), at);
 	decision_values(&d, values, nulls);
 	values[4] = TimestampTzGetDatum(d.tat);
-	entitlock_return_one_row(fcinfo, rsinfo, values, nulls);
+	tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 	return (Datum) 0;
 }

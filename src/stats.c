@@ -36,14 +36,15 @@
 
 #include "catalog/namespace.h"
 #include "catalog/pg_type.h"
-#include "entitlock.h"
 #include "funcapi.h"
 #include "mb/pg_wchar.h"
 #include "miscadmin.h"
 #include "port/atomics.h"
+#include "stats.h"
 #include "storage/ipc.h"
 #include "storage/lwlock.h"
 #include "storage/shmem.h"
+#include "util.h"
 #include "utils/acl.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
@@ -54,7 +55,6 @@
 PG_FUNCTION_INFO_V1(entitlock_stats_entries);
 PG_FUNCTION_INFO_V1(entitlock_stats_reset);
 
-void		_PG_init(void);
 
 /* Labels are cut to this many bytes (less one), at a character boundary. */
 #define STATS_LABEL_LEN 64
@@ -192,12 +192,10 @@ stats_shmem_startup(void)
 	LWLockRelease(AddinShmemInitLock);
 }
 
+/* Called by _PG_init (entitlock.c). */
 void
-_PG_init(void)
+entitlock_stats_init(void)
 {
-	/* Lock escalation works however the library was loaded. */
-	entitlock_locks_init();
-
 	/*
 	 * Statistics need shared memory, which only the postmaster can set
 	 * aside; loaded any later, the library counts nothing.  The GUC can only
@@ -349,20 +347,18 @@ check_may_read_stats(void)
 Datum
 entitlock_stats_entries(PG_FUNCTION_ARGS)
 {
-	ReturnSetInfo *rsinfo = entitlock_materialize_resultinfo(fcinfo);
+	ReturnSetInfo *rsinfo = entitlock_init_srf(fcinfo);
 	HASH_SEQ_STATUS seq;
 	StatsEntry *e;
 	Datum	   *values;
 	bool	   *nulls;
 	int			n = 0;
 	int			cap;
+	int			i;
 
 	check_may_read_stats();
 	if (entitlock_stats_shared == NULL)
-	{
-		entitlock_return_no_rows(fcinfo, rsinfo);
-		return (Datum) 0;
-	}
+		return (Datum) 0;		/* no rows */
 
 	LWLockAcquire(entitlock_stats_shared->lock, LW_SHARED);
 	cap = hash_get_num_entries(stats_hash);
@@ -390,7 +386,10 @@ entitlock_stats_entries(PG_FUNCTION_ARGS)
 	}
 	LWLockRelease(entitlock_stats_shared->lock);
 
-	entitlock_return_rows(fcinfo, rsinfo, n, STATS_NATTS, values, nulls);
+	/* Into the result only now, not to hold the lock while it is written. */
+	for (i = 0; i < n; i++)
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc,
+							 values + i * STATS_NATTS, nulls + i * STATS_NATTS);
 	return (Datum) 0;
 }
 

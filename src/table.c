@@ -1,8 +1,9 @@
 /*-------------------------------------------------------------------------
  *
  * table.c
- *	  Reading and writing entitlock's own tables beneath SQL, and handing
- *	  back a function's one result row.
+ *	  Reading and writing entitlock's own tables beneath SQL: the storage
+ *	  layer.  It calls nothing above it; the creation lock and the timing
+ *	  of waits come through the hooks in table.h.
  *
  * Rows are read with direct index scans: a call is then an index probe,
  * with nothing to parse, plan or start up, and a hot key's lock is held for
@@ -35,25 +36,33 @@
 #include "catalog/pg_collation.h"
 #include "catalog/pg_type.h"
 #include "commands/trigger.h"
-#include "executor/nodeModifyTable.h"
 #include "compat.h"
-#include "entitlock.h"
 #include "executor/executor.h"
+#include "executor/nodeModifyTable.h"
 #include "executor/tuptable.h"
-#include "funcapi.h"
 #include "miscadmin.h"
 #include "nodes/execnodes.h"
 #include "storage/bufmgr.h"
 #include "storage/lmgr.h"
 #include "storage/procarray.h"
-#include "utils/fmgroids.h"
+#include "table.h"
 #include "utils/builtins.h"
+#include "utils/fmgroids.h"
 #include "utils/inval.h"
 #include "utils/lsyscache.h"
 #include "utils/rel.h"
 #include "utils/snapmgr.h"
 
 static void end_writes(EntitlockTable *t);
+
+/* Set by _PG_init before any function runs (see table.h). */
+static const EntitlockTableHooks *hooks = NULL;
+
+void
+entitlock_table_set_hooks(const EntitlockTableHooks *h)
+{
+	hooks = h;
+}
 
 /* Every table opened so far, so an invalidation can reach its cached OIDs. */
 static EntitlockTableDef *known_tables = NULL;
@@ -647,7 +656,7 @@ entitlock_table_lock_row(EntitlockTable *t, ItemPointer tid,
 	 * With statistics on, a row that is not free at once is a wait, timed:
 	 * try without waiting first.
 	 */
-	timed = wait && entitlock_stats_on();
+	timed = wait && hooks->time_waits();
 	result = table_tuple_lock(t->heap, tid, t->estate->es_snapshot,
 							  old_slot(t), t->estate->es_output_cid, mode,
 							  wait && !timed ? LockWaitBlock : LockWaitSkip,
@@ -659,7 +668,7 @@ entitlock_table_lock_row(EntitlockTable *t, ItemPointer tid,
 		result = table_tuple_lock(t->heap, tid, t->estate->es_snapshot,
 								  old_slot(t), t->estate->es_output_cid, mode,
 								  LockWaitBlock, flags, &tmfd);
-		entitlock_stats_waited(start);
+		hooks->waited(start);
 	}
 	if (result != TM_Ok)
 		ExecClearTuple(t->oldslot);
@@ -721,7 +730,7 @@ entitlock_table_claim_creation(EntitlockTable *t, const Datum *keyvals,
 	TransactionId creator;
 	TimestampTz start;
 
-	entitlock_acquire_internal(create_key, ExclusiveLock);
+	hooks->lock_creation(create_key);
 	InitDirtySnapshot(dirty);
 	if (!entitlock_table_probe(t, &dirty, keyvals))
 	{
@@ -734,18 +743,18 @@ entitlock_table_claim_creation(EntitlockTable *t, const Datum *keyvals,
 		if (!entitlock_table_probe_stable(t, keyvals))
 			return true;
 		ExecClearTuple(t->slot);
-		entitlock_release_internal(create_key, ExclusiveLock);
+		hooks->unlock_creation(create_key);
 		return false;
 	}
 	ExecClearTuple(t->slot);
 	creator = dirty.xmin;
-	entitlock_release_internal(create_key, ExclusiveLock);
+	hooks->unlock_creation(create_key);
 	if (TransactionIdIsValid(creator))
 	{
-		start = entitlock_stats_on() ? GetCurrentTimestamp() : 0;
+		start = hooks->time_waits() ? GetCurrentTimestamp() : 0;
 		XactLockTableWait(creator, NULL, NULL, XLTW_None);
 		if (start != 0)
-			entitlock_stats_waited(start);
+			hooks->waited(start);
 	}
 	return false;
 }
@@ -759,7 +768,7 @@ entitlock_table_create(EntitlockTable *t, Datum *values, bool *nulls,
 					   int64 create_key)
 {
 	entitlock_table_insert(t, values, nulls);
-	entitlock_release_internal(create_key, ExclusiveLock);
+	hooks->unlock_creation(create_key);
 }
 
 /*
@@ -1027,77 +1036,3 @@ entitlock_table_delete(EntitlockTable *t, ItemPointer tid)
 /*
  * Result rows
  */
-
-/*
- * Check up front, before anything is locked or recorded, that the caller
- * can take a set back.
- */
-ReturnSetInfo *
-entitlock_materialize_resultinfo(FunctionCallInfo fcinfo)
-{
-	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
-
-	if (rsinfo == NULL || !IsA(rsinfo, ReturnSetInfo))
-		ereport(ERROR,
-				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-				 errmsg("set-valued function called in context that cannot accept a set")));
-	if (!(rsinfo->allowedModes & SFRM_Materialize))
-		ereport(ERROR,
-				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-				 errmsg("materialize mode required, but it is not allowed in this context")));
-	return rsinfo;
-}
-
-/*
- * Set up the result set with the caller's row type, holding nrows rows,
- * one after the other in values/nulls; ncols, unless -1, is the number of
- * columns the caller means each to have.
- */
-void
-entitlock_return_rows(FunctionCallInfo fcinfo, ReturnSetInfo *rsinfo,
-					  int nrows, int ncols, Datum *values, bool *nulls)
-{
-	TupleDesc	tupdesc;
-	Tuplestorestate *store;
-	MemoryContext oldcontext;
-	int			i;
-
-	oldcontext = MemoryContextSwitchTo(rsinfo->econtext->ecxt_per_query_memory);
-
-	/*
-	 * The caller's expected row type, when it has one, spares a look at
-	 * pg_proc.  The executor frees setDesc, so it gets a copy.
-	 */
-	if (rsinfo->expectedDesc != NULL)
-		tupdesc = rsinfo->expectedDesc;
-	else if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
-		elog(ERROR, "return type must be a row type");
-	tupdesc = CreateTupleDescCopy(tupdesc);
-	if (ncols >= 0 && tupdesc->natts != ncols)
-		elog(ERROR, "return type has %d columns, expected %d",
-			 tupdesc->natts, ncols);
-	store = tuplestore_begin_heap(false, false, work_mem);
-	for (i = 0; i < nrows; i++)
-		tuplestore_putvalues(store, tupdesc, values + i * tupdesc->natts,
-							 nulls + i * tupdesc->natts);
-	MemoryContextSwitchTo(oldcontext);
-
-	rsinfo->returnMode = SFRM_Materialize;
-	rsinfo->setResult = store;
-	rsinfo->setDesc = tupdesc;
-}
-
-/* Return the single row values/nulls as the function's whole result set. */
-void
-entitlock_return_one_row(FunctionCallInfo fcinfo, ReturnSetInfo *rsinfo,
-						 Datum *values, bool *nulls)
-{
-	entitlock_return_rows(fcinfo, rsinfo, 1, -1, values, nulls);
-}
-
-/* Return no rows. */
-void
-entitlock_return_no_rows(FunctionCallInfo fcinfo, ReturnSetInfo *rsinfo)
-{
-	entitlock_return_rows(fcinfo, rsinfo, 0, -1, NULL, NULL);
-}

@@ -68,12 +68,6 @@ PG_FUNCTION_INFO_V1(entitlock_refund_usage);
 PG_FUNCTION_INFO_V1(entitlock_usage);
 PG_FUNCTION_INFO_V1(entitlock_usage_period);
 
-/*
- * Subjects, features and idempotency keys are stored in full and indexed,
- * so together they must fit in a btree entry (about 2.7 kB).
- */
-#define USAGE_MAX_NAME_BYTES 512
-
 /* Indexed by UsagePeriod; these spellings are what the tables store. */
 const char *const period_names[] = {
 	"lifetime", "minute", "hour", "day", "week", "month", "year"
@@ -86,43 +80,18 @@ const char *const period_names[] = {
  * entitlock.usage_limit, so they take a value and whether it is NULL.
  */
 
-text *
-usage_name_value(Datum value, bool isnull, const char *what)
-{
-	text	   *name;
-	int			len;
-
-	if (isnull)
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("%s must not be null", what)));
-	name = DatumGetTextPP(value);
-	len = VARSIZE_ANY_EXHDR(name);
-	if (len == 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("%s must not be empty", what)));
-	if (len > USAGE_MAX_NAME_BYTES)
-		ereport(ERROR,
-				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
-				 errmsg("%s is too long", what),
-				 errdetail("It is %d bytes long; the limit is %d bytes.",
-						   len, USAGE_MAX_NAME_BYTES)));
-	return name;
-}
-
-static text *
-name_arg(FunctionCallInfo fcinfo, int argno, const char *what)
-{
-	return usage_name_value(PG_GETARG_DATUM(argno), PG_ARGISNULL(argno), what);
-}
-
-static int64
-int8_arg(FunctionCallInfo fcinfo, int argno, const char *what)
-{
-	entitlock_require_arg(fcinfo, argno, what);
-	return PG_GETARG_INT64(argno);
-}
+const EntitlockNameMessages usage_subject_messages = {
+	"subject must not be null", "subject must not be empty",
+	"subject is too long"
+};
+const EntitlockNameMessages usage_feature_messages = {
+	"feature must not be null", "feature must not be empty",
+	"feature is too long"
+};
+static const EntitlockNameMessages key_messages = {
+	"idempotency key must not be null", "idempotency key must not be empty",
+	"idempotency key is too long"
+};
 
 /* The period spelled name (in any case), or -1. */
 static int
@@ -184,13 +153,14 @@ idempotency_key_arg(FunctionCallInfo fcinfo, int argno)
 {
 	if (PG_ARGISNULL(argno))
 		return NULL;
-	return name_arg(fcinfo, argno, "idempotency key");
+	return entitlock_name_arg(fcinfo, argno, &key_messages);
 }
 
 static int64
 positive_amount_arg(FunctionCallInfo fcinfo, int argno)
 {
-	int64		amount = int8_arg(fcinfo, argno, "amount");
+	int64		amount = entitlock_int8_arg(fcinfo, argno,
+											"amount must not be null");
 
 	if (amount <= 0)
 		ereport(ERROR,
@@ -324,8 +294,8 @@ compute_period(UsageMeter *meter, UsagePeriod period, TimestampTz at)
 static void
 meter_args(FunctionCallInfo fcinfo, UsageMeter *meter, int period_argno)
 {
-	meter->subject = name_arg(fcinfo, 0, "subject");
-	meter->feature = name_arg(fcinfo, 1, "feature");
+	meter->subject = entitlock_name_arg(fcinfo, 0, &usage_subject_messages);
+	meter->feature = entitlock_name_arg(fcinfo, 1, &usage_feature_messages);
 	compute_period(meter, period_arg(fcinfo, period_argno),
 				   GetCurrentTransactionStartTimestamp());
 }
@@ -356,8 +326,7 @@ record(MeterCall *call, int64 amount, bool conditional, text *key,
 	EntitlockTable counter;
 	EntitlockTable idem;
 
-	PreventCommandIfReadOnly(cmdname);
-	PreventCommandDuringRecovery(cmdname);
+	entitlock_begin_write(cmdname);
 
 	/*
 	 * The counter's writes are prepared when they are made: a call that
@@ -442,7 +411,7 @@ remaining(int64 used, int64 limit)
 Datum
 entitlock_record_usage_if_under_limit(PG_FUNCTION_ARGS)
 {
-	ReturnSetInfo *rsinfo = entitlock_materialize_resultinfo(fcinfo);
+	ReturnSetInfo *rsinfo = entitlock_init_srf(fcinfo);
 	MeterCall	call;
 	int64		amount;
 	text	   *key;
@@ -450,8 +419,8 @@ entitlock_record_usage_if_under_limit(PG_FUNCTION_ARGS)
 	bool		nulls[4] = {false, false, false, false};
 
 	meter_args(fcinfo, &call.meter, 4);
-	entitlock_require_arg(fcinfo, 2, "amount");
-	entitlock_require_arg(fcinfo, 3, "usage limit");
+	entitlock_require_arg(fcinfo, 2, "amount must not be null");
+	entitlock_require_arg(fcinfo, 3, "usage limit must not be null");
 	key = idempotency_key_arg(fcinfo, 5);
 	amount = positive_amount_arg(fcinfo, 2);
 	call.limit = usage_limit_value(PG_GETARG_DATUM(3), false);
@@ -465,7 +434,7 @@ entitlock_record_usage_if_under_limit(PG_FUNCTION_ARGS)
 	values[2] = Int64GetDatum(remaining(call.new_used, call.limit));
 	values[3] = TimestampTzGetDatum(call.meter.period_end);
 	nulls[3] = !call.meter.has_end;
-	entitlock_return_one_row(fcinfo, rsinfo, values, nulls);
+	tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 	return (Datum) 0;
 }
 
@@ -487,7 +456,7 @@ entitlock_record_usage(PG_FUNCTION_ARGS)
 	text	   *key;
 
 	meter_args(fcinfo, &call.meter, 3);
-	amount = int8_arg(fcinfo, 2, "amount");
+	amount = entitlock_int8_arg(fcinfo, 2, "amount must not be null");
 	key = idempotency_key_arg(fcinfo, 4);
 
 	/* Unconditional usage is only bounded by what bigint can hold. */
@@ -504,10 +473,14 @@ entitlock_record_usage(PG_FUNCTION_ARGS)
 
 #define LIMITS_RESULT_NATTS 7
 
+/* Add call's row to the result of record_usage_if_under_limits(). */
 static void
-limits_result_row(Datum *values, bool *nulls, const MeterCall *call,
+limits_result_row(ReturnSetInfo *rsinfo, const MeterCall *call,
 				  bool allowed, int64 used)
 {
+	Datum		values[LIMITS_RESULT_NATTS];
+	bool		nulls[LIMITS_RESULT_NATTS];
+
 	values[0] = PointerGetDatum(call->meter.subject);
 	values[1] = PointerGetDatum(call->meter.feature);
 	values[2] = CStringGetTextDatum(period_names[call->meter.period]);
@@ -517,6 +490,7 @@ limits_result_row(Datum *values, bool *nulls, const MeterCall *call,
 	values[6] = TimestampTzGetDatum(call->meter.period_end);
 	memset(nulls, 0, sizeof(bool) * LIMITS_RESULT_NATTS);
 	nulls[6] = !call->meter.has_end;
+	tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 }
 
 /*
@@ -534,7 +508,7 @@ limits_result_row(Datum *values, bool *nulls, const MeterCall *call,
 Datum
 entitlock_record_usage_if_under_limits(PG_FUNCTION_ARGS)
 {
-	ReturnSetInfo *rsinfo = entitlock_materialize_resultinfo(fcinfo);
+	ReturnSetInfo *rsinfo = entitlock_init_srf(fcinfo);
 	MeterCall  *calls;
 	MeterCall **sorted;
 	int			n;
@@ -543,24 +517,19 @@ entitlock_record_usage_if_under_limits(PG_FUNCTION_ARGS)
 	bool		all_allowed = true;
 	EntitlockTable counter;
 	EntitlockTable sk;
-	Datum	   *values;
-	bool	   *nulls;
 	int			i;
 
 	calls = usage_limits_arg(fcinfo, 0, &n);
 	amount = positive_amount_arg(fcinfo, 1);
 	key = idempotency_key_arg(fcinfo, 2);
 
-	PreventCommandIfReadOnly("record_usage_if_under_limits()");
-	PreventCommandDuringRecovery("record_usage_if_under_limits()");
+	entitlock_begin_write("record_usage_if_under_limits()");
 	entitlock_stats_begin();
 
 	sorted = palloc(sizeof(MeterCall *) * n);
 	for (i = 0; i < n; i++)
 		sorted[i] = &calls[i];
 	qsort(sorted, n, sizeof(MeterCall *), usage_cmp_meters);
-	values = palloc(sizeof(Datum) * n * LIMITS_RESULT_NATTS);
-	nulls = palloc(sizeof(bool) * n * LIMITS_RESULT_NATTS);
 
 	entitlock_table_open(&counter, &usage_counter_def, RowExclusiveLock);
 	entitlock_table_prepare_writes(&counter);
@@ -590,8 +559,7 @@ entitlock_record_usage_if_under_limits(PG_FUNCTION_ARGS)
 				/* The first call's answer, in the first call's period. */
 				compute_period(&calls[i].meter, calls[i].meter.period,
 							   rec.recorded_at);
-				limits_result_row(values + i * LIMITS_RESULT_NATTS,
-								  nulls + i * LIMITS_RESULT_NATTS, &calls[i],
+				limits_result_row(rsinfo, &calls[i],
 								  DatumGetBool(rec.allowed[j]),
 								  DatumGetInt64(rec.used[j]));
 				count_usage_call(calls[i].meter.feature,
@@ -599,8 +567,6 @@ entitlock_record_usage_if_under_limits(PG_FUNCTION_ARGS)
 			}
 			entitlock_table_close(&sk);
 			entitlock_table_close(&counter);
-			entitlock_return_rows(fcinfo, rsinfo, n, LIMITS_RESULT_NATTS,
-								  values, nulls);
 			return (Datum) 0;
 		}
 		usage_setkey_check_not_single_key(key, sorted, n);
@@ -638,13 +604,10 @@ entitlock_record_usage_if_under_limits(PG_FUNCTION_ARGS)
 	/* One call per meter; the waits count with the first. */
 	for (i = 0; i < n; i++)
 	{
-		limits_result_row(values + i * LIMITS_RESULT_NATTS,
-						  nulls + i * LIMITS_RESULT_NATTS, &calls[i],
-						  calls[i].allowed, calls[i].new_used);
+		limits_result_row(rsinfo, &calls[i], calls[i].allowed,
+						  calls[i].new_used);
 		count_usage_call(calls[i].meter.feature, !calls[i].allowed, false);
 	}
-	entitlock_return_rows(fcinfo, rsinfo, n, LIMITS_RESULT_NATTS, values,
-						  nulls);
 	return (Datum) 0;
 }
 
@@ -673,13 +636,12 @@ entitlock_refund_usage(PG_FUNCTION_ARGS)
 	IdempotentRecord rec;
 	int64		given = 0;
 
-	call.meter.subject = name_arg(fcinfo, 0, "subject");
-	call.meter.feature = name_arg(fcinfo, 1, "feature");
-	entitlock_require_arg(fcinfo, 2, "idempotency key");
+	call.meter.subject = entitlock_name_arg(fcinfo, 0, &usage_subject_messages);
+	call.meter.feature = entitlock_name_arg(fcinfo, 1, &usage_feature_messages);
+	entitlock_require_arg(fcinfo, 2, "idempotency key must not be null");
 	key = idempotency_key_arg(fcinfo, 2);
 
-	PreventCommandIfReadOnly("refund_usage()");
-	PreventCommandDuringRecovery("refund_usage()");
+	entitlock_begin_write("refund_usage()");
 	entitlock_stats_begin();
 
 	usage_meter_call_init(&call, 0, PG_INT64_MAX);
@@ -735,19 +697,19 @@ entitlock_usage(PG_FUNCTION_ARGS)
 Datum
 entitlock_usage_period(PG_FUNCTION_ARGS)
 {
-	ReturnSetInfo *rsinfo = entitlock_materialize_resultinfo(fcinfo);
+	ReturnSetInfo *rsinfo = entitlock_init_srf(fcinfo);
 	UsageMeter	meter;
 	UsagePeriod period = period_arg(fcinfo, 0);
 	Datum		values[2];
 	bool		nulls[2];
 
-	entitlock_require_arg(fcinfo, 1, "timestamp");
+	entitlock_require_arg(fcinfo, 1, "timestamp must not be null");
 	compute_period(&meter, period, PG_GETARG_TIMESTAMPTZ(1));
 
 	values[0] = TimestampTzGetDatum(meter.period_start);
 	values[1] = TimestampTzGetDatum(meter.period_end);
 	nulls[0] = nulls[1] = !meter.has_end;
-	entitlock_return_one_row(fcinfo, rsinfo, values, nulls);
+	tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 	return (Datum) 0;
 }
 

@@ -15,7 +15,10 @@
 #ifndef ENTITLOCK_USAGE_H
 #define ENTITLOCK_USAGE_H
 
-#include "entitlock.h"
+#include "locks.h"
+#include "stats.h"
+#include "table.h"
+#include "util.h"
 
 /* At most this many limits in one record_usage_if_under_limits() call. */
 #define USAGE_MAX_LIMITS 100
@@ -66,7 +69,8 @@ typedef struct MeterCall
 } MeterCall;
 
 /* usage.c: argument checks and periods */
-extern text *usage_name_value(Datum value, bool isnull, const char *what);
+extern const EntitlockNameMessages usage_subject_messages;
+extern const EntitlockNameMessages usage_feature_messages;
 extern int64 usage_limit_value(Datum value, bool isnull);
 extern UsagePeriod period_value(Datum value, bool isnull);
 extern UsagePeriod stored_period(Datum value, const char *relname);

@@ -562,7 +562,7 @@ usage_refund_set(EntitlockTable *counter, MeterCall *call, text *key)
 bool
 usage_key_mark_refunded(EntitlockTable *idem, const IdempotentRecord *rec)
 {
-	TupleTableSlot *slot = idem->oldslot;
+	TupleTableSlot *slot;
 	Datum		values[IDEM_NATTS];
 	bool		nulls[IDEM_NATTS];
 	ItemPointerData tid = rec->tid;
@@ -570,6 +570,7 @@ usage_key_mark_refunded(EntitlockTable *idem, const IdempotentRecord *rec)
 	if (!rec->allowed || rec->amount <= 0 || rec->refunded ||
 		!lock_key_row(idem, &tid))
 		return false;
+	slot = idem->oldslot;		/* the locked row */
 	if (slot->tts_tupleDescriptor->natts <= IDEM_REFUNDED_AT)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),

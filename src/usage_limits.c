@@ -81,10 +81,12 @@ limit_element_context(void *arg)
 static void
 limit_fields(Datum *fields, bool *isnull, MeterCall *call)
 {
-	call->meter.subject = usage_name_value(fields[LIMIT_SUBJECT],
-										   isnull[LIMIT_SUBJECT], "subject");
-	call->meter.feature = usage_name_value(fields[LIMIT_FEATURE],
-										   isnull[LIMIT_FEATURE], "feature");
+	call->meter.subject = entitlock_name_value(fields[LIMIT_SUBJECT],
+											   isnull[LIMIT_SUBJECT],
+											   &usage_subject_messages);
+	call->meter.feature = entitlock_name_value(fields[LIMIT_FEATURE],
+											   isnull[LIMIT_FEATURE],
+											   &usage_feature_messages);
 	call->limit = usage_limit_value(fields[LIMIT_USAGE_LIMIT],
 									isnull[LIMIT_USAGE_LIMIT]);
 	compute_period(&call->meter, period_value(fields[LIMIT_PERIOD],
@@ -111,7 +113,7 @@ usage_limits_arg(FunctionCallInfo fcinfo, int argno, int *n)
 	int			position = 0;
 	int			i;
 
-	entitlock_require_arg(fcinfo, argno, "limits");
+	entitlock_require_arg(fcinfo, argno, "limits must not be null");
 	arr = PG_GETARG_ARRAYTYPE_P(argno);
 	if (ARR_NDIM(arr) > 1)
 		ereport(ERROR,
