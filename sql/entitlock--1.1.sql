@@ -1,4 +1,4 @@
-/* sql/entitlock--1.0.sql */
+/* sql/entitlock--1.1.sql */
 
 -- complain if script is sourced in psql, rather than via CREATE EXTENSION
 \echo Use "CREATE EXTENSION entitlock" to load this file. \quit

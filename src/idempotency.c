@@ -114,15 +114,12 @@ typedef struct Claim
  */
 
 /*
- * The key's rows as of now: committed ones, and this transaction's own.
- * SnapshotSelf judges each row when the scan reaches it, which is enough
- * here.  A row it shows is final (a committed claim changes only when it
- * expires), and under the key's lock nothing else can change at all; a
+ * The key's rows as of now: committed ones, and this transaction's own
+ * (SnapshotSelf; see "Why the features read with SnapshotSelf" in
+ * table.c).  A row it shows is final (a committed claim changes only when
+ * it expires), and under the key's lock nothing else can change at all; a
  * claim committing during the lock-free first look may be missed, which
- * only sends the caller on to the lock.  Unlike an MVCC snapshot it takes
- * no SERIALIZABLE predicate locks, which sit on index pages that all keys
- * share and would make calls on unrelated keys fail each other with
- * serialization errors.
+ * only sends the caller on to the lock.
  */
 static IndexScanDesc
 scan_key_rows(EntitlockTable *t, int64 hash)
@@ -171,8 +168,7 @@ find_claim(EntitlockTable *t, int64 hash, text *key, TimestampTz now,
 		break;
 	}
 	index_endscan(scan);
-	/* The scan's buffer pin would keep the page from being pruned. */
-	ExecClearTuple(t->slot);
+	ExecClearTuple(t->slot);	/* see "Buffer pins" in table.c */
 }
 
 /*

@@ -196,11 +196,9 @@ begin_lease_call(EntitlockTable *t, int64 hash, text *name, bool wait,
 	/*
 	 * Only the holder of the name's lock writes the name's row, and this call
 	 * holds it now, so the row's committed state cannot change under the
-	 * scan: SnapshotSelf (committed rows, and this transaction's own) reads
-	 * what a fresh MVCC snapshot would.  Unlike an MVCC snapshot, it takes no
-	 * SERIALIZABLE predicate locks, which are kept on index pages that all
-	 * names share and would make lease calls on unrelated names fail with
-	 * serialization errors.
+	 * scan: SnapshotSelf reads what a fresh MVCC snapshot would, without its
+	 * predicate locks (see "Why the features read with SnapshotSelf" in
+	 * table.c).
 	 */
 	scan = entitlock_table_scan(t, HASH_INDEX, SnapshotSelf,
 								BTEqualStrategyNumber, 1, &hashval);

@@ -554,6 +554,45 @@ holds_locker_stripe(void)
 	return false;
 }
 
+/* Order two elements by the int64 key they start with. */
+static int
+cmp_leading_keys(const void *a, const void *b)
+{
+	int64		x;
+	int64		y;
+
+	memcpy(&x, a, sizeof(int64));
+	memcpy(&y, b, sizeof(int64));
+	return (x > y) - (x < y);
+}
+
+/*
+ * The order every caller taking several keys takes them in, so that no two
+ * such callers can deadlock on them: ascending (signed) key order, each key
+ * once.  Sorts the n elements of elemsize bytes at elems, each starting
+ * with its int64 key, drops all but one element of each key, and returns
+ * how many are left.
+ */
+int
+entitlock_sort_keys(void *elems, int n, size_t elemsize)
+{
+	char	   *base = (char *) elems;
+	int			m = 0;
+	int			i;
+
+	qsort(elems, n, elemsize, cmp_leading_keys);
+	for (i = 0; i < n; i++)
+	{
+		if (m > 0 && cmp_leading_keys(base + (m - 1) * elemsize,
+									  base + i * elemsize) == 0)
+			continue;
+		if (m != i)
+			memcpy(base + m * elemsize, base + i * elemsize, elemsize);
+		m++;
+	}
+	return m;
+}
+
 /* Has this transaction (still) escalated? */
 static bool
 escalated(void)
@@ -752,14 +791,6 @@ typedef struct NamedKey
 	text	   *name;
 } NamedKey;
 
-static int
-cmp_named_keys(const void *a, const void *b)
-{
-	int64		x = ((const NamedKey *) a)->key;
-	int64		y = ((const NamedKey *) b)->key;
-
-	return (x > y) - (x < y);
-}
 
 /*
  * entitlock.lock_all(names text[]) returns void
@@ -812,7 +843,7 @@ entitlock_lock_all(PG_FUNCTION_ARGS)
 		keys[nkeys++].name = name;
 	}
 
-	qsort(keys, nkeys, sizeof(NamedKey), cmp_named_keys);
+	nkeys = entitlock_sort_keys(keys, nkeys, sizeof(NamedKey));
 
 	/*
 	 * The keys, and then their stripes in ascending order, as an escalating
@@ -822,8 +853,6 @@ entitlock_lock_all(PG_FUNCTION_ARGS)
 	 */
 	for (i = 0; i < nkeys; i++)
 	{
-		if (i > 0 && keys[i].key == keys[i - 1].key)
-			continue;
 		if (last >= 0)
 			count_lock_call(keys[last].name, 0);
 		entitlock_stats_begin();

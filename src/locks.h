@@ -18,6 +18,7 @@ extern bool entitlock_acquire_timeout(int64 key, LOCKMODE mode,
 extern bool entitlock_wait_for_xact(TransactionId xid, int timeout_ms);
 extern void entitlock_release(int64 key, LOCKMODE mode);
 extern void entitlock_acquire_recording(const int64 *keys, int nkeys);
+extern int	entitlock_sort_keys(void *elems, int n, size_t elemsize);
 extern void entitlock_locks_init(void);
 
 /* The advisory lock tag field that marks entitlock's internal locks. */

@@ -284,6 +284,28 @@ entitlock_table_scan(EntitlockTable *t, int indexno, Snapshot snapshot,
 }
 
 /*
+ * Why the features read with SnapshotSelf
+ *
+ * A feature that looks for a key's row under that key's lock wants the
+ * row as of now: committed versions and the transaction's own.
+ * SnapshotSelf judges each version when the scan reaches it, which gives
+ * that.  Unlike an MVCC snapshot it takes no SERIALIZABLE predicate locks,
+ * which would sit on index pages that all keys share and make calls on
+ * unrelated keys fail each other with serialization errors.  Where the
+ * transaction's own snapshot matters (REPEATABLE READ, SERIALIZABLE), the
+ * caller checks the row it found with
+ * entitlock_check_visible_to_transaction(); where a row not found must
+ * really be absent, entitlock_table_probe_stable() looks again.
+ *
+ * Buffer pins
+ *
+ * A row left in t->slot (or read through a scan) keeps its buffer pinned,
+ * and a pinned page cannot be pruned: a hot row's page would fill with dead
+ * versions.  So a caller clears the slot (ExecClearTuple) as soon as it has
+ * read what it needs, before it waits or writes.
+ */
+
+/*
  * Find the row whose key in the first index (unique) equals keyvals, as
  * snapshot sees it, and leave it in t->slot with all its columns
  * extracted.
@@ -772,6 +794,27 @@ entitlock_table_create(EntitlockTable *t, Datum *values, bool *nulls,
 }
 
 /*
+ * Find the row whose unique key (index 0) is keyvals as of now
+ * (SnapshotSelf) and return true with it in t->slot; or, when there is
+ * none, claim its creation (entitlock_table_claim_creation()) and return
+ * false, the caller holding create_key.  Every caller that may create a
+ * row it looks for starts here.
+ */
+bool
+entitlock_table_find_or_claim(EntitlockTable *t, const Datum *keyvals,
+							  int64 create_key)
+{
+	for (;;)
+	{
+		CHECK_FOR_INTERRUPTS();
+		if (entitlock_table_probe(t, SnapshotSelf, keyvals))
+			return true;
+		if (entitlock_table_claim_creation(t, keyvals, create_key))
+			return false;
+	}
+}
+
+/*
  * Find the row whose unique key (index 0) is keyvals and lock it for an
  * update, or make sure no one else creates it first; returns whether it
  * was found.  A found row is locked in its newest version (under READ
@@ -792,16 +835,10 @@ entitlock_table_lock_or_create(EntitlockTable *t, const Datum *keyvals,
 		ItemPointerData tid;
 		TM_Result	result;
 
-		CHECK_FOR_INTERRUPTS();
-		if (!entitlock_table_probe(t, SnapshotSelf, keyvals))
-		{
-			if (entitlock_table_claim_creation(t, keyvals, create_key))
-				return false;
-			continue;
-		}
+		if (!entitlock_table_find_or_claim(t, keyvals, create_key))
+			return false;
 		tid = t->slot->tts_tid;
-		/* The probe's buffer pin would keep the page from being pruned. */
-		ExecClearTuple(t->slot);
+		ExecClearTuple(t->slot);	/* see "Buffer pins" */
 		result = entitlock_table_lock_row(t, &tid, LockTupleNoKeyExclusive,
 										  true, latest);
 		if (result == TM_Ok)

@@ -107,6 +107,9 @@ extern void entitlock_table_insert(EntitlockTable *t, Datum *values,
 extern TM_Result entitlock_table_lock_row(EntitlockTable *t, ItemPointer tid,
 										  LockTupleMode mode, bool wait,
 										  bool latest);
+extern bool entitlock_table_find_or_claim(EntitlockTable *t,
+										  const Datum *keyvals,
+										  int64 create_key);
 extern bool entitlock_table_lock_or_create(EntitlockTable *t,
 										   const Datum *keyvals,
 										   int64 create_key);

@@ -29,16 +29,13 @@
  * take an internal lock on the key, so that a retry racing its first call
  * waits for it and then answers from its record.
  *
- * Rows are found with SnapshotSelf and locked in their newest version, so
- * a decision reads the usage as of after the row lock was granted, as
- * READ COMMITTED's UPDATE does.  Unlike an MVCC snapshot, SnapshotSelf
- * takes no SERIALIZABLE predicate locks on the index pages that all pairs
- * share, which would make calls on unrelated pairs fail each other.  See
- * entitlock_check_visible_to_transaction() for REPEATABLE READ and
- * SERIALIZABLE.  A row that such a probe does not find may still be there,
- * hidden by a concurrent update, so the creation lock is followed by a look
- * against one snapshot (entitlock_table_probe_stable()) before a row is
- * created.
+ * Rows are found with SnapshotSelf (see "Why the features read with
+ * SnapshotSelf" in table.c) and locked in their newest version, so a
+ * decision reads the usage as of after the row lock was granted, as READ
+ * COMMITTED's UPDATE does.  A row that such a probe does not find may
+ * still be there, hidden by a concurrent update, so the creation lock is
+ * followed by a look against one snapshot (entitlock_table_probe_stable())
+ * before a row is created.
  *
  * A call naming several meters locks all of them, in one canonical order,
  * before it reads any, decides every limit, and then writes all or none.

@@ -54,19 +54,11 @@ EntitlockTableDef usage_counter_def = {
 /*
  * Take the shared advisory locks of every meter of a call (sorted in
  * canonical order), subjects and then pairs, each in ascending key order
- * as lock_all() takes its keys, so that no order of calls can deadlock on
- * them.  A transaction that has taken many of them takes coarser locks
- * instead, which exclude the same lock callers (see locks.c).
+ * (entitlock_sort_keys(), as lock_all() takes its keys), so that no order
+ * of calls can deadlock on them.  A transaction that has taken many of
+ * them takes coarser locks instead, which exclude the same lock callers
+ * (see locks.c).
  */
-static int
-cmp_int64(const void *a, const void *b)
-{
-	int64		x = *(const int64 *) a;
-	int64		y = *(const int64 *) b;
-
-	return (x > y) - (x < y);
-}
-
 void
 usage_lock_meters(MeterCall *calls, int n)
 {
@@ -78,17 +70,10 @@ usage_lock_meters(MeterCall *calls, int n)
 	for (pass = 0; pass < 2; pass++)
 	{
 		int64	   *these = keys + nkeys;
-		int			m = 0;
 
 		for (i = 0; i < n; i++)
 			these[i] = pass == 0 ? calls[i].subject_key : calls[i].pair_key;
-		qsort(these, n, sizeof(int64), cmp_int64);
-		for (i = 0; i < n; i++)
-		{
-			if (i == 0 || these[i] != these[m - 1])
-				these[m++] = these[i];
-		}
-		nkeys += m;
+		nkeys += entitlock_sort_keys(these, n, sizeof(int64));
 	}
 	entitlock_acquire_recording(keys, nkeys);
 	pfree(keys);
@@ -313,13 +298,10 @@ usage_record_meter(EntitlockTable *counter, MeterCall *call, int64 amount,
 		TupleTableSlot *slot = counter->slot;
 		ItemPointerData tid;
 
-		CHECK_FOR_INTERRUPTS();
-		if (!entitlock_table_probe(counter, SnapshotSelf, values))
+		if (!entitlock_table_find_or_claim(counter, values,
+										   counter_creation_key(call)))
 		{
 			/* see usage_lock_counter() */
-			if (!entitlock_table_claim_creation(counter, values,
-												counter_creation_key(call)))
-				continue;
 			call->found = false;
 			call->used = 0;
 			usage_decide(call, amount, conditional);
@@ -334,8 +316,7 @@ usage_record_meter(EntitlockTable *counter, MeterCall *call, int64 amount,
 		/* Statistics: the update will wait for a recorder still at work. */
 		start = entitlock_stats_on() && entitlock_slot_being_changed(slot) ?
 			GetCurrentTimestamp() : 0;
-		/* The probe's buffer pin would keep the page from being pruned. */
-		ExecClearTuple(slot);
+		ExecClearTuple(slot);	/* see "Buffer pins" in table.c */
 		usage_decide(call, amount, conditional);
 		if (call->new_used == call->used)
 			return;
