@@ -380,17 +380,6 @@ entitlock_first_time(PG_FUNCTION_ARGS)
 	PG_RETURN_BOOL(outcome == CLAIM_NEW);
 }
 
-static void
-not_claimed_error(text *key, const char *detail)
-{
-	ereport(ERROR,
-			(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-			 errmsg("idempotency key \"%s\" was not claimed by this transaction",
-					entitlock_text_for_message(key)),
-			 errdetail_internal("%s", detail),
-			 errhint("Call idempotency_complete() in the transaction whose idempotency_begin() returned \"new\", before it commits.")));
-}
-
 /*
  * entitlock.idempotency_complete(key text, response jsonb DEFAULT NULL)
  * returns void
@@ -422,7 +411,12 @@ entitlock_idempotency_complete(PG_FUNCTION_ARGS)
 	 * waits.  Not getting it means another transaction is claiming key.
 	 */
 	if (!entitlock_acquire(hash, ExclusiveLock, false))
-		not_claimed_error(key, "Another transaction holds the key.");
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("idempotency key \"%s\" was not claimed by this transaction",
+						entitlock_text_for_message(key)),
+				 errdetail("Another transaction holds the key."),
+				 errhint("Call idempotency_complete() in the transaction whose idempotency_begin() returned \"new\", before it commits.")));
 	CommandCounterIncrement();
 
 	scan = scan_key_rows(&t, hash);
@@ -438,7 +432,12 @@ entitlock_idempotency_complete(PG_FUNCTION_ARGS)
 	if (!found)
 	{
 		ExecClearTuple(t.slot);
-		not_claimed_error(key, "The key is unclaimed or was claimed by an earlier transaction.");
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("idempotency key \"%s\" was not claimed by this transaction",
+						entitlock_text_for_message(key)),
+				 errdetail("The key is unclaimed or was claimed by an earlier transaction."),
+				 errhint("Call idempotency_complete() in the transaction whose idempotency_begin() returned \"new\", before it commits.")));
 	}
 
 	/* Keep every column but the response and completed_at. */

@@ -633,8 +633,10 @@ entitlock_refund_usage(PG_FUNCTION_ARGS)
 	IdempotentRecord rec;
 	int64		given = 0;
 
-	call.meter.subject = entitlock_name_arg(fcinfo, 0, &usage_subject_messages);
-	call.meter.feature = entitlock_name_arg(fcinfo, 1, &usage_feature_messages);
+	call.meter.subject = entitlock_name_arg(fcinfo, 0,
+											&usage_subject_messages);
+	call.meter.feature = entitlock_name_arg(fcinfo, 1,
+											&usage_feature_messages);
 	entitlock_require_arg(fcinfo, 2, "idempotency key must not be null");
 	key = idempotency_key_arg(fcinfo, 2);
 

@@ -180,7 +180,8 @@ usage_key_store(EntitlockTable *idem, const MeterCall *call, text *key,
 	bool		nulls[IDEM_NATTS];
 
 	idempotency_values(&call->meter, key, values, nulls);
-	values[IDEM_PERIOD] = CStringGetTextDatum(period_names[call->meter.period]);
+	values[IDEM_PERIOD] =
+		CStringGetTextDatum(period_names[call->meter.period]);
 	values[IDEM_AMOUNT] = Int64GetDatum(amount);
 	values[IDEM_ALLOWED] = BoolGetDatum(call->allowed);
 	values[IDEM_USED] = Int64GetDatum(call->new_used);
@@ -255,13 +256,18 @@ usage_setkey_lookup(EntitlockTable *sk, text *key)
 		entitlock_check_visible_to_transaction(slot);
 		rec.amount = DatumGetInt64(cols[SETKEY_AMOUNT]);
 		rec.n = ArrayGetNItems(ARR_NDIM(subjects), ARR_DIMS(subjects));
-		rec.subjects = stored_array(cols[SETKEY_SUBJECTS], TEXTOID, rec.n, NULL);
-		rec.features = stored_array(cols[SETKEY_FEATURES], TEXTOID, rec.n, NULL);
-		rec.periods = stored_array(cols[SETKEY_PERIODS], TEXTOID, rec.n, NULL);
-		rec.allowed = stored_array(cols[SETKEY_ALLOWED], BOOLOID, rec.n, NULL);
+		rec.subjects = stored_array(cols[SETKEY_SUBJECTS], TEXTOID, rec.n,
+									NULL);
+		rec.features = stored_array(cols[SETKEY_FEATURES], TEXTOID, rec.n,
+									NULL);
+		rec.periods = stored_array(cols[SETKEY_PERIODS], TEXTOID, rec.n,
+								   NULL);
+		rec.allowed = stored_array(cols[SETKEY_ALLOWED], BOOLOID, rec.n,
+								   NULL);
 		rec.used = stored_array(cols[SETKEY_USED], INT8OID, rec.n, NULL);
-		rec.period_ends = stored_array(cols[SETKEY_PERIOD_ENDS], TIMESTAMPTZOID,
-									   rec.n, &rec.period_end_nulls);
+		rec.period_ends = stored_array(cols[SETKEY_PERIOD_ENDS],
+									   TIMESTAMPTZOID, rec.n,
+									   &rec.period_end_nulls);
 		rec.refunded = stored_array(cols[SETKEY_REFUNDED], BOOLOID, rec.n,
 									NULL);
 		rec.recorded_at = DatumGetTimestampTz(cols[SETKEY_RECORDED_AT]);
@@ -284,7 +290,8 @@ static bool
 setkey_element_is(const SetRecord *rec, int i, const UsageMeter *meter)
 {
 	return setkey_element_on_pair(rec, i, meter) &&
-		stored_period(rec->periods[i], usage_setkey_def.relname) == meter->period;
+		stored_period(rec->periods[i],
+					  usage_setkey_def.relname) == meter->period;
 }
 
 /* Does the stored set include (subject, feature)? */
