@@ -19,7 +19,7 @@
 #   plain1     the short form by hand: INSERT ... ON CONFLICT DO NOTHING
 #   first      entitlock.first_time
 # It prints TPS with ratios entitlock/plain and first/plain1.  A benchmark,
-# not a test: it asserts nothing; the figures go in README.md.
+# not a test: it asserts nothing; the figures go in doc/performance.md.
 
 set -uo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"

@@ -18,7 +18,7 @@
 #              (the correct hand-written version, with no view)
 #   entitlock  lease_acquire, lease_renew, lease_release
 # It prints TPS and the ratio entitlock/plain.  A benchmark, not a test: it asserts nothing; the figures go in
-# README.md.
+# doc/performance.md.
 
 set -uo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"

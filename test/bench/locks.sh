@@ -12,7 +12,7 @@
 #   entity     entitlock.lock_entity(realm, entity)  (two locks)
 #   timed      entitlock.lock(name, '1 s')
 # and prints TPS and the ratio to the builtin.  A benchmark, not a test:
-# it asserts nothing; the figures go in README.md.
+# it asserts nothing; the figures go in doc/performance.md.
 
 set -uo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"

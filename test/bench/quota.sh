@@ -25,7 +25,7 @@
 # Each cell runs the variants in turns, ROUNDS times, tables emptied and
 # checkpointed before each run, and prints median TPS and the ratio to the
 # baseline.  A benchmark, not a test: it asserts nothing; the figures go in
-# README.md.
+# doc/performance.md.
 
 set -uo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"

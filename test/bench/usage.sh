@@ -22,7 +22,7 @@
 # It prints TPS with the ratio to upsert, then an overshoot table: 16
 # clients x 100 calls on one subject with a limit of 500, and the usage
 # each variant ends with.  A benchmark, not a test: it asserts nothing;
-# the figures go in README.md.
+# the figures go in doc/performance.md.
 
 set -uo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
