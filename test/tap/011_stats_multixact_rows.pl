@@ -24,6 +24,18 @@
 # stopped in that window by a debugger failed with XX000 at once.  The
 # test keeps the locked read honest under the load it must survive.
 #
+# The same load, run with a plain SQL UPDATE on a table of its own in the
+# same pgbench run (scripts 011_plain and 011_plainshare), is the control:
+# on PostgreSQL 15.18 both fail now and then with "new multixact has more
+# than one updating member" (XX000).  That is the server's own race, not
+# entitlock's: heap_update() goes on past a MultiXactId whose updater has
+# already marked itself aborted in the commit log, while
+# MultiXactIdExpand() still sees that updater in the process array and
+# keeps it as a member beside the new one.  It did not show on 15.20
+# (entitlock 0 in 22 runs, plain SQL 0 in 6, 40 clients for 30 s; on 15.18
+# one run in two failed, plain SQL included).  So on 15.x before 15.20
+# the test is skipped with that reason.
+#
 # Run with: bash test/tap.sh test/tap/011_stats_multixact_rows.pl
 
 use strict;
@@ -43,10 +55,21 @@ log_statement = none
 });
 $node->start;
 
+my $version = $node->safe_psql('postgres', 'SHOW server_version_num');
+if ($version >= 150000 && $version < 150020)
+{
+	plan skip_all =>
+	  "PostgreSQL $version fails this load with plain SQL too (XX000 "
+	  . "'new multixact has more than one updating member', a server race "
+	  . "not seen from 15.20 on)";
+}
+
 $node->safe_psql(
 	'postgres', q{
 CREATE EXTENSION entitlock;
 CREATE TABLE ledger (meter int NOT NULL, amount bigint NOT NULL);
+CREATE TABLE plain_counter (meter int PRIMARY KEY, used bigint NOT NULL);
+INSERT INTO plain_counter VALUES (1, 0), (2, 0);
 INSERT INTO ledger
 SELECT m, 1 FROM generate_series(1, 2) AS m
  WHERE entitlock.record_usage('mx', 'hot-' || m, 1) = 1;
@@ -57,7 +80,8 @@ $node->pgbench(
 	0,
 	[qr{actually processed: \d+}],
 	[qr{^$}],
-	'no client failed (no XX000) with MultiXactIds on the counter rows',
+	'no client failed (no XX000) with MultiXactIds on the counter rows, '
+	  . 'entitlock\'s or the plain SQL control\'s',
 	{
 		'011_record@10' => q{
 \set m random(1, 2)
@@ -81,6 +105,22 @@ SELECT count(*)
   FROM (SELECT 1 FROM entitlock.usage_counter
 		 WHERE subject = 'mx' AND feature = 'hot-' || :m
 		   FOR KEY SHARE) AS locked;
+},
+		'011_plain@4' => q{
+\set m random(1, 2)
+\set abort random(1, 4)
+BEGIN;
+UPDATE plain_counter SET used = used + 1 WHERE meter = :m;
+\if :abort = 1
+ROLLBACK;
+\else
+COMMIT;
+\endif
+},
+		'011_plainshare@2' => q{
+\set m random(1, 2)
+SELECT count(*)
+  FROM (SELECT 1 FROM plain_counter WHERE meter = :m FOR KEY SHARE) AS locked;
 },
 	});
 
