@@ -124,8 +124,9 @@ sub pgbench_committed
 sub terminate
 {
 	my ($t) = @_;
-	my $n = $t->{node}->safe_psql(
-		'postgres', qq{
+	# One session for all the kills, kept in T: a psql per kill is slow.
+	$t->{killer} //= $t->{node}->background_psql('postgres');
+	my $n = $t->{killer}->query_safe(qq{
 SELECT count(pg_terminate_backend(pid))
   FROM (SELECT pid FROM pg_stat_activity
 		 WHERE datname = '$t->{db}' AND application_name = 'pgbench'
@@ -215,6 +216,11 @@ sub stress_under_kills
 	}
 	$r{seconds} = int(time - $start);
 	$r{unexpected} = unexpected_errors($t, @outs);
+	if ($t->{killer})
+	{
+		$t->{killer}->quit;
+		delete $t->{killer};
+	}
 	note "$t->{db}: $r{rounds} rounds in $r{seconds} s, $r{committed} "
 	  . "transactions committed, $r{kills} backends terminated";
 	return \%r;
@@ -240,6 +246,7 @@ sub poll_until
 #
 
 # 32 clients on one hot (subject, feature), backends terminated at random.
+# The meter starts 2,000 below its limit (a ledger row records that).
 # Every transaction calls record_usage_if_under_limit and, in the same
 # transaction, appends the decision it got to a ledger; a killed backend
 # rolls back both.  So the recorded usage must equal the sum of the
@@ -255,7 +262,7 @@ sub usage_workload
 {
 	my ($t, %o) = @_;
 	my $clients = $o{clients} // 32;
-	my ($limit, $idem_limit) = (20000, 4000);
+	my ($limit, $headroom, $idem_limit) = (20000, 2000, 4000);
 	my $d = $t->{db};
 	create_db($t);
 	sql($t, q{
@@ -266,6 +273,9 @@ CREATE TABLE idem_ledger (k int PRIMARY KEY, amount bigint NOT NULL,
 						  repeats int NOT NULL DEFAULT 0,
 						  disagreed boolean NOT NULL DEFAULT false);
 });
+	sql($t, qq{INSERT INTO ledger
+SELECT $limit - $headroom, true,
+	   entitlock.record_usage('hot', 'api', $limit - $headroom)});
 	my $hot = script($t, 'hot.sql', q{
 \set amount random(1, 3)
 BEGIN;
