@@ -99,7 +99,7 @@ sub bench_script
 }
 
 # bench_tps B, FILE, CLIENTS, SECONDS, PROTOCOL: the TPS of one pgbench
-# run of FILE (0 when pgbench printed none).
+# run of FILE (0, with pgbench's error, when it printed none).
 sub bench_tps
 {
 	my ($b, $file, $clients, $secs, $protocol) = @_;
@@ -112,7 +112,11 @@ sub bench_tps
 			'-h', $b->{host}, '-p', $b->{port}, $b->{db}
 		],
 		'>', \$out, '2>', \$err);
-	return $out =~ /^tps = ([0-9.]+) /m ? $1 : 0;
+	return $1 if $out =~ /^tps = ([0-9.]+) /m;
+	my ($first) = grep { /error|abort|fatal/i } split /\n/, $err;
+	bench_printf "# pgbench printed no tps: %s\n",
+	  $first // "no transaction completed in $secs s";
+	return 0;
 }
 
 # The median of a list of numbers.
