@@ -31,8 +31,8 @@ my %o = (
 my @clients = split ' ', bench_env('CLIENTS', '1 8 32');
 my @variants = qw(plain entitlock plain1 first);
 
-my $b = bench_start('entitlock_bench_idem');
-bench_sql($b, q{
+my $bench = bench_start('entitlock_bench_idem');
+bench_sql($bench, q{
 CREATE TABLE plain_idem (key text PRIMARY KEY, fingerprint text,
 						 response jsonb,
 						 expires_at timestamptz NOT NULL);
@@ -48,7 +48,7 @@ sub scripts
 	my $fp = q{'amount=' || :amount};
 	my $head = "\\set i random(1, 1000000000)\n\\set r random(1, 1000)\n";
 	return {
-		plain => bench_script($b, 'plain', $head . qq{\\set amount :r % 50 + 1
+		plain => bench_script($bench, 'plain', $head . qq{\\set amount :r % 50 + 1
 BEGIN;
 WITH claim AS (INSERT INTO plain_idem VALUES ($k, $fp, NULL, now() + interval '24 hours') ON CONFLICT (key) DO NOTHING RETURNING 1) SELECT count(*) AS is_new FROM claim \\gset
 \\if :is_new
@@ -59,7 +59,7 @@ SELECT response FROM plain_idem WHERE key = $k;
 \\endif
 COMMIT;
 }),
-		entitlock => bench_script($b, 'entitlock', $head . qq{\\set amount :r % 50 + 1
+		entitlock => bench_script($bench, 'entitlock', $head . qq{\\set amount :r % 50 + 1
 BEGIN;
 SELECT (status = 'new')::int AS is_new, response FROM entitlock.idempotency_begin($k, $fp) \\gset
 \\if :is_new
@@ -68,10 +68,10 @@ SELECT entitlock.idempotency_complete($k, jsonb_build_object('order', :id::bigin
 \\endif
 COMMIT;
 }),
-		plain1 => bench_script($b, 'plain1', $head
+		plain1 => bench_script($bench, 'plain1', $head
 			  . "INSERT INTO plain_idem VALUES ($k, NULL, NULL, now() + interval '24 hours') ON CONFLICT (key) DO NOTHING RETURNING 1;\n"
 		),
-		first => bench_script($b, 'first',
+		first => bench_script($bench, 'first',
 			$head . "SELECT entitlock.first_time($k);\n"),
 	};
 }
@@ -80,7 +80,7 @@ COMMIT;
 # tables so that the retry workload replays.
 sub reset_tables
 {
-	bench_sql($b, q{
+	bench_sql($bench, q{
 TRUNCATE plain_idem, orders, entitlock.idempotency_key;
 INSERT INTO plain_idem
 SELECT 'r-' || r, 'amount=' || (r % 50 + 1), jsonb_build_object('order', r),
@@ -105,7 +105,7 @@ for my $workload (qw(new retry))
 		: q{'r-' || :r});
 	for my $c (@clients)
 	{
-		my $m = bench_rounds($b, $c, $f, \@variants, \&reset_tables, %o);
+		my $m = bench_rounds($bench, $c, $f, \@variants, \&reset_tables, %o);
 		bench_printf "%-8s %-8s %10.0f %10.0f %6s %10.0f %10.0f %6s\n",
 		  $workload, $c, $m->{plain}, $m->{entitlock},
 		  bench_ratio($m->{entitlock}, $m->{plain}),

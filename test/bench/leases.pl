@@ -31,8 +31,8 @@ my @clients = split ' ', bench_env('CLIENTS', '1 8 32');
 my @variants = qw(plain entitlock);
 my $nil = '00000000-0000-0000-0000-000000000000';
 
-my $b = bench_start('entitlock_bench_lease');
-bench_sql($b, q{
+my $bench = bench_start('entitlock_bench_lease');
+bench_sql($bench, q{
 CREATE TABLE plain_lease (name text PRIMARY KEY, token uuid NOT NULL,
 						  holder text, fencing bigint NOT NULL,
 						  acquired_at timestamptz NOT NULL,
@@ -44,7 +44,7 @@ sub scripts
 {
 	my ($names) = @_;
 	return {
-		plain => bench_script($b, 'plain', qq{\\set n random(1, $names)
+		plain => bench_script($bench, 'plain', qq{\\set n random(1, $names)
 WITH a AS (
 	INSERT INTO plain_lease AS l
 		(name, token, fencing, holder, acquired_at, expires_at)
@@ -64,7 +64,7 @@ UPDATE plain_lease SET expires_at = clock_timestamp() + interval '30 seconds'
 DELETE FROM plain_lease WHERE name = 'lease-' || :n AND token = :token::uuid;
 \\endif
 }),
-		entitlock => bench_script($b, 'entitlock', qq{\\set n random(1, $names)
+		entitlock => bench_script($bench, 'entitlock', qq{\\set n random(1, $names)
 SELECT count(*) AS got, coalesce(max(token::text), '$nil') AS token
   FROM entitlock.lease_acquire('lease-' || :n, '30 seconds', 'worker-' || :client_id) \\gset
 \\if :got
@@ -77,7 +77,7 @@ SELECT entitlock.lease_release('lease-' || :n, :token::uuid);
 
 sub reset_tables
 {
-	bench_sql($b, q{
+	bench_sql($bench, q{
 TRUNCATE plain_lease, entitlock.lease_record;
 VACUUM ANALYZE;
 CHECKPOINT;});
@@ -91,7 +91,7 @@ for my $names (1000, 1)
 	my $f = scripts($names);
 	for my $c (@clients)
 	{
-		my $m = bench_rounds($b, $c, $f, \@variants, \&reset_tables, %o);
+		my $m = bench_rounds($bench, $c, $f, \@variants, \&reset_tables, %o);
 		bench_printf "%-8s %-8s %10.0f %10.0f %6s\n", $names, $c,
 		  $m->{plain}, $m->{entitlock},
 		  bench_ratio($m->{entitlock}, $m->{plain});

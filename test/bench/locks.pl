@@ -20,7 +20,7 @@ use EntitlockBench;
 my $secs = bench_env('SECONDS', 10);
 my @clients = split ' ', bench_env('CLIENTS', '1 8 32');
 
-my $b = bench_start('entitlock_bench_locks');
+my $bench = bench_start('entitlock_bench_locks');
 my %call = (
 	builtin => q{pg_advisory_xact_lock(hashtextextended('name-' || :i, 0))},
 	entitlock => q{entitlock.lock('name-' || :i)},
@@ -31,17 +31,17 @@ bench_printf "%-6s %-8s %-10s %10s %8s\n", qw(keys clients variant tps ratio);
 for my $keys (1000, 1)
 {
 	my %f = map {
-		($_ => bench_script($b, "$_-$keys",
+		($_ => bench_script($bench, "$_-$keys",
 			"\\set i random(1, $keys)\nBEGIN;\nSELECT $call{$_};\nCOMMIT;\n"))
 	} keys %call;
 	for my $c (@clients)
 	{
-		my $base = bench_tps($b, $f{builtin}, $c, $secs);
+		my $base = bench_tps($bench, $f{builtin}, $c, $secs);
 		bench_printf "%-6s %-8s %-10s %10.0f %8s\n", $keys, $c, 'builtin', $base,
 		  '1.00';
 		for my $v (qw(entitlock entity timed))
 		{
-			my $t = bench_tps($b, $f{$v}, $c, $secs);
+			my $t = bench_tps($bench, $f{$v}, $c, $secs);
 			bench_printf "%-6s %-8s %-10s %10.0f %8s\n", $keys, $c, $v, $t,
 			  bench_ratio($t, $base);
 		}

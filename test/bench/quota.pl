@@ -36,8 +36,8 @@ my %o = (
 	protocol => bench_env('PROTOCOL', 'prepared'));
 my @sections = split ' ', bench_env('SECTIONS', 'plpgsql limits rate');
 
-my $b = bench_start('entitlock_bench_quota');
-bench_sql($b, q{
+my $bench = bench_start('entitlock_bench_quota');
+bench_sql($bench, q{
 -- SPEC section 3 in PL/pgSQL, written with care: the pair's advisory lock
 -- before anything is read, the key looked up under it, one counter row per
 -- meter (an upsert, not a ledger), the key stored with its decision.
@@ -86,7 +86,7 @@ CREATE TABLE sql_gcra (name text PRIMARY KEY, tat timestamptz NOT NULL);
 # Empty every variant's tables.
 sub reset_tables
 {
-	bench_sql($b, q{
+	bench_sql($bench, q{
 TRUNCATE pl_counter, pl_idempotency, sql_gcra, entitlock.usage_counter,
 		 entitlock.usage_idempotency, entitlock.usage_limits_idempotency,
 		 entitlock.rate_limit_state;
@@ -103,9 +103,9 @@ sub cell
 	while (my ($v, $text) = splice @pairs, 0, 2)
 	{
 		push @variants, $v;
-		$f{$v} = bench_script($b, $v, $text);
+		$f{$v} = bench_script($bench, $v, $text);
 	}
-	my $m = bench_rounds($b, $c, \%f, \@variants, \&reset_tables, %o);
+	my $m = bench_rounds($bench, $c, \%f, \@variants, \&reset_tables, %o);
 	bench_printf "%-26s %-8s %-16s %10.0f %8s\n", $title, $c, $_, $m->{$_},
 	  bench_ratio($m->{$_}, $m->{ $variants[0] })
 	  for @variants;

@@ -35,8 +35,8 @@ my %o = (
 my @clients = split ' ', bench_env('CLIENTS', '1 8 32');
 my @variants = qw(upsert entitlock forupdate ledger naive);
 
-my $b = bench_start('entitlock_bench_usage');
-bench_sql($b, q{
+my $bench = bench_start('entitlock_bench_usage');
+bench_sql($bench, q{
 CREATE TABLE plain_usage (subject text, feature text, used bigint NOT NULL,
 						  PRIMARY KEY (subject, feature));
 CREATE TABLE forupdate_usage (subject text, feature text, used bigint NOT NULL,
@@ -71,22 +71,22 @@ sub scripts
 	my $s = q{'s-' || :i};
 	my $i = "\\set i random(1, $keys)\n";
 	return {
-		upsert => bench_script($b, 'upsert',
+		upsert => bench_script($bench, 'upsert',
 			$i
 			  . "INSERT INTO plain_usage AS u (subject, feature, used) VALUES ($s, 'api', 1) ON CONFLICT (subject, feature) DO UPDATE SET used = u.used + 1 WHERE u.used + 1 <= $limit RETURNING used;\n"
 		),
-		entitlock => bench_script($b, 'entitlock',
+		entitlock => bench_script($bench, 'entitlock',
 			$i
 			  . "SELECT * FROM entitlock.record_usage_if_under_limit($s, 'api', 1, $limit);\n"
 		),
-		forupdate => bench_script($b, 'forupdate',
+		forupdate => bench_script($bench, 'forupdate',
 			$i
 			  . "BEGIN;\nSELECT used FROM forupdate_usage WHERE subject = $s AND feature = 'api' FOR UPDATE \\gset\n"
 			  . "\\if :used < $limit\nUPDATE forupdate_usage SET used = used + 1 WHERE subject = $s AND feature = 'api';\n\\endif\nCOMMIT;\n"
 		),
-		ledger => bench_script($b, 'ledger',
+		ledger => bench_script($bench, 'ledger',
 			$i . "SELECT ledger_record($s, 'api', 1, $limit);\n"),
-		naive => bench_script($b, 'naive',
+		naive => bench_script($bench, 'naive',
 			$i
 			  . "SELECT coalesce(sum(amount), 0) AS used FROM naive_ledger WHERE subject = $s AND feature = 'api' \\gset\n"
 			  . "\\if :used < $limit\nINSERT INTO naive_ledger (subject, feature, amount) VALUES ($s, 'api', 1);\n\\endif\n"
@@ -100,7 +100,7 @@ sub scripts
 sub reset_tables
 {
 	my ($keys) = @_;
-	bench_sql($b, qq{
+	bench_sql($bench, qq{
 TRUNCATE plain_usage, forupdate_usage, ledger, naive_ledger,
 		 entitlock.usage_counter, entitlock.usage_idempotency;
 INSERT INTO forupdate_usage SELECT 's-' || i, 'api', 0 FROM generate_series(1, $keys) i;
@@ -116,7 +116,7 @@ for my $keys (1000, 1)
 	my $f = scripts($keys, 1000000000000);
 	for my $c (@clients)
 	{
-		my $m = bench_rounds($b, $c, $f, \@variants,
+		my $m = bench_rounds($bench, $c, $f, \@variants,
 			sub { reset_tables($keys) }, %o);
 		bench_printf "%-6s %-8s %-10s %10.0f %8s\n", $keys, $c, $_, $m->{$_},
 		  bench_ratio($m->{$_}, $m->{upsert})
@@ -134,10 +134,10 @@ for my $v (@variants)
 		[
 			'pgbench', '-n', '-M', $o{protocol}, '-c', 16, '-j', 2,
 			'-t', 100, '-f', $f->{$v},
-			'-h', $b->{host}, '-p', $b->{port}, $b->{db}
+			'-h', $bench->{host}, '-p', $bench->{port}, $bench->{db}
 		],
 		'>', \my $out, '2>', \my $err);
-	my $u = bench_sql($b, qq{SELECT CASE '$v'
+	my $u = bench_sql($bench, qq{SELECT CASE '$v'
 		WHEN 'upsert' THEN (SELECT coalesce(sum(used), 0) FROM plain_usage)
 		WHEN 'entitlock' THEN entitlock.usage('s-1', 'api')
 		WHEN 'forupdate' THEN (SELECT coalesce(sum(used), 0) FROM forupdate_usage)
