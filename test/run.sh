@@ -8,7 +8,8 @@
 # -Werror, installs the extension, starts a throwaway cluster owned by the
 # postgres OS user on a private port and socket, runs the regression and
 # isolation suites (make installcheck), then every script under test/check
-# and test/stress and the TAP tests under test/tap, and stops the cluster.
+# and the TAP tests under test/tap (pgbench stress included), and stops
+# the cluster.
 # Then test/matrix.sh builds and runs the regression and isolation suites
 # again on PostgreSQL 17 and 18, each in a Debian chroot it creates when
 # missing (ENTITLOCK_MATRIX="17 18" picks the majors, ENTITLOCK_MATRIX=
@@ -153,7 +154,7 @@ if [ "${ENTITLOCK_SUITE:-}" = core ] && [ -n "${ENTITLOCK_PACKAGE:-}" ]; then
 fi
 
 if [ "${ENTITLOCK_SUITE:-}" != core ]; then
-	for script in test/check/*.sh test/stress/*.sh; do
+	for script in test/check/*.sh; do
 		[ -e "$script" ] || continue
 		run_script "$script"
 	done

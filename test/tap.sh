@@ -9,7 +9,8 @@
 # The extension must already be built and installed into the server's
 # directories (make && make install, or test/run.sh).  Missing Debian
 # packages (postgresql-server-dev-$PG_MAJOR ships the Perl modules and
-# pg_regress, libipc-run-perl the IPC::Run they use) are installed by
+# pg_regress, libipc-run-perl the IPC::Run they use, pgbouncer the pooler
+# 059_pgbouncer.pl puts in front of its node) are installed by
 # ensure_packages from test/lib.sh.
 #
 # PostgreSQL refuses to run as root, so as root prove runs as the postgres
@@ -26,8 +27,8 @@ set -uo pipefail
 # shellcheck source=test/lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-# shellcheck disable=SC2119 # no extra packages
-ensure_packages
+# pgbouncer for test/tap/059_pgbouncer.pl.
+ensure_packages pgbouncer
 
 bindir=$(pg_bindir)
 pgxs=$(dirname "$bindir")/lib/pgxs

@@ -1,10 +1,8 @@
-#!/usr/bin/env bash
-#
-# test/bench/leases.sh: lease_acquire/renew/release against the
+# test/bench/leases.pl: lease_acquire/renew/release against the
 # hand-written lease table people use instead.
 #
-#   bash test/bench/leases.sh          (starts its own throwaway cluster)
-#   BENCH_SECONDS=10 BENCH_ROUNDS=5 BENCH_CLIENTS="8" bash test/bench/leases.sh
+#   bash test/bench/run.sh leases
+#   BENCH_SECONDS=10 BENCH_ROUNDS=5 BENCH_CLIENTS="8" bash test/bench/run.sh leases
 #
 # Each pgbench transaction is one worker's turn, each call in autocommit
 # as a worker makes them: acquire a lease for 30 s, renew it, release it.
@@ -17,35 +15,36 @@
 #              fencing from a sequence; renew and release check the token
 #              (the correct hand-written version, with no view)
 #   entitlock  lease_acquire, lease_renew, lease_release
-# It prints TPS and the ratio entitlock/plain.  A benchmark, not a test: it asserts nothing; the figures go in
-# doc/performance.md.
+# It prints TPS and the ratio entitlock/plain.  A benchmark, not a test:
+# it asserts nothing; the figures go in doc/performance.md.
 
-set -uo pipefail
-. "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
+use strict;
+use warnings;
 
-SECS=${BENCH_SECONDS:-5}
-ROUNDS=${BENCH_ROUNDS:-3}
-CLIENT_COUNTS=${BENCH_CLIENTS:-"1 8 32"}
-PROTOCOL=${BENCH_PROTOCOL:-prepared}
-VARIANTS="plain entitlock"
+use EntitlockBench;
 
-db=entitlock_bench_lease
-bench_start "$db"
+my %o = (
+	secs => bench_env('SECONDS', 5),
+	rounds => bench_env('ROUNDS', 3),
+	protocol => bench_env('PROTOCOL', 'prepared'));
+my @clients = split ' ', bench_env('CLIENTS', '1 8 32');
+my @variants = qw(plain entitlock);
+my $nil = '00000000-0000-0000-0000-000000000000';
 
-psql -X -q -v ON_ERROR_STOP=1 -d "$db" <<'EOF' || die "could not set up $db"
+my $bench = bench_start('entitlock_bench_lease');
+bench_sql($bench, q{
 CREATE TABLE plain_lease (name text PRIMARY KEY, token uuid NOT NULL,
 						  holder text, fencing bigint NOT NULL,
 						  acquired_at timestamptz NOT NULL,
 						  expires_at timestamptz NOT NULL);
 CREATE SEQUENCE plain_fencing;
-EOF
+});
 
-nil=00000000-0000-0000-0000-000000000000
-
-# write_scripts NAMES
-write_scripts() {
-	cat >"$scripts/plain.sql" <<EOF
-\\set n random(1, $1)
+sub scripts
+{
+	my ($names) = @_;
+	return {
+		plain => bench_script($bench, 'plain', qq{\\set n random(1, $names)
 WITH a AS (
 	INSERT INTO plain_lease AS l
 		(name, token, fencing, holder, acquired_at, expires_at)
@@ -64,35 +63,37 @@ UPDATE plain_lease SET expires_at = clock_timestamp() + interval '30 seconds'
  WHERE name = 'lease-' || :n AND token = :token::uuid;
 DELETE FROM plain_lease WHERE name = 'lease-' || :n AND token = :token::uuid;
 \\endif
-EOF
-	cat >"$scripts/entitlock.sql" <<EOF
-\\set n random(1, $1)
+}),
+		entitlock => bench_script($bench, 'entitlock', qq{\\set n random(1, $names)
 SELECT count(*) AS got, coalesce(max(token::text), '$nil') AS token
   FROM entitlock.lease_acquire('lease-' || :n, '30 seconds', 'worker-' || :client_id) \\gset
 \\if :got
 SELECT entitlock.lease_renew('lease-' || :n, :token::uuid, '30 seconds');
 SELECT entitlock.lease_release('lease-' || :n, :token::uuid);
 \\endif
-EOF
+}),
+	};
 }
 
-reset() {
-	psql -X -q -v ON_ERROR_STOP=1 -d "$db" <<EOF >/dev/null || die "reset failed"
+sub reset_tables
+{
+	bench_sql($bench, q{
 TRUNCATE plain_lease, entitlock.lease_record;
 VACUUM ANALYZE;
-CHECKPOINT;
-EOF
+CHECKPOINT;});
 }
 
-echo "TPS (median of $ROUNDS rounds of $SECS s), pgbench -M $PROTOCOL"
-printf '%-8s %-8s %10s %10s %6s\n' names clients plain entitlock ratio
-for names in 1000 1; do
-	write_scripts "$names"
-	for c in $CLIENT_COUNTS; do
-		bench_rounds "$c"
-		printf '%-8s %-8s %10.0f %10.0f %6s\n' \
-			"$names" "$c" "${median[plain]}" "${median[entitlock]}" \
-			"$(bench_ratio "${median[entitlock]}" "${median[plain]}")"
-	done
-done
-test_db_drop "$db"
+bench_printf "TPS (median of %d rounds of %d s), pgbench -M %s\n",
+  $o{rounds}, $o{secs}, $o{protocol};
+bench_printf "%-8s %-8s %10s %10s %6s\n", qw(names clients plain entitlock ratio);
+for my $names (1000, 1)
+{
+	my $f = scripts($names);
+	for my $c (@clients)
+	{
+		my $m = bench_rounds($bench, $c, $f, \@variants, \&reset_tables, %o);
+		bench_printf "%-8s %-8s %10.0f %10.0f %6s\n", $names, $c,
+		  $m->{plain}, $m->{entitlock},
+		  bench_ratio($m->{entitlock}, $m->{plain});
+	}
+}
