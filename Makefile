@@ -18,7 +18,8 @@ OBJS = \
 	src/idempotency.o \
 	src/leases.o \
 	src/ratelimit.o \
-	src/stats.o
+	src/stats.o \
+	src/slots.o
 
 DATA = $(wildcard sql/$(EXTENSION)--*.sql)
 PGFILEDESC = "entitlock - named locks, usage limits, idempotency and leases"
