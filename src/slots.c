@@ -31,17 +31,22 @@
  *	4. When none is free, it waits for one while still holding the gate,
  *	   so nobody who came later can take the slot that frees first.  The
  *	   lock manager cannot wait for "any of these locks", so the waiter
- *	   queues on one slot's lock; when that has not come free within
- *	   ROTATE_FACTOR times deadlock_timeout, it tries all slots again
- *	   without waiting and then queues on the next one.  Each queueing
- *	   lasts longer than deadlock_timeout, so the deadlock detector
- *	   examines it: a cycle of waits that runs through the slot being
- *	   waited for ends with deadlock_detected (40P01).  (A cycle through a
- *	   slot other than the one waited for is found once the rotation
- *	   reaches that slot.)  The price is that a slot that frees while the
- *	   gate holder waits on another one stays free until that one frees or
- *	   the rotation comes round; the waiters behind the gate then find it
- *	   free at once.
+ *	   queues on one slot's lock for SLOT_TICK_MS: the slot whose holder's
+ *	   transaction began first, as the likeliest to end first (for up to
+ *	   SLOT_OLDEST_MAX slots; beyond, each slot in turn).  When that has
+ *	   not come free, it tries all slots again without waiting and queues
+ *	   again.  So a slot that frees is taken within about SLOT_TICK_MS, at
+ *	   once if it is the one waited on.  Waiting on the oldest holder also
+ *	   finds every real deadlock: a semaphore deadlock needs every holder,
+ *	   the oldest too, to wait (directly or not) for the waiter.
+ *	   Each of these short waits runs with deadlock_timeout lowered to
+ *	   SLOT_DEADLOCK_MS (when it is not lower already), so the deadlock
+ *	   detector examines every one of them: a cycle of waits that runs
+ *	   through the slot being waited for ends with deadlock_detected
+ *	   (40P01), and one through another slot once the rotation reaches it,
+ *	   within slots times SLOT_TICK_MS.  Only the gate holder, one backend
+ *	   per name, waits like this; the waiters behind it wait for the gate
+ *	   with the session's own settings.
  *	5. It gives the gate back, keeping the slot until its transaction ends.
  * A bounded wait (wait) covers steps 2 to 4 and, when it runs out, returns
  * NULL having given back the gate and taken nothing; the waits run inside
@@ -64,16 +69,123 @@
 #include "slots.h"
 #include "storage/lock.h"
 #include "storage/proc.h"
+#include "storage/procarray.h"
+#include "storage/sinvaladt.h"
+#include "utils/backend_status.h"
+#include "utils/guc.h"
 #include "utils/timestamp.h"
 
 PG_FUNCTION_INFO_V1(entitlock_lock_slot);
 
 /*
- * The gate holder queues on one slot for ROTATE_FACTOR times
- * deadlock_timeout (at least ROTATE_MIN_MS) before trying the others.
+ * The gate holder queues on one slot for SLOT_TICK_MS before trying the
+ * others, with deadlock_timeout at most SLOT_DEADLOCK_MS.
  */
-#define ROTATE_FACTOR 2
-#define ROTATE_MIN_MS 100
+#define SLOT_TICK_MS 50
+#define SLOT_DEADLOCK_MS 20
+
+/* Up to this many slots, the waiter picks the oldest holder's slot. */
+#define SLOT_OLDEST_MAX 64
+
+/* A backend's pid and when its transaction began, for oldest_slot(). */
+typedef struct PidStart
+{
+	int			pid;
+	TimestampTz start;
+} PidStart;
+
+static int
+cmp_pid_start(const void *a, const void *b)
+{
+	int			pa = ((const PidStart *) a)->pid;
+	int			pb = ((const PidStart *) b)->pid;
+
+	return (pa > pb) - (pa < pb);
+}
+
+/*
+ * The slot among 1..slots (at most SLOT_OLDEST_MAX) whose holder's
+ * transaction began first, from the lock manager (who holds each slot) and
+ * the backends' activity status (since when), read afresh; 0 when none is
+ * held by another backend that shows there.
+ */
+static int
+oldest_slot(int64 key, int slots)
+{
+	int			n;
+	int			i;
+	int			slot;
+	int			best = 0;
+	TimestampTz best_start = DT_NOEND;
+	PidStart   *starts;
+
+	pgstat_clear_backend_activity_snapshot();
+	n = pgstat_fetch_stat_numbackends();
+	starts = palloc((n + 1) * sizeof(PidStart));
+	for (i = 0; i < n; i++)
+	{
+		LocalPgBackendStatus *local = compat_local_beentry(i + 1);
+
+		starts[i].pid = local ? local->backendStatus.st_procpid : 0;
+		starts[i].start = local ?
+			local->backendStatus.st_xact_start_timestamp : DT_NOEND;
+	}
+	qsort(starts, n, sizeof(PidStart), cmp_pid_start);
+
+	for (slot = 1; slot <= slots; slot++)
+	{
+		LOCKTAG		tag;
+		VirtualTransactionId *vxids;
+		int			count;
+
+		entitlock_slot_locktag(&tag, key, slot);
+		vxids = GetLockConflicts(&tag, ExclusiveLock, &count);
+		for (i = 0; i < count; i++)
+		{
+			PGPROC	   *proc = compat_vxid_proc(vxids[i]);
+			PidStart	probe;
+			PidStart   *found;
+
+			if (proc == NULL)
+				continue;
+			probe.pid = proc->pid;
+			found = bsearch(&probe, starts, n, sizeof(PidStart),
+							cmp_pid_start);
+			if (found != NULL && found->start != 0 &&
+				found->start < best_start)
+			{
+				best = slot;
+				best_start = found->start;
+			}
+		}
+	}
+	pfree(starts);
+	return best;
+}
+
+/*
+ * Wait for slot's lock like entitlock_wait_tag(), with deadlock_timeout
+ * lowered to SLOT_DEADLOCK_MS so that the detector looks at this short
+ * wait.  The setting is put back when the wait ends; an error leaves it to
+ * the (sub)transaction's abort, which restores it.
+ */
+static bool
+wait_for_slot(int64 key, int slot, int timeout_ms)
+{
+	LOCKTAG		tag;
+	bool		got;
+	int			save_nestlevel = NewGUCNestLevel();
+
+	if (DeadlockTimeout > SLOT_DEADLOCK_MS)
+		(void) set_config_option("deadlock_timeout",
+								 CppAsString2(SLOT_DEADLOCK_MS),
+								 PGC_SUSET, PGC_S_SESSION,
+								 GUC_ACTION_SAVE, true, 0, false);
+	entitlock_slot_locktag(&tag, key, slot);
+	got = entitlock_wait_tag(&tag, ExclusiveLock, timeout_ms);
+	AtEOXact_GUC(true, save_nestlevel);
+	return got;
+}
 
 /* The lock tag of slot (1 to ENTITLOCK_MAX_SLOTS) of key, or its gate (0). */
 void
@@ -160,7 +272,6 @@ take_slot(int64 key, int slots, int wait_ms, bool *waited)
 {
 	LOCKTAG		gate;
 	int			slot;
-	int			rotate_ms;
 	TimestampTz deadline = 0;
 	bool		bounded = wait_ms >= 0;
 	bool		lock_timeout_bound = false;
@@ -168,19 +279,19 @@ take_slot(int64 key, int slots, int wait_ms, bool *waited)
 	*waited = false;
 	entitlock_slot_locktag(&gate, key, 0);
 
-	/*
-	 * '0' never waits, not even for the gate, which another caller may hold
-	 * for a moment: it tries the slots directly.
-	 */
-	if (wait_ms == 0)
-		return try_any_slot(key, slots, 1);
-
 	if (bounded)
 		deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), wait_ms);
 
-	/* The gate: most calls find it free and spare the subtransaction. */
+	/*
+	 * The gate: most calls find it free and spare the subtransaction.  '0'
+	 * never waits, not even for the gate: a gate held by someone else
+	 * mostly means a waiter is first in line for the next free slot, which
+	 * a caller that does not wait must not take from it.
+	 */
 	if (LockAcquire(&gate, ExclusiveLock, false, true) == LOCKACQUIRE_NOT_AVAIL)
 	{
+		if (wait_ms == 0)
+			return 0;
 		*waited = true;
 		if (!bounded)
 			(void) LockAcquire(&gate, ExclusiveLock, false, false);
@@ -189,13 +300,13 @@ take_slot(int64 key, int slots, int wait_ms, bool *waited)
 	}
 
 	slot = try_any_slot(key, slots, 1);
-	if (slot == 0)
+	if (slot == 0 && wait_ms != 0)
 	{
 		/*
 		 * Wait with the gate held.  An unbounded wait still obeys lock_timeout,
 		 * counted from here, as each of the waits below replaces it.
 		 */
-		int			next = 1 + (int) ((uint32) MyProcPid % (uint32) slots);
+		int			next = 1;
 
 		*waited = true;
 		if (!bounded && LockTimeout > 0)
@@ -204,12 +315,9 @@ take_slot(int64 key, int slots, int wait_ms, bool *waited)
 												   LockTimeout);
 			lock_timeout_bound = true;
 		}
-		rotate_ms = Max(ROTATE_MIN_MS, Min(DeadlockTimeout, INT_MAX / ROTATE_FACTOR) *
-						ROTATE_FACTOR);
 		for (;;)
 		{
-			LOCKTAG		tag;
-			int			this_ms = rotate_ms;
+			int			this_ms = SLOT_TICK_MS;
 
 			if (bounded || lock_timeout_bound)
 			{
@@ -219,8 +327,14 @@ take_slot(int64 key, int slots, int wait_ms, bool *waited)
 					break;
 				this_ms = Min(this_ms, left);
 			}
-			entitlock_slot_locktag(&tag, key, next);
-			if (entitlock_wait_tag(&tag, ExclusiveLock, this_ms))
+			if (slots <= SLOT_OLDEST_MAX)
+			{
+				int			oldest = oldest_slot(key, slots);
+
+				if (oldest != 0)
+					next = oldest;
+			}
+			if (wait_for_slot(key, next, this_ms))
 			{
 				slot = next;
 				break;
