@@ -606,7 +606,7 @@ CREATE FUNCTION entitlock.lock_slot(
 	wait interval DEFAULT NULL)
 RETURNS integer
 AS 'MODULE_PATHNAME', 'entitlock_lock_slot'
-LANGUAGE C VOLATILE PARALLEL RESTRICTED;
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
 
 COMMENT ON FUNCTION entitlock.lock_slot(text, integer, interval) IS
 'takes one of slots slots of the semaphore name until the end of the transaction and returns its number; NULL when wait runs out';
