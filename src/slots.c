@@ -73,6 +73,7 @@
 #include "storage/sinvaladt.h"
 #include "utils/backend_status.h"
 #include "utils/guc.h"
+#include "utils/resowner.h"
 #include "utils/timestamp.h"
 
 PG_FUNCTION_INFO_V1(entitlock_lock_slot);
@@ -271,6 +272,8 @@ static int
 take_slot(int64 key, int slots, int wait_ms, bool *waited)
 {
 	LOCKTAG		gate;
+	ResourceOwner gate_owner = CurrentResourceOwner;
+	ResourceOwner save_owner;
 	int			slot;
 	TimestampTz deadline = 0;
 	bool		bounded = wait_ms >= 0;
@@ -297,6 +300,15 @@ take_slot(int64 key, int slots, int wait_ms, bool *waited)
 			(void) LockAcquire(&gate, ExclusiveLock, false, false);
 		else if (!entitlock_wait_tag(&gate, ExclusiveLock, wait_ms))
 			return 0;
+		else
+		{
+			/*
+			 * Taken in an internal subtransaction, the gate passed on its
+			 * commit to the (sub)transaction's resource owner, which need not
+			 * be the current one (a portal's, say); it is given back there.
+			 */
+			gate_owner = CurTransactionResourceOwner;
+		}
 	}
 
 	slot = try_any_slot(key, slots, 1);
@@ -346,8 +358,14 @@ take_slot(int64 key, int slots, int wait_ms, bool *waited)
 		}
 	}
 
+	save_owner = CurrentResourceOwner;
+	CurrentResourceOwner = gate_owner;
 	if (!LockRelease(&gate, ExclusiveLock, false))
+	{
+		CurrentResourceOwner = save_owner;
 		elog(ERROR, "entitlock semaphore gate was not held");
+	}
+	CurrentResourceOwner = save_owner;
 	if (slot == 0 && lock_timeout_bound)
 		ereport(ERROR,
 				(errcode(ERRCODE_LOCK_NOT_AVAILABLE),

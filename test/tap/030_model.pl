@@ -287,10 +287,9 @@ PGB
 	lease_slot => <<'PGB',
 \set n random(1, 2)
 BEGIN;
+SELECT coalesce((SELECT fencing FROM entitlock.lease_acquire_slot('LS' || :n, 2, '30 ms', 'c', '20 ms')), 0) AS fen \gset
 INSERT INTO lease_slot_history
-SELECT 'LS' || :n, a.slot, a.token, a.fencing, r.acquired_at, r.expires_at
-  FROM entitlock.lease_acquire_slot('LS' || :n, 2, '30 ms', 'c', '20 ms') AS a
-  JOIN entitlock.lease_record AS r ON r.fencing = a.fencing;
+SELECT name, slot, token, fencing, acquired_at, expires_at FROM entitlock.lease_record WHERE fencing = :fen;
 COMMIT;
 PGB
 	# Rate limits: 20 per second, bursts of 5.
