@@ -18,7 +18,8 @@ OBJS = \
 	src/idempotency.o \
 	src/leases.o \
 	src/ratelimit.o \
-	src/stats.o
+	src/stats.o \
+	src/slots.o
 
 DATA = $(wildcard sql/$(EXTENSION)--*.sql)
 PGFILEDESC = "entitlock - named locks, usage limits, idempotency and leases"
@@ -35,7 +36,8 @@ REGRESS = \
 	security \
 	hostile \
 	fuzz \
-	waits
+	waits \
+	slots
 
 ISOLATION = \
 	lock-exclusive \
@@ -73,7 +75,12 @@ ISOLATION = \
 	lease-serializable \
 	lease-wait \
 	lease-wait-deadlock \
-	serializable-independent
+	serializable-independent \
+	slot-waiter-first-commit \
+	slot-rollback-frees \
+	slot-bounded-wait \
+	slot-deadlock \
+	slot-lease-takeover
 
 # Isolation specs live under test/; pg_isolation_regress takes the last
 # --inputdir it is given.
@@ -95,7 +102,7 @@ include $(PGXS)
 endif
 
 # PGXS tracks no header dependencies.
-$(OBJS): src/entitlock.h src/compat.h
+$(OBJS): src/entitlock.h src/compat.h src/slots.h
 
 # A PGXN distribution archive of the committed tree.
 dist:

@@ -53,6 +53,11 @@ extern void entitlock_locks_init(void);
 extern void entitlock_acquire_internal(int64 key, LOCKMODE mode);
 extern void entitlock_release_internal(int64 key, LOCKMODE mode);
 
+/* locks.c, for lock tags of other files' own (1.2, slots.c) */
+struct LOCKTAG;
+extern bool entitlock_wait_tag(const struct LOCKTAG *tag, LOCKMODE mode,
+							   int timeout_ms);
+
 /* stats.c */
 typedef enum EntitlockStatsKind
 {
@@ -60,9 +65,10 @@ typedef enum EntitlockStatsKind
 	ENTITLOCK_STATS_USAGE,
 	ENTITLOCK_STATS_RATE,
 	ENTITLOCK_STATS_IDEMPOTENCY,
-	ENTITLOCK_STATS_LEASE
+	ENTITLOCK_STATS_LEASE,
+	ENTITLOCK_STATS_SLOT		/* 1.2: lock_slot, lease_acquire_slot */
 } EntitlockStatsKind;
-#define ENTITLOCK_STATS_NKINDS 5
+#define ENTITLOCK_STATS_NKINDS 6
 
 /* What a counted call found, for entitlock_stats_count()'s flags. */
 #define ENTITLOCK_STATS_TIMEOUT 0x01

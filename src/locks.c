@@ -928,3 +928,17 @@ entitlock_try_lock_entity(PG_FUNCTION_ARGS)
 	count_lock_call(realm, 0);
 	PG_RETURN_BOOL(got);
 }
+
+/*
+ * For lock tags of other files' own (1.2: slots.c, whose semaphores live in
+ * tags of their own): wait in the lock manager for tag in mode, for at most
+ * timeout_ms (more than zero), and keep it when granted; false when the
+ * bound runs out, with the transaction as it was.  See
+ * wait_with_lock_timeout().  Not timed for statistics.
+ */
+bool
+entitlock_wait_tag(const LOCKTAG *tag, LOCKMODE mode, int timeout_ms)
+{
+	check_not_parallel();
+	return wait_with_lock_timeout(tag, mode, timeout_ms, true);
+}

@@ -150,7 +150,7 @@ if as_pg "$(pg_bindir)/pg_ctl" -D "$PGHOST/data" -l "$PGHOST/server.log" -w rest
 	[ -f output_iso/regression.diffs ] && head -200 output_iso/regression.diffs
 	counted=$(psql -X -At -d isolation_regression -c "SELECT count(DISTINCT kind) || ' ' || sum(calls) FROM entitlock.stats" 2>&1)
 	log "statistics after the preloaded isolation suite: kinds and calls: $counted"
-	if [[ $counted =~ ^5\ [0-9]+$ ]]; then pass stats/preloaded-counts; else fail stats/preloaded-counts; fi
+	if [[ $counted =~ ^6\ [0-9]+$ ]]; then pass stats/preloaded-counts; else fail stats/preloaded-counts; fi
 else
 	tail -20 "$PGHOST/server.log"
 	fail "restart with shared_preload_libraries"

@@ -1152,7 +1152,7 @@ BEGIN ATOMIC
 END;
 CREATE TABLE app.item (name text NOT NULL, k bigint DEFAULT entitlock.key('item'));
 CREATE INDEX item_key_idx ON app.item (entitlock.key(name));
-GRANT EXECUTE ON FUNCTION entitlock.idempotency_begin(text, text, interval) TO PUBLIC;
+GRANT EXECUTE ON FUNCTION entitlock.idempotency_begin TO PUBLIC;
 SQL
 	if ! out=$(psql -X -q -At -v ON_ERROR_STOP=1 -d "$a" -c "ALTER EXTENSION entitlock UPDATE" 2>&1); then
 		log "FAILED: ALTER EXTENSION entitlock UPDATE from $from with dependent objects: $out"

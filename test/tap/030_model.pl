@@ -11,8 +11,9 @@
 # every meter equals its ledger and no answer was ever over its limit,
 # keys applied once, no two holders of a lease overlapped, fencing
 # numbers rose per name, rate limits kept within burst + rate x window,
-# a name under lock() was never entered twice, and lock_entity() held
-# recorders back.
+# a name under lock() was never entered twice, lock_entity() held
+# recorders back, no semaphore had more holders than slots, and lease
+# slots never exceeded their count and their fencing rose per name.
 #
 #   ENTITLOCK_SEED=N            run seed N only (both modes)
 #   ENTITLOCK_MODEL_MINUTES=M   run new seeds for M minutes (both modes)
@@ -123,6 +124,12 @@ CREATE TABLE plain_counter (id int PRIMARY KEY, v bigint);
 INSERT INTO plain_counter VALUES (1, 0), (2, 0);
 CREATE TABLE critical_ledger (id int);
 CREATE TABLE frozen_violations (subject text, feature text, before bigint, after bigint);
+-- Semaphores (1.2): who held which slot from when to when (left_at is read
+-- just before COMMIT, so the next holder enters after it), and every lease
+-- slot taken.
+CREATE TABLE slot_log (name text, slot int, pid int, entered timestamptz, left_at timestamptz);
+CREATE TABLE lease_slot_history (name text, slot int, token uuid, fencing bigint,
+	acquired_at timestamptz, expires_at timestamptz);
 
 -- The meter of a random pick, its limit and its period's start.
 CREATE FUNCTION pick_meter(s int, f int, p int, OUT subject text, OUT feature text,
@@ -263,6 +270,28 @@ UPDATE lease_history h SET released_at = clock_timestamp()
    AND NOT EXISTS (SELECT FROM entitlock.lease_record r WHERE r.fencing = h.fencing);
 COMMIT;
 PGB
+	# Semaphores: three slots per name, waiting as long as it takes or
+	# 5 ms (then no slot, and nothing logged).
+	slot => <<'PGB',
+\set n random(1, 2)
+\set w random(0, 2)
+BEGIN;
+SELECT coalesce(entitlock.lock_slot('sem:' || :n, 3, CASE WHEN :w = 0 THEN interval '5 ms' END), 0) AS slot \gset
+INSERT INTO slot_log SELECT 'sem:' || :n, :slot, pg_backend_pid(), clock_timestamp(), NULL WHERE :slot > 0;
+SELECT pg_sleep(0.002);
+UPDATE slot_log SET left_at = clock_timestamp() WHERE pid = pg_backend_pid() AND left_at IS NULL;
+COMMIT;
+PGB
+	# Lease semaphores: two slots per name, 30 ms leases, taken over as
+	# they expire.
+	lease_slot => <<'PGB',
+\set n random(1, 2)
+BEGIN;
+SELECT coalesce((SELECT fencing FROM entitlock.lease_acquire_slot('LS' || :n, 2, '30 ms', 'c', '20 ms')), 0) AS fen \gset
+INSERT INTO lease_slot_history
+SELECT name, slot, token, fencing, acquired_at, expires_at FROM entitlock.lease_record WHERE fencing = :fen;
+COMMIT;
+PGB
 	# Rate limits: 20 per second, bursts of 5.
 	rate => <<'PGB',
 \set n random(1, 2)
@@ -357,6 +386,25 @@ my %checks = (
 		SELECT p.id, p.v, count(c.id) FROM plain_counter p LEFT JOIN critical_ledger c USING (id)
 		 GROUP BY p.id, p.v HAVING p.v <> count(c.id)},
 	'lock_entity() and lock(subject) held recorders back' => q{SELECT * FROM frozen_violations},
+	'lock_slot: at most 3 holders of a name, one per slot' => q{
+		SELECT a.name, a.slot, a.entered, count(*)
+		  FROM slot_log a JOIN slot_log b
+		    ON b.name = a.name AND b.entered <= a.entered AND b.left_at > a.entered
+		 GROUP BY 1, 2, 3
+		HAVING count(*) > 3 OR count(*) FILTER (WHERE b.slot = a.slot) > 1
+		UNION ALL
+		SELECT name, slot, entered, 0 FROM slot_log WHERE slot NOT BETWEEN 1 AND 3 OR left_at IS NULL},
+	'lease_acquire_slot: at most 2 unexpired leases of a name, fencing rising' => q{
+		SELECT a.name, a.slot, a.fencing, count(*)
+		  FROM lease_slot_history a JOIN lease_slot_history b
+		    ON b.name = a.name AND b.acquired_at <= a.acquired_at AND b.expires_at > a.acquired_at
+		 GROUP BY 1, 2, 3
+		HAVING count(*) > 2 OR count(*) FILTER (WHERE b.slot = a.slot) > 1
+		UNION ALL
+		SELECT name, slot, fencing, 0 FROM (
+			SELECT name, slot, fencing, lag(fencing) OVER (PARTITION BY name ORDER BY acquired_at, fencing) AS prev
+			  FROM lease_slot_history) x
+		 WHERE prev >= fencing},
 );
 
 my $cran = 0;
@@ -367,10 +415,10 @@ for my $seed ($mode eq 'single' ? () : seeds(\@CONCURRENT_SEEDS))
 	sql(q{TRUNCATE entitlock.usage_counter, entitlock.usage_idempotency, entitlock.usage_limits_idempotency,
 			entitlock.rate_limit_state, entitlock.idempotency_key, entitlock.lease_record,
 			usage_ledger, refund_ledger, key_answers, effects, replays, lease_history, rate_ledger, critical_ledger,
-			frozen_violations;
+			frozen_violations, slot_log, lease_slot_history;
 		UPDATE plain_counter SET v = 0;});
 	my %weight = (limit => 30, limits => 30, bulk => 4, refund => 8, first_time => 6, idempotency => 6,
-		lease => 8, rate => 6, lock => 6, frozen => 3, frozen_subject => 3);
+		lease => 8, rate => 6, lock => 6, frozen => 3, frozen_subject => 3, slot => 6, lease_slot => 4);
 	my %files = map { ("030_model_${seed}_$_\@$weight{$_}" => $scripts{$_}) } keys %scripts;
 	my $log_offset = -s $node->logfile;
 	$node->pgbench(
@@ -398,7 +446,9 @@ for my $seed ($mode eq 'single' ? () : seeds(\@CONCURRENT_SEEDS))
 		|| (SELECT count(*) FROM effects) || ' effects, '
 		|| (SELECT count(*) FROM lease_history) || ' leases, '
 		|| (SELECT count(*) FROM rate_ledger) || ' rate units, '
-		|| (SELECT count(*) FROM critical_ledger) || ' critical sections'});
+		|| (SELECT count(*) FROM critical_ledger) || ' critical sections, '
+		|| (SELECT count(*) FROM slot_log) || ' slots held, '
+		|| (SELECT count(*) FROM lease_slot_history) || ' lease slots'});
 	note("seed $seed: $counts");
 	# The run must have reached the interesting states.
 	ok(sql(q{SELECT count(*) FILTER (WHERE c.used = m.lim) > 0 AND (SELECT count(*) FROM usage_ledger WHERE amount = 0) > 0

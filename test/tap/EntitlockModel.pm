@@ -54,6 +54,10 @@ my @RATES    = ('r1', 'r2');
 my @IKEYS    = ('i1', 'i2', 'i3');
 my @LEASES   = ('L1', 'L2', 'L3');
 my @HOLDERS  = ('w1', 'w2', '');
+# Semaphores (1.2): lock_slot names, and lease semaphore names, kept apart
+# from the plain leases' names.
+my @SEMS     = ('S1', 'S2');
+my @LSEMS    = ('LS1', 'LS2');
 
 # Rate limits slow enough that the time a test takes moves no integer
 # field: [rate, per (seconds), burst or undef].
@@ -243,6 +247,18 @@ sub gen_op
 	elsif ($r < 865) { $op = { kind => 'leases' }; }
 	elsif ($r < 885) { $op = { kind => 'sleep' }; }
 	elsif ($r < 905) { $op = { kind => 'dump' }; }
+	elsif ($r < 925)
+	{
+		$op = { kind => 'lock_slot', name => pick($rng, @SEMS), slots => pick($rng, 1, 2, 3),
+			wait => pick($rng, undef, '0', '20 ms') };
+	}
+	elsif ($r < 935) { $op = { kind => 'slot_holders', name => pick($rng, @SEMS), slots => pick($rng, 1, 2, 3) }; }
+	elsif ($r < 955)
+	{
+		$op = { kind => 'lease_acquire_slot', name => pick($rng, @LSEMS), slots => pick($rng, 1, 2, 3),
+			holder => pick($rng, @HOLDERS), short => rnd($rng, 3) == 0 };
+	}
+	elsif ($r < 962) { $op = { kind => 'lease_slots' }; }
 	else
 	{
 		$op = gen_bad($rng);
@@ -287,6 +303,14 @@ sub gen_bad
 		[ "entitlock.idempotency_begin('')",                                     '22023' ],
 		[ "entitlock.lease_acquire('L1', '-1 s')",                               '22023' ],
 		[ "entitlock.lease_acquire('', '1 hour')",                               '22023' ],
+		[ "entitlock.lock_slot('S1', 0)",                                        '22023' ],
+		[ "entitlock.lock_slot('S1', 10001)",                                    '22023' ],
+		[ "entitlock.lock_slot('', 2)",                                          '22023' ],
+		[ "entitlock.lock_slot(NULL, 2)",                                        '22004' ],
+		[ "entitlock.lock_slot('S1', NULL)",                                     '22004' ],
+		[ "entitlock.lock_slot('S1', 2, '-1 s')",                                '22023' ],
+		[ "entitlock.lease_acquire_slot('LS1', 0, '1 hour')",                    '22023' ],
+		[ "entitlock.lease_acquire_slot('LS1', 2, '1 hour', NULL, '-1 s')",      '22023' ],
 	);
 	my $b = pick($rng, @bad);
 	return { kind => 'bad', call => $b->[0], state => $b->[1] };
@@ -409,7 +433,27 @@ sub op_sql
 	}
 	if ($k eq 'leases')
 	{
-		return "SELECT concat_ws('|', name, coalesce(holder, '-'), fencing) FROM entitlock.leases ORDER BY name";
+		return "SELECT concat_ws('|', name, coalesce(holder, '-'), fencing) FROM entitlock.leases WHERE slot IS NULL ORDER BY name";
+	}
+	if ($k eq 'lock_slot')
+	{
+		return sprintf("SELECT coalesce(entitlock.lock_slot(%s, %d, %s)::text, 'null')", sqlq($op->{name}), $op->{slots},
+			defined $op->{wait} ? sqlq($op->{wait}) : 'NULL');
+	}
+	if ($k eq 'slot_holders')
+	{
+		return sprintf("SELECT concat_ws('|', coalesce(slot::text, '-'), granted, pid = pg_backend_pid()) FROM entitlock.slot_holders(%s, %d)",
+			sqlq($op->{name}), $op->{slots});
+	}
+	if ($k eq 'lease_acquire_slot')
+	{
+		return sprintf("SELECT concat_ws('|', slot, token, fencing) FROM entitlock.lease_acquire_slot(%s, %d, %s, %s)",
+			sqlq($op->{name}), $op->{slots}, $op->{short} ? "'30 ms'" : "'1 hour'",
+			sqlq($op->{holder} eq '' ? undef : $op->{holder}));
+	}
+	if ($k eq 'lease_slots')
+	{
+		return "SELECT concat_ws('|', name, slot, coalesce(holder, '-'), fencing) FROM entitlock.leases WHERE slot IS NOT NULL";
 	}
 	if ($k eq 'dump')
 	{
@@ -494,6 +538,8 @@ sub new_model
 			leases   => {},    # name => { token, fencing, holder, exp }
 			rl       => {},    # name => [tat low, tat high] (microseconds)
 			locks    => {},    # name => { x => 1, s => 1 }, this transaction's
+			slots    => {},    # semaphore name => { slot => 1 }, this transaction's
+			lslots   => {},    # lease semaphore name => { slot => { token, fencing, holder, exp } }
 			pairs    => {},    # "realm|entity" => 1, lock_entity's exclusive pairs
 		},
 		stack       => [],     # [kind, saved db] for BEGIN and each SAVEPOINT
@@ -560,6 +606,7 @@ sub end_xact
 {
 	my ($m) = @_;
 	$m->{db}{locks} = {};
+	$m->{db}{slots} = {};
 	$m->{db}{pairs} = {};
 	$_->{mine} = 0 for values %{ $m->{db}{idem} };
 }
@@ -570,6 +617,10 @@ sub sleep_passed
 	for my $h ($m->{db}{idem}, $m->{db}{leases}, map { $_->[1]{idem}, $_->[1]{leases} } @{ $m->{stack} })
 	{
 		$_->{exp} eq 'short' and $_->{exp} = 'expired' for values %$h;
+	}
+	for my $ls ($m->{db}{lslots}, map { $_->[1]{lslots} } @{ $m->{stack} })
+	{
+		for my $h (values %$ls) { $_->{exp} eq 'short' and $_->{exp} = 'expired' for values %$h; }
 	}
 }
 
@@ -957,6 +1008,90 @@ sub expect
 			multi => 1,
 		};
 	}
+	# Semaphores (SPEC 2b).  This session is the only one taking slots, so
+	# a slot is always free: the answer is the slot this transaction holds
+	# already (among 1..slots), else some slot in 1..slots it does not hold.
+	if ($k eq 'lock_slot')
+	{
+		my $held = $db->{slots}{ $op->{name} } ||= {};
+		my @mine = sort { $a <=> $b } grep { $_ <= $op->{slots} } keys %$held;
+		return { rows => [ $mine[0] ] } if @mine;
+		return {
+			check => sub {
+				my ($row) = @_;
+				return "slot '$row' not in 1..$op->{slots}" unless $row =~ /^\d+$/ && $row >= 1 && $row <= $op->{slots};
+				return "slot $row already held" if $held->{$row};
+				$held->{$row} = 1;
+				return undef;
+			}
+		};
+	}
+	if ($k eq 'slot_holders')
+	{
+		# Outside a transaction nothing is held; inside, this session's slots.
+		my $held = $db->{slots}{ $op->{name} } || {};
+		my @want = map { "$_|t|t" } sort { $a <=> $b } grep { $_ <= $op->{slots} } keys %$held;
+		return { rows => \@want, sorted => 1 };
+	}
+	# Lease slots (SPEC 5): a slot is free when never taken, released or
+	# expired; a short one is uncertain until a sleep has passed it.  The
+	# answer is a free slot (or an uncertain one) with a fencing number
+	# above every earlier one, or no row when every slot is certainly held.
+	if ($k eq 'lease_acquire_slot')
+	{
+		my $ls = $db->{lslots}{ $op->{name} } ||= {};
+		my @state = map { my $e = $ls->{$_}; !$e || $e->{exp} eq 'expired' ? 'free' : $e->{exp} } 1 .. $op->{slots};
+		my $any_free = grep { $_ eq 'free' } @state;
+		my $all_long = !grep { $_ ne 'long' } @state;
+		return {
+			check => sub {
+				my ($row) = @_;
+				if ($row eq '')
+				{
+					return "no row, but a slot is free" if $any_free;
+					return undef;
+				}
+				my ($slot, $token, $fencing) = split /\|/, $row;
+				return "a row, but every slot is held" if $all_long;
+				return "slot $slot not in 1..$op->{slots}" unless $slot >= 1 && $slot <= $op->{slots};
+				return "slot $slot is held" if $state[ $slot - 1 ] eq 'long';
+				return "fencing $fencing after $m->{max_fencing}" unless $fencing > $m->{max_fencing};
+				$m->{max_fencing} = $fencing;
+				$ls->{$slot} = { token => $token, fencing => $fencing,
+					holder => $op->{holder} eq '' ? '-' : $op->{holder}, exp => $op->{short} ? 'short' : 'long' };
+				return undef;
+			}
+		};
+	}
+	if ($k eq 'lease_slots')
+	{
+		my $all = $db->{lslots};
+		return {
+			check => sub {
+				my @got = @_;
+				my %got = map { my @f = split /\|/; ("$f[0]|$f[1]" => $_) } @got;
+				for my $n (keys %$all)
+				{
+					for my $sl (keys %{ $all->{$n} })
+					{
+						my $e = $all->{$n}{$sl};
+						my $want = join('|', $n, $sl, $e->{holder}, $e->{fencing});
+						if ($e->{exp} eq 'long') { return "lease slot $n/$sl missing" unless ($got{"$n|$sl"} // '') eq $want; }
+						elsif ($e->{exp} eq 'expired') { return "expired lease slot $n/$sl shown" if exists $got{"$n|$sl"}; }
+						elsif (exists $got{"$n|$sl"}) { return "lease slot $n/$sl" unless $got{"$n|$sl"} eq $want; }
+					}
+				}
+				for my $id (keys %got)
+				{
+					my ($n, $sl) = split /\|/, $id;
+					return "unknown lease slot $id" unless $all->{$n} && $all->{$n}{$sl};
+				}
+				return undef;
+			},
+			multi => 1,
+		};
+	}
+
 	if ($k eq 'dump')
 	{
 		my @rows;
