@@ -15,6 +15,7 @@ OBJS = \
 	src/locks.o \
 	src/table.o \
 	src/usage.o \
+	src/periods.o \
 	src/idempotency.o \
 	src/leases.o \
 	src/ratelimit.o \
@@ -95,7 +96,7 @@ include $(PGXS)
 endif
 
 # PGXS tracks no header dependencies.
-$(OBJS): src/entitlock.h src/compat.h
+$(OBJS): src/entitlock.h src/compat.h src/periods.h
 
 # A PGXN distribution archive of the committed tree.
 dist:
