@@ -28,6 +28,7 @@ REGRESS = \
 	keys \
 	locks \
 	usage \
+	periods \
 	escalation \
 	idempotency \
 	leases \

@@ -27,8 +27,11 @@
  *
  *		[N ]unit@YYYY-MM-DD HH:MM:SS[.ffffff]+00[ BC]
  *
- * with N and the plural only when N > 1, the anchor in UTC, and fractional
- * seconds only when there are any, without trailing zeros: what PostgreSQL
+ * with N and the plural only when N > 1, a number of days that makes whole
+ * weeks written as weeks and a number of months that makes whole years as
+ * years ('14 days' and '2 weeks' are one period, as are '12 months' and
+ * 'year'), the anchor in UTC, and fractional seconds only when there are
+ * any, without trailing zeros: what PostgreSQL
  * prints for the anchor with DateStyle ISO and TimeZone UTC, for example
  * 'month@2026-01-31 10:00:00+00' or '3 months@2026-01-15 00:00:00+00'.  It
  * reads back as the same period.
@@ -303,6 +306,17 @@ parse_anchored(const char *str, const char *at, UsagePeriod *period)
 				 errdetail("An anchored period is 1 to %d units long.",
 						   PERIOD_MAX_COUNT)));
 
+	/* Whole weeks and whole years are one period however they are written. */
+	if (kind == PERIOD_DAY && count % 7 == 0)
+	{
+		kind = PERIOD_WEEK;
+		count /= 7;
+	}
+	else if (kind == PERIOD_MONTH && count % MONTHS_PER_YEAR == 0)
+	{
+		kind = PERIOD_YEAR;
+		count /= MONTHS_PER_YEAR;
+	}
 	period->kind = (UsagePeriodKind) kind;
 	period->count = (int) count;
 	period->anchor = read_anchor(at + 1, str);
