@@ -62,6 +62,7 @@ ISOLATION = \
 	usage-limits-denial-untouched \
 	usage-limits-idempotency-concurrent \
 	usage-limits-savepoint \
+	usage-reset-serialises \
 	rate-limit-rollback \
 	idempotency-duplicate-waits \
 	idempotency-owner-rollback \
