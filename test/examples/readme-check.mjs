@@ -8,8 +8,10 @@
 // byte for byte to the file, or to its region: the lines between
 // "// region NAME" and "// endregion", without those two lines.  A block
 // indented in a list is compared after removing its fence's indentation.
-// Every test/examples/*.js must be shown, whole or region by region.  Prints
-// each problem; exits 1 if there is one.
+// Every test/examples/*.js must be shown, whole or region by region, in the
+// README or in a page under doc/ (the guides show theirs there), whose
+// markers are checked the same way.  Prints each problem; exits 1 if there
+// is one.
 import { readdirSync, readFileSync } from 'node:fs';
 import { dirname, join, relative } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -17,7 +19,18 @@ import { fileURLToPath } from 'node:url';
 const here = dirname(fileURLToPath(import.meta.url));
 const root = join(here, '..', '..');
 const readmePath = process.argv[2] ?? join(root, 'README.md');
-const lines = readFileSync(readmePath, 'utf8').split('\n');
+// The pages under doc/, when the README checked is the tree's own.
+function docPages(dir) {
+  let entries;
+  try {
+    entries = readdirSync(dir, { withFileTypes: true });
+  } catch {
+    return [];
+  }
+  return entries.flatMap((e) => e.isDirectory() ? docPages(join(dir, e.name))
+    : e.name.endsWith('.md') ? [join(dir, e.name)] : []).sort();
+}
+const pages = [readmePath, ...(process.argv[2] ? [] : docPages(join(root, 'doc')))];
 const examples = readdirSync(here).filter((f) => f.endsWith('.js')).sort()
   .map((f) => relative(root, join(here, f)));
 const marker = /^\s*<!-- example: (\S+?)(?:#([\w-]+))? -->\s*$/;
@@ -41,8 +54,9 @@ function expected(file, region) {
   return body.slice(start + 1, end);
 }
 
-// The fenced block after line I, dedented, as lines, or a problem string.
-function block(i) {
+// The fenced block after line I of lines, dedented, as lines, or a problem
+// string.
+function block(lines, i) {
   let j = i + 1;
   while (j < lines.length && lines[j].trim() === '') j++;
   const open = /^(\s*)```js\s*$/.exec(lines[j] ?? '');
@@ -59,25 +73,28 @@ function block(i) {
   return 'its ```js block is not closed';
 }
 
-lines.forEach((line, i) => {
-  const m = marker.exec(line);
-  if (!m) return;
-  const [, file, region] = m;
-  const where = `${relative(root, readmePath)}:${i + 1}: ${file}${region ? `#${region}` : ''}`;
-  shown.add(region ? `${file}#${region}` : file);
-  const want = expected(file, region);
-  const got = block(i);
-  if (typeof want === 'string') return problems.push(`${where}: ${want}`);
-  if (typeof got === 'string') return problems.push(`${where}: ${got}`);
-  const n = Math.max(want.length, got.length);
-  for (let k = 0; k < n; k++) {
-    if (want[k] !== got[k]) {
-      return problems.push(`${where}: differs at line ${k + 1} of the block:\n` +
-        `    file:   ${JSON.stringify(want[k] ?? '(end)')}\n` +
-        `    README: ${JSON.stringify(got[k] ?? '(end)')}`);
+for (const page of pages) {
+  const lines = readFileSync(page, 'utf8').split('\n');
+  lines.forEach((line, i) => {
+    const m = marker.exec(line);
+    if (!m) return;
+    const [, file, region] = m;
+    const where = `${relative(root, page)}:${i + 1}: ${file}${region ? `#${region}` : ''}`;
+    shown.add(region ? `${file}#${region}` : file);
+    const want = expected(file, region);
+    const got = block(lines, i);
+    if (typeof want === 'string') return problems.push(`${where}: ${want}`);
+    if (typeof got === 'string') return problems.push(`${where}: ${got}`);
+    const n = Math.max(want.length, got.length);
+    for (let k = 0; k < n; k++) {
+      if (want[k] !== got[k]) {
+        return problems.push(`${where}: differs at line ${k + 1} of the block:\n` +
+          `    file:   ${JSON.stringify(want[k] ?? '(end)')}\n` +
+          `    page:   ${JSON.stringify(got[k] ?? '(end)')}`);
+      }
     }
-  }
-});
+  });
+}
 
 // Each file is shown whole, or each of its regions is.
 for (const file of examples) {
