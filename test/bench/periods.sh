@@ -16,9 +16,9 @@
 #               spelling)
 #   offset      the same period spelled '1 month@2026-01-31 05:00-05'
 #   perday      each subject anchored on its own day of the month
-#               ('month@2026-01-<1..28> 10:00+00'), so that no two calls in
-#               a row name the same period (periods.c remembers the last
-#               one it read)
+#               ('month@2026-01-<1..28> 10:00+00'): 28 periods, so that
+#               calls in a row name different ones (periods.c remembers
+#               the periods it read lately)
 #   read_cal    usage(..., 'month'), the baseline of the reads
 #   read_anch   usage(..., 'month@2026-01-31 10:00:00+00')
 # It prints TPS with the ratio to its baseline (calendar for the recording
