@@ -15,6 +15,7 @@ OBJS = \
 	src/locks.o \
 	src/table.o \
 	src/usage.o \
+	src/periods.o \
 	src/idempotency.o \
 	src/leases.o \
 	src/ratelimit.o \
@@ -28,6 +29,7 @@ REGRESS = \
 	keys \
 	locks \
 	usage \
+	periods \
 	escalation \
 	idempotency \
 	leases \
@@ -62,6 +64,7 @@ ISOLATION = \
 	usage-limits-denial-untouched \
 	usage-limits-idempotency-concurrent \
 	usage-limits-savepoint \
+	usage-reset-serialises \
 	rate-limit-rollback \
 	idempotency-duplicate-waits \
 	idempotency-owner-rollback \
@@ -102,7 +105,7 @@ include $(PGXS)
 endif
 
 # PGXS tracks no header dependencies.
-$(OBJS): src/entitlock.h src/compat.h src/slots.h
+$(OBJS): src/entitlock.h src/compat.h src/slots.h src/periods.h
 
 # A PGXN distribution archive of the committed tree.
 dist:

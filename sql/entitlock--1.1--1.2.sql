@@ -126,5 +126,25 @@ COMMENT ON FUNCTION entitlock.lease_acquire_slot(text, integer, interval, text, 
 REVOKE ALL ON FUNCTION entitlock.lease_acquire_slot(text, integer, interval, text, interval) FROM PUBLIC;
 
 --
--- Usage resets (1.2): reserved for reset_usage (issue 23, another change).
+-- Billing periods (1.2): every usage function also takes anchored periods
+-- '[N ]unit@anchor' (src/periods.c); their signatures do not change.
 --
+COMMENT ON FUNCTION entitlock.usage_period(text, timestamptz) IS
+'the period (UTC calendar, or anchored at a moment) holding a moment, as the usage functions count it';
+
+--
+-- Resetting a meter (1.2): the current period's usage to 0, under the
+-- recorders' locks (src/usage.c).
+--
+CREATE FUNCTION entitlock.reset_usage(
+	subject text,
+	feature text,
+	period text DEFAULT 'lifetime')
+RETURNS bigint
+AS 'MODULE_PATHNAME', 'entitlock_reset_usage'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+
+COMMENT ON FUNCTION entitlock.reset_usage(text, text, text) IS
+'sets the usage of (subject, feature, period) in the current period to 0 and returns the usage removed';
+
+REVOKE ALL ON FUNCTION entitlock.reset_usage(text, text, text) FROM PUBLIC;

@@ -1,4 +1,4 @@
-/* sql/entitlock--1.0.sql */
+/* sql/entitlock--1.2.sql */
 
 -- complain if script is sourced in psql, rather than via CREATE EXTENSION
 \echo Use "CREATE EXTENSION entitlock" to load this file. \quit
@@ -244,7 +244,7 @@ AS 'MODULE_PATHNAME', 'entitlock_usage_period'
 LANGUAGE C IMMUTABLE PARALLEL SAFE ROWS 1;
 
 COMMENT ON FUNCTION entitlock.usage_period(text, timestamptz) IS
-'the UTC calendar period holding a moment, as the usage functions count it';
+'the period (UTC calendar, or anchored at a moment) holding a moment, as the usage functions count it';
 
 -- Reading or writing usage is granted explicitly; see README, Privileges.
 REVOKE ALL ON FUNCTION entitlock.record_usage_if_under_limit(text, text, bigint, bigint, text, text) FROM PUBLIC;
@@ -360,6 +360,23 @@ COMMENT ON FUNCTION entitlock.prune_usage(timestamptz) IS
 REVOKE ALL ON FUNCTION entitlock.record_usage_if_under_limits(entitlock.usage_limit[], bigint, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION entitlock.refund_usage(text, text, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION entitlock.prune_usage(timestamptz) FROM PUBLIC;
+
+--
+-- Resetting a meter (1.2): the current period's usage to 0, under the
+-- recorders' locks (src/usage.c).
+--
+CREATE FUNCTION entitlock.reset_usage(
+	subject text,
+	feature text,
+	period text DEFAULT 'lifetime')
+RETURNS bigint
+AS 'MODULE_PATHNAME', 'entitlock_reset_usage'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+
+COMMENT ON FUNCTION entitlock.reset_usage(text, text, text) IS
+'sets the usage of (subject, feature, period) in the current period to 0 and returns the usage removed';
+
+REVOKE ALL ON FUNCTION entitlock.reset_usage(text, text, text) FROM PUBLIC;
 
 --
 -- Rate limits (src/ratelimit.c, 1.1)
@@ -743,7 +760,3 @@ COMMENT ON FUNCTION entitlock.stats_reset() IS
 -- Granted explicitly; see README, Privileges.
 REVOKE ALL ON entitlock.stats FROM PUBLIC;
 REVOKE ALL ON FUNCTION entitlock.stats_reset() FROM PUBLIC;
-
---
--- Usage resets (1.2): reserved for reset_usage (issue 23, another change).
---

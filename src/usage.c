@@ -3,7 +3,7 @@
  * usage.c
  *	  Usage limits: entitlock.record_usage_if_under_limit, record_usage,
  *	  record_usage_if_under_limits, refund_usage, usage, usage_limit and
- *	  usage_period.
+ *	  (1.2) reset_usage.  Periods are periods.c's.
  *
  * A meter is (subject, feature, period kind).  Each calendar period of a
  * meter is one row of entitlock.usage_counter holding a running total, so
@@ -56,6 +56,7 @@
 #include "catalog/pg_type.h"
 #include "entitlock.h"
 #include "funcapi.h"
+#include "periods.h"
 #include "miscadmin.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
@@ -71,7 +72,7 @@ PG_FUNCTION_INFO_V1(entitlock_record_usage_if_under_limits);
 PG_FUNCTION_INFO_V1(entitlock_refund_usage);
 PG_FUNCTION_INFO_V1(entitlock_usage);
 PG_FUNCTION_INFO_V1(entitlock_usage_limit);
-PG_FUNCTION_INFO_V1(entitlock_usage_period);
+PG_FUNCTION_INFO_V1(entitlock_reset_usage);
 
 /*
  * Subjects, features and idempotency keys are stored in full and indexed,
@@ -85,22 +86,6 @@ PG_FUNCTION_INFO_V1(entitlock_usage_period);
 /* Seeds of the internal lock keys; any fixed values, never changed. */
 #define KEY_LOCK_SEED		UINT64CONST(0x656e746c6f636b31)	/* idempotency key */
 #define CREATE_LOCK_SEED	UINT64CONST(0x656e746c6f636b32)	/* first row */
-
-typedef enum UsagePeriod
-{
-	PERIOD_LIFETIME,
-	PERIOD_MINUTE,
-	PERIOD_HOUR,
-	PERIOD_DAY,
-	PERIOD_WEEK,
-	PERIOD_MONTH,
-	PERIOD_YEAR
-} UsagePeriod;
-
-/* Indexed by UsagePeriod; these spellings are what the tables store. */
-static const char *const period_names[] = {
-	"lifetime", "minute", "hour", "day", "week", "month", "year"
-};
 
 /* One meter's period, as the tables key it. */
 typedef struct UsageMeter
@@ -177,60 +162,6 @@ int8_arg(FunctionCallInfo fcinfo, int argno, const char *what)
 	return PG_GETARG_INT64(argno);
 }
 
-/* The period spelled name (in any case), or -1. */
-static int
-period_lookup(const char *name)
-{
-	int			i;
-
-	/* Case-insensitive, as date_trunc() is. */
-	for (i = 0; i < (int) lengthof(period_names); i++)
-	{
-		if (pg_strcasecmp(name, period_names[i]) == 0)
-			return i;
-	}
-	return -1;
-}
-
-static UsagePeriod
-period_value(Datum value, bool isnull)
-{
-	text	   *name;
-	int			period;
-
-	if (isnull)
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("period must not be null")));
-	name = DatumGetTextPP(value);
-	period = period_lookup(text_to_cstring(name));
-	if (period >= 0)
-		return (UsagePeriod) period;
-	ereport(ERROR,
-			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-			 errmsg("unrecognized period \"%s\"",
-					entitlock_text_for_message(name)),
-			 errhint("Valid periods are lifetime, minute, hour, day, week, month and year.")));
-	pg_unreachable();
-}
-
-static UsagePeriod
-period_arg(FunctionCallInfo fcinfo, int argno)
-{
-	return period_value(PG_GETARG_DATUM(argno), PG_ARGISNULL(argno));
-}
-
-/* A period name as the tables store it. */
-static UsagePeriod
-stored_period(Datum value, const char *relname)
-{
-	int			period = period_lookup(TextDatumGetCString(value));
-
-	if (period < 0)
-		elog(ERROR, "unexpected period in entitlock.%s", relname);
-	return (UsagePeriod) period;
-}
-
 /* The optional idempotency key in argno, or NULL. */
 static text *
 idempotency_key_arg(FunctionCallInfo fcinfo, int argno)
@@ -271,102 +202,18 @@ limit_value(Datum value, bool isnull)
 }
 
 /*
- * Periods
+ * Periods (see periods.c)
  */
 
+/* Fill in the meter's period and its bounds for the one holding "at". */
 static void
-timestamp_out_of_range(void)
+compute_period(UsageMeter *meter, const UsagePeriod *period, TimestampTz at)
 {
-	ereport(ERROR,
-			(errcode(ERRCODE_DATETIME_VALUE_OUT_OF_RANGE),
-			 errmsg("timestamp out of range")));
-}
-
-/*
- * Fill in the UTC calendar period of kind containing "at": its first
- * instant and the first instant of the next one.  Weeks start on Monday,
- * as in date_trunc('week', ...).
- */
-static void
-compute_period(UsageMeter *meter, UsagePeriod period, TimestampTz at)
-{
-	struct pg_tm tm;
-	fsec_t		fsec;
-	Timestamp	start;
-	Timestamp	end;
-
-	meter->period = period;
-	if (period == PERIOD_LIFETIME)
-	{
-		TIMESTAMP_NOBEGIN(meter->period_start);
-		meter->period_end = 0;
-		meter->has_end = false;
-		return;
-	}
-
-	/* With no time zone argument timestamp2tm gives UTC fields. */
-	if (TIMESTAMP_NOT_FINITE(at) ||
-		timestamp2tm(at, NULL, &tm, &fsec, NULL, NULL) != 0)
-		timestamp_out_of_range();
-
-	fsec = 0;
-	tm.tm_sec = 0;
-	if (period != PERIOD_MINUTE)
-		tm.tm_min = 0;
-	if (period != PERIOD_MINUTE && period != PERIOD_HOUR)
-		tm.tm_hour = 0;
-	if (period == PERIOD_WEEK)
-	{
-		int			jd = date2j(tm.tm_year, tm.tm_mon, tm.tm_mday);
-
-		/* j2day() counts from Sunday = 0; step back to Monday. */
-		jd -= (j2day(jd) + 6) % 7;
-		j2date(jd, &tm.tm_year, &tm.tm_mon, &tm.tm_mday);
-	}
-	if (period == PERIOD_MONTH || period == PERIOD_YEAR)
-		tm.tm_mday = 1;
-	if (period == PERIOD_YEAR)
-		tm.tm_mon = 1;
-
-	if (tm2timestamp(&tm, fsec, NULL, &start) != 0)
-		timestamp_out_of_range();
-
-	switch (period)
-	{
-		case PERIOD_MINUTE:
-			end = start + USECS_PER_MINUTE;
-			break;
-		case PERIOD_HOUR:
-			end = start + USECS_PER_HOUR;
-			break;
-		case PERIOD_DAY:
-			end = start + USECS_PER_DAY;
-			break;
-		case PERIOD_WEEK:
-			end = start + 7 * USECS_PER_DAY;
-			break;
-		case PERIOD_MONTH:
-		case PERIOD_YEAR:
-			if (period == PERIOD_YEAR)
-				tm.tm_year++;
-			else if (++tm.tm_mon > MONTHS_PER_YEAR)
-			{
-				tm.tm_mon = 1;
-				tm.tm_year++;
-			}
-			if (tm2timestamp(&tm, fsec, NULL, &end) != 0)
-				timestamp_out_of_range();
-			break;
-		default:
-			elog(ERROR, "unexpected usage period %d", (int) period);
-			pg_unreachable();
-	}
-	if (!IS_VALID_TIMESTAMP(end))
-		timestamp_out_of_range();
-
-	meter->period_start = start;
-	meter->period_end = end;
-	meter->has_end = true;
+	if (&meter->period != period)
+		meter->period = *period;
+	meter->has_end = entitlock_period_bounds(&meter->period, at,
+											 &meter->period_start,
+											 &meter->period_end);
 }
 
 /*
@@ -377,10 +224,13 @@ compute_period(UsageMeter *meter, UsagePeriod period, TimestampTz at)
 static void
 meter_args(FunctionCallInfo fcinfo, UsageMeter *meter, int period_argno)
 {
+	UsagePeriod period;
+
 	meter->subject = name_arg(fcinfo, 0, "subject");
 	meter->feature = name_arg(fcinfo, 1, "feature");
-	compute_period(meter, period_arg(fcinfo, period_argno),
-				   GetCurrentTransactionStartTimestamp());
+	entitlock_period_value(PG_GETARG_DATUM(period_argno),
+						   PG_ARGISNULL(period_argno), &period);
+	compute_period(meter, &period, GetCurrentTransactionStartTimestamp());
 }
 
 /*
@@ -505,22 +355,36 @@ lock_idempotency_key(text *key)
 							   ExclusiveLock);
 }
 
-/* The internal lock that serialises the creators of a meter's counter row for its period. */
+/*
+ * The internal lock that serialises the creators of a meter's counter row
+ * for its period.  An anchored period's N and anchor go into it too (1.2),
+ * so that periods of one kind starting together do not share it.
+ */
 static int64
 counter_creation_key(const MeterCall *call)
 {
-	char		buf[sizeof(int64) + sizeof(TimestampTz) + 1];
+	char		buf[sizeof(int64) + sizeof(TimestampTz) + 1 +
+					sizeof(int) + sizeof(TimestampTz)];
+	size_t		len = sizeof(int64) + sizeof(TimestampTz) + 1;
 
 	memcpy(buf, &call->pair_key, sizeof(int64));
 	memcpy(buf + sizeof(int64), &call->meter.period_start,
 		   sizeof(TimestampTz));
-	buf[sizeof(buf) - 1] = (char) call->meter.period;
-	return (int64) entitlock_hash_bytes(buf, sizeof(buf), CREATE_LOCK_SEED);
+	buf[len - 1] = (char) call->meter.period.kind;
+	if (call->meter.period.count > 0)
+	{
+		memcpy(buf + len, &call->meter.period.count, sizeof(int));
+		memcpy(buf + len + sizeof(int), &call->meter.period.anchor,
+			   sizeof(TimestampTz));
+		len = sizeof(buf);
+	}
+	return (int64) entitlock_hash_bytes(buf, len, CREATE_LOCK_SEED);
 }
 
 /*
  * The canonical order meters are locked in: by pair key, then by the
- * names (should two pairs share a key), period kind and period.
+ * names (should two pairs share a key), period (kind, then N and anchor)
+ * and period start.
  */
 static int
 cmp_text_bytes(text *a, text *b)
@@ -547,8 +411,9 @@ cmp_meter_calls(const void *a, const void *b)
 	c = cmp_text_bytes(x->meter.feature, y->meter.feature);
 	if (c != 0)
 		return c;
-	if (x->meter.period != y->meter.period)
-		return (int) x->meter.period - (int) y->meter.period;
+	c = entitlock_period_cmp(&x->meter.period, &y->meter.period);
+	if (c != 0)
+		return c;
 	return (x->meter.period_start > y->meter.period_start) -
 		(x->meter.period_start < y->meter.period_start);
 }
@@ -577,7 +442,7 @@ counter_values(const UsageMeter *meter, Datum *values, bool *nulls)
 {
 	values[0] = PointerGetDatum(meter->subject);
 	values[1] = PointerGetDatum(meter->feature);
-	values[2] = CStringGetTextDatum(period_names[meter->period]);
+	values[2] = CStringGetTextDatum(meter->period.name);
 	values[3] = TimestampTzGetDatum(meter->period_start);
 	values[4] = TimestampTzGetDatum(meter->period_end);
 	values[COUNTER_USED] = Int64GetDatum(0);
@@ -791,7 +656,7 @@ idempotent_lookup(EntitlockTable *idem, const UsageMeter *meter, text *key)
 		Datum	   *cols = slot->tts_values;
 
 		entitlock_check_visible_to_transaction(slot);
-		rec.period = stored_period(cols[3], "usage_idempotency");
+		entitlock_period_stored(cols[3], "usage_idempotency", &rec.period);
 		rec.amount = DatumGetInt64(cols[4]);
 		rec.allowed = DatumGetBool(cols[5]);
 		rec.used = DatumGetInt64(cols[6]);
@@ -823,11 +688,12 @@ static void
 idempotent_check_same(const IdempotentRecord *rec, const UsageMeter *meter,
 					  int64 amount, text *key)
 {
-	if (rec->amount != amount || rec->period != meter->period)
+	if (rec->amount != amount ||
+		!entitlock_period_equal(&rec->period, &meter->period))
 		key_reused_error(key,
 						 psprintf("The first call recorded amount " INT64_FORMAT " for period \"%s\"; this call asks for amount " INT64_FORMAT " for period \"%s\".",
-								  rec->amount, period_names[rec->period],
-								  amount, period_names[meter->period]));
+								  rec->amount, rec->period.name,
+								  amount, meter->period.name));
 }
 
 /*
@@ -842,7 +708,7 @@ idempotent_store(EntitlockTable *idem, const MeterCall *call, text *key,
 	bool		nulls[IDEM_NATTS];
 
 	idempotency_values(&call->meter, key, values, nulls);
-	values[3] = CStringGetTextDatum(period_names[call->meter.period]);
+	values[3] = CStringGetTextDatum(call->meter.period.name);
 	values[4] = Int64GetDatum(amount);
 	values[5] = BoolGetDatum(call->allowed);
 	values[6] = Int64GetDatum(call->new_used);
@@ -960,8 +826,12 @@ setkey_element_on_pair(const SetRecord *rec, int i, const UsageMeter *meter)
 static bool
 setkey_element_is(const SetRecord *rec, int i, const UsageMeter *meter)
 {
-	return setkey_element_on_pair(rec, i, meter) &&
-		stored_period(rec->periods[i], setkey_def.relname) == meter->period;
+	UsagePeriod period;
+
+	if (!setkey_element_on_pair(rec, i, meter))
+		return false;
+	entitlock_period_stored(rec->periods[i], setkey_def.relname, &period);
+	return entitlock_period_equal(&period, &meter->period);
 }
 
 /* Does the stored set include (subject, feature)? */
@@ -1012,7 +882,7 @@ setkey_store(EntitlockTable *sk, MeterCall *calls, int n, text *key,
 
 		cols[0][i] = PointerGetDatum(call->meter.subject);
 		cols[1][i] = PointerGetDatum(call->meter.feature);
-		cols[2][i] = CStringGetTextDatum(period_names[call->meter.period]);
+		cols[2][i] = CStringGetTextDatum(call->meter.period.name);
 		cols[3][i] = BoolGetDatum(call->allowed);
 		cols[4][i] = Int64GetDatum(call->new_used);
 		cols[5][i] = TimestampTzGetDatum(call->meter.period_end);
@@ -1107,7 +977,7 @@ record(MeterCall *call, int64 amount, bool conditional, text *key,
 			entitlock_table_close(&idem);
 			entitlock_table_close(&counter);
 			/* The first call's answer, in the first call's period. */
-			compute_period(&call->meter, rec.period, rec.recorded_at);
+			compute_period(&call->meter, &rec.period, rec.recorded_at);
 			call->allowed = rec.allowed;
 			call->new_used = rec.used;
 			call->replayed = true;
@@ -1301,10 +1171,13 @@ limit_element_context(void *arg)
 static void
 limit_fields(Datum *fields, bool *isnull, MeterCall *call)
 {
+	UsagePeriod period;
+
 	call->meter.subject = name_value(fields[0], isnull[0], "subject");
 	call->meter.feature = name_value(fields[1], isnull[1], "feature");
 	call->limit = limit_value(fields[2], isnull[2]);
-	compute_period(&call->meter, period_value(fields[3], isnull[3]),
+	entitlock_period_value(fields[3], isnull[3], &period);
+	compute_period(&call->meter, &period,
 				   GetCurrentTransactionStartTimestamp());
 }
 
@@ -1403,7 +1276,7 @@ limits_arg(FunctionCallInfo fcinfo, int argno, int *n)
 					 errdetail("Both are subject \"%s\", feature \"%s\", period \"%s\".",
 							   entitlock_text_for_message(sorted[i]->meter.subject),
 							   entitlock_text_for_message(sorted[i]->meter.feature),
-							   period_names[sorted[i]->meter.period])));
+							   sorted[i]->meter.period.name)));
 	}
 	pfree(sorted);
 	*n = count;
@@ -1442,7 +1315,7 @@ setkey_match(const SetRecord *rec, MeterCall *calls, int n, int64 amount,
 							 psprintf("The first call did not name subject \"%s\", feature \"%s\", period \"%s\".",
 									  entitlock_text_for_message(calls[i].meter.subject),
 									  entitlock_text_for_message(calls[i].meter.feature),
-									  period_names[calls[i].meter.period]));
+									  calls[i].meter.period.name));
 		match[i] = j;
 	}
 	return match;
@@ -1456,7 +1329,7 @@ limits_result_row(Datum *values, bool *nulls, const MeterCall *call,
 {
 	values[0] = PointerGetDatum(call->meter.subject);
 	values[1] = PointerGetDatum(call->meter.feature);
-	values[2] = CStringGetTextDatum(period_names[call->meter.period]);
+	values[2] = CStringGetTextDatum(call->meter.period.name);
 	values[3] = BoolGetDatum(allowed);
 	values[4] = Int64GetDatum(used);
 	values[5] = Int64GetDatum(remaining(used, call->limit));
@@ -1535,7 +1408,7 @@ entitlock_record_usage_if_under_limits(PG_FUNCTION_ARGS)
 				int			j = match[i];
 
 				/* The first call's answer, in the first call's period. */
-				compute_period(&calls[i].meter, calls[i].meter.period,
+				compute_period(&calls[i].meter, &calls[i].meter.period,
 							   rec.recorded_at);
 				limits_result_row(values + i * LIMITS_RESULT_NATTS,
 								  nulls + i * LIMITS_RESULT_NATTS, &calls[i],
@@ -1617,7 +1490,7 @@ entitlock_record_usage_if_under_limits(PG_FUNCTION_ARGS)
  * (less than amount when usage was lower, 0 when the counter is gone).
  */
 static int64
-give_back(EntitlockTable *counter, MeterCall *call, UsagePeriod period,
+give_back(EntitlockTable *counter, MeterCall *call, const UsagePeriod *period,
 		  TimestampTz recorded_at, int64 amount)
 {
 	compute_period(&call->meter, period, recorded_at);
@@ -1655,6 +1528,13 @@ setkey_refund_due(const SetRecord *set, int i, const UsageMeter *meter)
 		DatumGetBool(set->allowed[i]) && !DatumGetBool(set->refunded[i]);
 }
 
+static int
+cmp_periods(const void *a, const void *b)
+{
+	return entitlock_period_cmp((const UsagePeriod *) a,
+								(const UsagePeriod *) b);
+}
+
 /* refund_usage() of a record_usage_if_under_limits() call's key. */
 static int64
 refund_set(EntitlockTable *counter, MeterCall *call, text *key)
@@ -1689,7 +1569,8 @@ refund_set(EntitlockTable *counter, MeterCall *call, text *key)
 		Datum		values[SETKEY_NATTS];
 		bool		nulls[SETKEY_NATTS];
 		Datum	   *refunded = palloc(sizeof(Datum) * set.n);
-		int			period;
+		UsagePeriod *periods = palloc(sizeof(UsagePeriod) * set.n);
+		int			ndue = 0;
 
 		memcpy(values, slot->tts_values, sizeof(values));
 		memcpy(nulls, slot->tts_isnull, sizeof(nulls));
@@ -1700,20 +1581,20 @@ refund_set(EntitlockTable *counter, MeterCall *call, text *key)
 		entitlock_table_update(&sk, &set.tid, values, nulls,
 							   ENTITLOCK_COLUMN(SETKEY_REFUNDED));
 
-		/* The pair's counters in canonical order, that is by period kind. */
-		for (period = 0; period < (int) lengthof(period_names); period++)
+		/* The pair's counters in canonical order, that is by period. */
+		for (i = 0; i < set.n; i++)
 		{
-			for (i = 0; i < set.n; i++)
-			{
-				int64		g;
+			if (setkey_refund_due(&set, i, &call->meter))
+				entitlock_period_stored(set.periods[i], setkey_def.relname,
+										&periods[ndue++]);
+		}
+		qsort(periods, ndue, sizeof(UsagePeriod), cmp_periods);
+		for (i = 0; i < ndue; i++)
+		{
+			int64		g = give_back(counter, call, &periods[i],
+									  set.recorded_at, set.amount);
 
-				if (!setkey_refund_due(&set, i, &call->meter) ||
-					(int) stored_period(set.periods[i], setkey_def.relname) != period)
-					continue;
-				g = give_back(counter, call, (UsagePeriod) period,
-							  set.recorded_at, set.amount);
-				given = Max(given, g);
-			}
+			given = Max(given, g);
 		}
 	}
 	entitlock_table_close(&sk);
@@ -1782,7 +1663,7 @@ entitlock_refund_usage(PG_FUNCTION_ARGS)
 		nulls[IDEM_REFUNDED_AT] = false;
 		entitlock_table_update(&idem, &rec.tid, values, nulls,
 							   ENTITLOCK_COLUMN(IDEM_REFUNDED_AT));
-		given = give_back(&counter, &call, rec.period, rec.recorded_at,
+		given = give_back(&counter, &call, &rec.period, rec.recorded_at,
 						  rec.amount);
 	}
 	entitlock_table_close(&idem);
@@ -1847,7 +1728,7 @@ entitlock_usage_limit(PG_FUNCTION_ARGS)
 	values[attnos[0]] = PointerGetDatum(call.meter.subject);
 	values[attnos[1]] = PointerGetDatum(call.meter.feature);
 	values[attnos[2]] = Int64GetDatum(call.limit);
-	values[attnos[3]] = CStringGetTextDatum(period_names[call.meter.period]);
+	values[attnos[3]] = CStringGetTextDatum(call.meter.period.name);
 	for (i = 0; i < LIMIT_NATTS; i++)
 		nulls[attnos[i]] = false;
 	desc = BlessTupleDesc(desc);
@@ -1855,28 +1736,46 @@ entitlock_usage_limit(PG_FUNCTION_ARGS)
 }
 
 /*
- * entitlock.usage_period(period text, at timestamptz DEFAULT now())
- * returns table (period_start timestamptz, period_end timestamptz)
+ * Resets (1.2)
+ */
+
+/*
+ * entitlock.reset_usage(subject text, feature text, period text DEFAULT
+ *	   'lifetime') returns bigint
  *
- * The UTC calendar period holding "at", exactly as the usage functions
- * compute it; both columns are NULL for lifetime.  NULL arguments are
- * errors.
+ * Sets the usage of the meter's current period to 0 and returns the usage
+ * it removed (0 when there was none).  It takes the locks a recording call
+ * takes and locks the counter row, so it serialises with recorders: a
+ * recorder after it sees 0, and a recorder before it is what it removes.
+ * A rollback undoes it.  Idempotency keys are left alone: a retry of a
+ * call made before the reset still gets the first call's answer, and
+ * refund_usage() of it gives back only what is left (decide() never goes
+ * below zero).  NULL arguments and bad ones are errors, as for usage().
  */
 Datum
-entitlock_usage_period(PG_FUNCTION_ARGS)
+entitlock_reset_usage(PG_FUNCTION_ARGS)
 {
-	ReturnSetInfo *rsinfo = entitlock_materialize_resultinfo(fcinfo);
-	UsageMeter	meter;
-	UsagePeriod period = period_arg(fcinfo, 0);
-	Datum		values[2];
-	bool		nulls[2];
+	MeterCall	call;
+	EntitlockTable counter;
 
-	entitlock_require_arg(fcinfo, 1, "timestamp");
-	compute_period(&meter, period, PG_GETARG_TIMESTAMPTZ(1));
+	meter_args(fcinfo, &call.meter, 2);
 
-	values[0] = TimestampTzGetDatum(meter.period_start);
-	values[1] = TimestampTzGetDatum(meter.period_end);
-	nulls[0] = nulls[1] = !meter.has_end;
-	entitlock_return_one_row(fcinfo, rsinfo, values, nulls);
-	return (Datum) 0;
+	PreventCommandIfReadOnly("reset_usage()");
+	PreventCommandDuringRecovery("reset_usage()");
+	entitlock_stats_begin();
+
+	meter_call_init(&call, 0, PG_INT64_MAX);
+	entitlock_table_open(&counter, &counter_def, RowExclusiveLock);
+	entitlock_table_prepare_writes(&counter);
+	lock_meters_shared(&call, 1);
+	CommandCounterIncrement();
+
+	lock_counter(&counter, &call);
+	call.allowed = true;
+	call.new_used = 0;
+	write_counter(&counter, &call);
+	entitlock_table_close(&counter);
+
+	count_usage_call(call.meter.feature, false, false);
+	PG_RETURN_INT64(call.used);
 }

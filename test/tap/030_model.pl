@@ -14,6 +14,9 @@
 # a name under lock() was never entered twice, lock_entity() held
 # recorders back, no semaphore had more holders than slots, and lease
 # slots never exceeded their count and their fencing rose per name.
+# Meters include an anchored billing period (1.2), named in three
+# spellings, and reset_usage() joins the recorders: what it removes goes
+# to the ledger, so a lost update shows as a meter off its ledger.
 #
 #   ENTITLOCK_SEED=N            run seed N only (both modes)
 #   ENTITLOCK_MODEL_MINUTES=M   run new seeds for M minutes (both modes)
@@ -108,7 +111,7 @@ INSERT INTO meter_limit
 SELECT s, f, p, 60 + 7 * length(s || f || p) % 13
   FROM unnest(ARRAY['org:1', 'org:2', 'user:1', 'user:2', 'user:3']) s,
        unnest(ARRAY['api', 'export']) f,
-       unnest(ARRAY['lifetime', 'day']) p;
+       unnest(ARRAY['lifetime', 'day', 'month@2026-01-31 10:00:00+00']) p;
 CREATE TABLE usage_ledger (subject text, feature text, period text,
 	period_start timestamptz, amount bigint, key text, answered_used bigint);
 CREATE UNIQUE INDEX ON usage_ledger (key, subject, feature, period) WHERE key IS NOT NULL AND amount > 0;
@@ -131,16 +134,25 @@ CREATE TABLE slot_log (name text, slot int, pid int, entered timestamptz, left_a
 CREATE TABLE lease_slot_history (name text, slot int, token uuid, fencing bigint,
 	acquired_at timestamptz, expires_at timestamptz);
 
--- The meter of a random pick, its limit and its period's start.
+-- The meter of a random pick, its limit and its period's start; period is
+-- the canonical spelling (as results and the counters show it), spelled
+-- one of the ways callers may write it.
 CREATE FUNCTION pick_meter(s int, f int, p int, OUT subject text, OUT feature text,
-	OUT period text, OUT lim bigint, OUT period_start timestamptz) LANGUAGE sql AS $$
+	OUT period text, OUT lim bigint, OUT period_start timestamptz, OUT spelled text) LANGUAGE sql AS $$
 	SELECT m.subject, m.feature, m.period, m.lim,
-	       coalesce((SELECT u.period_start FROM entitlock.usage_period(m.period, now()) u), '-infinity')
+	       coalesce((SELECT u.period_start FROM entitlock.usage_period(m.period, now()) u), '-infinity'),
+	       CASE WHEN m.period LIKE '%@%'
+	            THEN (ARRAY[m.period, '1 month@2026-01-31 05:00-05', 'MONTHS@2026-01-31 15:45+05:45'])[1 + floor(random() * 3)::int]
+	            ELSE m.period END
 	  FROM meter_limit m
 	 WHERE m.subject = (ARRAY['org:1', 'org:2', 'user:1', 'user:2', 'user:3'])[s]
 	   AND m.feature = (ARRAY['api', 'export'])[f]
-	   AND m.period = (ARRAY['lifetime', 'day'])[p]
+	   AND m.period = (ARRAY['lifetime', 'day', 'month@2026-01-31 10:00:00+00'])[p]
 $$;
+-- What a refund found in the counters before it (see the refund script).
+CREATE TABLE refund_pick (pid int, key text, subject text, feature text);
+CREATE TABLE refund_before (pid int, period text, period_start timestamptz, used bigint);
+CREATE TABLE reset_ledger (subject text, feature text, period text, removed bigint);
 SQL
 
 my %scripts = (
@@ -149,13 +161,13 @@ my %scripts = (
 	limit => <<'PGB',
 \set s random(1, 5)
 \set f random(1, 2)
-\set p random(1, 2)
+\set p random(1, 3)
 \set a random(1, 3)
 \set k random(1, 30)
 \set keyed random(0, 2)
 BEGIN;
 WITH m AS (SELECT *, CASE WHEN :keyed = 0 THEN concat_ws(':', 'c', :s, :f, :p, :a, :k) END AS key FROM pick_meter(:s, :f, :p)),
-     r AS (SELECT r.*, m.* FROM m, entitlock.record_usage_if_under_limit(m.subject, m.feature, :a, m.lim, m.period, m.key) r)
+     r AS (SELECT r.*, m.* FROM m, entitlock.record_usage_if_under_limit(m.subject, m.feature, :a, m.lim, m.spelled, m.key) r)
    , ka AS (INSERT INTO key_answers SELECT key, subject, feature, period, allowed, used FROM r WHERE key IS NOT NULL)
 INSERT INTO usage_ledger
 SELECT subject, feature, period, period_start, CASE WHEN allowed THEN :a ELSE 0 END, key, used
@@ -194,8 +206,8 @@ PGB
 \set k random(1, 30)
 \set keyed random(0, 2)
 BEGIN;
-WITH m AS (SELECT x.* FROM (VALUES (:o, 1), (:u, 1), (:u, 2)) v(s, p), pick_meter(v.s, :f, v.p) x),
-     l AS (SELECT array_agg(entitlock.usage_limit(subject, feature, lim, period) ORDER BY random()) AS lims FROM m),
+WITH m AS (SELECT x.* FROM (VALUES (:o, 1), (:u, 1), (:u, 2), (:u, 3)) v(s, p), pick_meter(v.s, :f, v.p) x),
+     l AS (SELECT array_agg(entitlock.usage_limit(subject, feature, lim, spelled) ORDER BY random()) AS lims FROM m),
      r AS (SELECT r.* FROM l, entitlock.record_usage_if_under_limits(l.lims, :a,
                 CASE WHEN :keyed = 0 THEN concat_ws(':', 's', :o, :u, :f, :a, :k) END) r),
      ok AS (SELECT bool_and(allowed) AS all_ok FROM r),
@@ -208,21 +220,52 @@ SELECT r.subject, r.feature, r.period, m.period_start, CASE WHEN ok.all_ok THEN 
 ON CONFLICT DO NOTHING;
 COMMIT;
 PGB
-	# A refund of a key that recorded (or of one never used): what it
-	# gives back goes to the ledger as negative rows in the periods the
-	# key recorded in (each gets the amount back).
+	# A refund of a key that recorded (or of one never used).  A reset may
+	# have left a period less than the key's amount, so each period may
+	# get back less: under lock_entity(), which holds recorders, resets
+	# and other refunds of the pair back, the script reads the key's
+	# counters before and after, and the ledger gets the differences.
 	refund => <<'PGB',
 \set r random(1, 1000000)
 BEGIN;
-WITH pick AS (SELECT * FROM (SELECT key, subject, feature FROM usage_ledger WHERE key IS NOT NULL AND amount > 0
-                             UNION ALL SELECT 'never', 'org:1', 'api') k
-              ORDER BY md5(key || subject || :r) LIMIT 1),
-     g AS (SELECT p.*, entitlock.refund_usage(p.subject, p.feature, p.key) AS back FROM pick p),
-     ins AS (INSERT INTO refund_ledger SELECT key, subject, feature, back FROM g)
+DELETE FROM refund_pick WHERE pid = pg_backend_pid();
+DELETE FROM refund_before WHERE pid = pg_backend_pid();
+INSERT INTO refund_pick
+SELECT pg_backend_pid(), key, subject, feature
+  FROM (SELECT key, subject, feature FROM usage_ledger WHERE key IS NOT NULL AND amount > 0
+        UNION ALL SELECT 'never', 'org:1', 'api') k
+ ORDER BY md5(key || subject || :r) LIMIT 1;
+SELECT entitlock.lock_entity(subject, feature) FROM refund_pick WHERE pid = pg_backend_pid();
+INSERT INTO refund_before
+SELECT DISTINCT pg_backend_pid(), l.period, l.period_start, coalesce(c.used, 0)
+  FROM refund_pick p JOIN usage_ledger l USING (key, subject, feature)
+  LEFT JOIN entitlock.usage_counter c
+    ON (c.subject, c.feature, c.period, c.period_start) = (l.subject, l.feature, l.period, l.period_start)
+ WHERE p.pid = pg_backend_pid() AND l.amount > 0;
+INSERT INTO refund_ledger
+SELECT key, subject, feature, entitlock.refund_usage(subject, feature, key) FROM refund_pick WHERE pid = pg_backend_pid();
 INSERT INTO usage_ledger (subject, feature, period, period_start, amount)
-SELECT l.subject, l.feature, l.period, l.period_start, -g.back
-  FROM g JOIN usage_ledger l USING (key, subject, feature)
- WHERE l.amount > 0 AND g.back > 0;
+SELECT p.subject, p.feature, b.period, b.period_start, coalesce(c.used, 0) - b.used
+  FROM refund_pick p JOIN refund_before b USING (pid)
+  LEFT JOIN entitlock.usage_counter c
+    ON (c.subject, c.feature, c.period, c.period_start) = (p.subject, p.feature, b.period, b.period_start)
+ WHERE p.pid = pg_backend_pid() AND coalesce(c.used, 0) <> b.used;
+COMMIT;
+PGB
+	# reset_usage() of a random meter, in any spelling of its period: what
+	# it removed goes to the ledger (a lost update, in either direction,
+	# leaves the meter off its ledger), and a retry of a key recorded
+	# before it still gets its first answer.
+	reset => <<'PGB',
+\set s random(1, 5)
+\set f random(1, 2)
+\set p random(1, 3)
+BEGIN;
+WITH m AS (SELECT * FROM pick_meter(:s, :f, :p)),
+     r AS (SELECT m.*, entitlock.reset_usage(m.subject, m.feature, m.spelled) AS removed FROM m),
+     rl AS (INSERT INTO reset_ledger SELECT subject, feature, period, removed FROM r)
+INSERT INTO usage_ledger (subject, feature, period, period_start, amount)
+SELECT subject, feature, period, period_start, -removed FROM r WHERE removed > 0;
 COMMIT;
 PGB
 	# Once-only effects.
@@ -331,11 +374,11 @@ PGB
 BEGIN;
 SELECT entitlock.lock((ARRAY['org:1', 'org:2', 'user:1', 'user:2', 'user:3'])[:s]);
 SELECT sum(entitlock.usage((ARRAY['org:1', 'org:2', 'user:1', 'user:2', 'user:3'])[:s], f, p)) AS u0
-  FROM unnest(ARRAY['api', 'export']) f, unnest(ARRAY['lifetime', 'day']) p \gset
+  FROM unnest(ARRAY['api', 'export']) f, unnest(ARRAY['lifetime', 'day', 'month@2026-01-31 10:00:00+00']) p \gset
 SELECT pg_sleep(0.002);
 INSERT INTO frozen_violations
 SELECT s, '*', :u0, u FROM (SELECT (ARRAY['org:1', 'org:2', 'user:1', 'user:2', 'user:3'])[:s] s) x,
-       LATERAL (SELECT sum(entitlock.usage(x.s, f, p)) u FROM unnest(ARRAY['api', 'export']) f, unnest(ARRAY['lifetime', 'day']) p) y
+       LATERAL (SELECT sum(entitlock.usage(x.s, f, p)) u FROM unnest(ARRAY['api', 'export']) f, unnest(ARRAY['lifetime', 'day', '1 months@2026-01-31 10:00+00']) p) y
  WHERE u <> :u0;
 COMMIT;
 PGB
@@ -415,9 +458,9 @@ for my $seed ($mode eq 'single' ? () : seeds(\@CONCURRENT_SEEDS))
 	sql(q{TRUNCATE entitlock.usage_counter, entitlock.usage_idempotency, entitlock.usage_limits_idempotency,
 			entitlock.rate_limit_state, entitlock.idempotency_key, entitlock.lease_record,
 			usage_ledger, refund_ledger, key_answers, effects, replays, lease_history, rate_ledger, critical_ledger,
-			frozen_violations, slot_log, lease_slot_history;
+			frozen_violations, slot_log, lease_slot_history, refund_pick, refund_before, reset_ledger;
 		UPDATE plain_counter SET v = 0;});
-	my %weight = (limit => 30, limits => 30, bulk => 4, refund => 8, first_time => 6, idempotency => 6,
+	my %weight = (limit => 30, limits => 30, bulk => 4, refund => 8, reset => 4, first_time => 6, idempotency => 6,
 		lease => 8, rate => 6, lock => 6, frozen => 3, frozen_subject => 3, slot => 6, lease_slot => 4);
 	my %files = map { ("030_model_${seed}_$_\@$weight{$_}" => $scripts{$_}) } keys %scripts;
 	my $log_offset = -s $node->logfile;
@@ -443,6 +486,7 @@ for my $seed ($mode eq 'single' ? () : seeds(\@CONCURRENT_SEEDS))
 	my $counts = sql(q{SELECT (SELECT count(*) FROM usage_ledger WHERE amount > 0) || ' recorded, '
 		|| (SELECT count(*) FROM usage_ledger WHERE amount = 0) || ' denied, '
 		|| (SELECT count(*) FROM refund_ledger WHERE amount > 0) || ' refunds, '
+		|| (SELECT count(*) FROM reset_ledger WHERE removed > 0) || ' resets, '
 		|| (SELECT count(*) FROM effects) || ' effects, '
 		|| (SELECT count(*) FROM lease_history) || ' leases, '
 		|| (SELECT count(*) FROM rate_ledger) || ' rate units, '
@@ -454,6 +498,9 @@ for my $seed ($mode eq 'single' ? () : seeds(\@CONCURRENT_SEEDS))
 	ok(sql(q{SELECT count(*) FILTER (WHERE c.used = m.lim) > 0 AND (SELECT count(*) FROM usage_ledger WHERE amount = 0) > 0
 		FROM entitlock.usage_counter c JOIN meter_limit m USING (subject, feature, period)}) eq 't',
 		"concurrent: seed $seed: meters reached their limits and calls were denied");
+	ok(sql(q{SELECT count(*) > 0 FROM reset_ledger r JOIN usage_ledger l USING (subject, feature, period)
+		WHERE r.removed > 0 AND r.period LIKE '%@%' AND l.amount > 0}) eq 't',
+		"concurrent: seed $seed: resets removed usage of anchored meters");
 }
 
 done_testing();
