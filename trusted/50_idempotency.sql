@@ -186,7 +186,7 @@ REVOKE ALL ON FUNCTION entitlock._note(text, text) FROM PUBLIC;
 --
 CREATE OR REPLACE FUNCTION entitlock._claim_key(
 	p_key text, p_fingerprint text, p_ttl interval, p_wait interval,
-	OUT outcome text, OUT stored jsonb)
+	cmdname text, OUT outcome text, OUT stored jsonb)
 LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
 SET search_path = pg_catalog, pg_temp
 AS $fn$
@@ -207,6 +207,10 @@ BEGIN
 	END IF;
 	PERFORM entitlock._check_ttl(p_ttl, interval '10000 years', '10000 years');
 	wait_ms := entitlock._wait_bound_ms(p_wait, 'wait');
+	IF current_setting('transaction_read_only') = 'on' THEN
+		RAISE EXCEPTION 'cannot execute % in a read-only transaction', cmdname
+			USING ERRCODE = 'read_only_sql_transaction';
+	END IF;
 	hash := entitlock.key('entitlock.idempotency', p_key);
 
 	-- A committed claim (or this transaction's own) is final until it
@@ -270,10 +274,10 @@ BEGIN
 END
 $fn$;
 
-COMMENT ON FUNCTION entitlock._claim_key(text, text, interval, interval) IS
+COMMENT ON FUNCTION entitlock._claim_key(text, text, interval, interval, text) IS
 'internal: claims an idempotency key for this transaction, or finds who has';
 
-REVOKE ALL ON FUNCTION entitlock._claim_key(text, text, interval, interval) FROM PUBLIC;
+REVOKE ALL ON FUNCTION entitlock._claim_key(text, text, interval, interval, text) FROM PUBLIC;
 
 CREATE OR REPLACE FUNCTION entitlock.idempotency_begin(
 	key text,
@@ -289,7 +293,7 @@ DECLARE
 	c record;
 BEGIN
 	c := entitlock._claim_key(idempotency_begin.key, idempotency_begin.fingerprint,
-							  ttl, wait);
+							  ttl, wait, 'idempotency_begin()');
 	status := c.outcome;
 	response := c.stored;
 	RETURN NEXT;
@@ -318,6 +322,10 @@ BEGIN
 	IF p_key = '' THEN
 		RAISE EXCEPTION 'idempotency key must not be empty'
 			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	IF current_setting('transaction_read_only') = 'on' THEN
+		RAISE EXCEPTION 'cannot execute idempotency_complete() in a read-only transaction'
+			USING ERRCODE = 'read_only_sql_transaction';
 	END IF;
 	hash := entitlock.key('entitlock.idempotency', p_key);
 
@@ -359,7 +367,7 @@ SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $fn$
 BEGIN
-	RETURN (entitlock._claim_key(first_time.key, NULL, ttl, NULL)).outcome = 'new';
+	RETURN (entitlock._claim_key(first_time.key, NULL, ttl, NULL, 'first_time()')).outcome = 'new';
 END
 $fn$;
 
@@ -378,6 +386,10 @@ BEGIN
 	IF max_rows < 0 THEN
 		RAISE EXCEPTION 'max_rows must not be negative'
 			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	IF current_setting('transaction_read_only') = 'on' THEN
+		RAISE EXCEPTION 'cannot execute purge_expired() in a read-only transaction'
+			USING ERRCODE = 'read_only_sql_transaction';
 	END IF;
 	-- Oldest expiry first; rows a concurrent claim is reusing (locked) are
 	-- skipped, not waited for, and so are this transaction's own claims.

@@ -250,6 +250,10 @@ DECLARE
 	hash bigint := entitlock._lease_args(lease_acquire.name, ttl);
 	t record;
 BEGIN
+	IF current_setting('transaction_read_only') = 'on' THEN
+		RAISE EXCEPTION 'cannot execute lease_acquire() in a read-only transaction'
+			USING ERRCODE = 'read_only_sql_transaction';
+	END IF;
 	t := entitlock._lease_take(hash, lease_acquire.name, ttl, lease_acquire.holder,
 							   NULL, coalesce(entitlock._wait_bound_ms(wait, 'wait'), 0));
 	IF t.got_token IS NOT NULL THEN
@@ -289,6 +293,10 @@ BEGIN
 	END IF;
 	PERFORM entitlock._check_slots(slots);
 	hash := entitlock._lease_args(lease_acquire_slot.name, ttl);
+	IF current_setting('transaction_read_only') = 'on' THEN
+		RAISE EXCEPTION 'cannot execute lease_acquire_slot() in a read-only transaction'
+			USING ERRCODE = 'read_only_sql_transaction';
+	END IF;
 	wait_ms := coalesce(entitlock._wait_bound_ms(wait, 'wait'), 0);
 	t := entitlock._lease_take(hash, lease_acquire_slot.name, ttl,
 							   lease_acquire_slot.holder, slots, wait_ms);
@@ -311,7 +319,7 @@ COMMENT ON FUNCTION entitlock.lease_acquire_slot(text, integer, interval, text, 
 -- nothing.
 --
 CREATE OR REPLACE FUNCTION entitlock._lease_owner_call(
-	p_name text, p_token uuid, p_ttl interval, p_release boolean)
+	p_name text, p_token uuid, p_ttl interval, p_release boolean, cmdname text)
 RETURNS boolean
 LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
 SET search_path = pg_catalog, pg_temp
@@ -328,6 +336,10 @@ BEGIN
 	IF p_token IS NULL THEN
 		RAISE EXCEPTION 'lease token must not be null'
 			USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	IF current_setting('transaction_read_only') = 'on' THEN
+		RAISE EXCEPTION 'cannot execute % in a read-only transaction', cmdname
+			USING ERRCODE = 'read_only_sql_transaction';
 	END IF;
 	BEGIN
 		PERFORM pg_advisory_xact_lock(hash);
@@ -352,21 +364,23 @@ BEGIN
 END
 $fn$;
 
-COMMENT ON FUNCTION entitlock._lease_owner_call(text, uuid, interval, boolean) IS
+COMMENT ON FUNCTION entitlock._lease_owner_call(text, uuid, interval, boolean, text) IS
 'internal: lease_renew and lease_release';
 
-REVOKE ALL ON FUNCTION entitlock._lease_owner_call(text, uuid, interval, boolean) FROM PUBLIC;
+REVOKE ALL ON FUNCTION entitlock._lease_owner_call(text, uuid, interval, boolean, text) FROM PUBLIC;
 
 CREATE OR REPLACE FUNCTION entitlock.lease_renew(
 	name text,
 	token uuid,
 	ttl interval)
 RETURNS boolean
-LANGUAGE sql VOLATILE PARALLEL UNSAFE
+LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $fn$
-	SELECT entitlock._lease_owner_call(name, token, ttl, false)
+BEGIN
+	RETURN entitlock._lease_owner_call(name, token, ttl, false, 'lease_renew()');
+END
 $fn$;
 
 COMMENT ON FUNCTION entitlock.lease_renew(text, uuid, interval) IS
@@ -376,11 +390,13 @@ CREATE OR REPLACE FUNCTION entitlock.lease_release(
 	name text,
 	token uuid)
 RETURNS boolean
-LANGUAGE sql VOLATILE PARALLEL UNSAFE
+LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $fn$
-	SELECT entitlock._lease_owner_call(name, token, NULL, true)
+BEGIN
+	RETURN entitlock._lease_owner_call(name, token, NULL, true, 'lease_release()');
+END
 $fn$;
 
 COMMENT ON FUNCTION entitlock.lease_release(text, uuid) IS

@@ -19,13 +19,19 @@ CREATE OR REPLACE FUNCTION entitlock.stats_entries(
 	OUT replays bigint,
 	OUT takeovers bigint)
 RETURNS SETOF record
-LANGUAGE sql VOLATILE PARALLEL RESTRICTED
+LANGUAGE plpgsql VOLATILE PARALLEL RESTRICTED
 SET search_path = pg_catalog, pg_temp
 AS $fn$
-	SELECT NULL::text, NULL::text, NULL::bigint, NULL::bigint,
-		   NULL::double precision, NULL::bigint, NULL::bigint, NULL::bigint,
-		   NULL::bigint
-	 WHERE false
+BEGIN
+	-- As in the C edition: the view's function runs with the rights of
+	-- whoever queries the view, so it checks the view's right itself.
+	IF NOT has_table_privilege('entitlock.stats', 'SELECT') THEN
+		RAISE EXCEPTION 'permission denied for view stats'
+			USING ERRCODE = 'insufficient_privilege',
+				  HINT = 'Grant SELECT on entitlock.stats to the role.';
+	END IF;
+	RETURN;
+END
 $fn$;
 
 COMMENT ON FUNCTION entitlock.stats_entries() IS
