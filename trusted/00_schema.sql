@@ -43,27 +43,33 @@ COMMENT ON SCHEMA entitlock IS
 'entitlock, trusted edition (SQL and PL/pgSQL): named locks, usage limits, idempotency keys and fenced leases inside your own transaction';
 
 --
--- The version marker: one row naming the edition and the version of the
--- file that last ran.  Updated by every run, so it shows what is
--- installed; the update steps read it before it is rewritten (see the end
--- of the file).
+-- The version marker: entitlock.trusted_version() returns the version of
+-- the file that last ran (@ENTITLOCK_VERSION@ is replaced by `make
+-- trusted` with the version in entitlock.control).  A function rather
+-- than a table, so that the schema holds the same tables and indexes as
+-- the C edition's.  Before it is replaced, the version that was installed
+-- (NULL: none) is kept in the setting entitlock.previous_trusted_version
+-- for the rest of the session, for update steps later in the file.
 --
-CREATE TABLE IF NOT EXISTS entitlock.trusted_edition (
-	edition text NOT NULL DEFAULT 'trusted',
-	version text NOT NULL,
-	installed_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
-	CONSTRAINT trusted_edition_pkey PRIMARY KEY (edition)
-);
+DO $previous$
+BEGIN
+	IF pg_catalog.to_regprocedure('entitlock.trusted_version()') IS NULL THEN
+		PERFORM pg_catalog.set_config('entitlock.previous_trusted_version', '', false);
+	ELSE
+		EXECUTE 'SELECT pg_catalog.set_config(''entitlock.previous_trusted_version'', entitlock.trusted_version(), false)';
+	END IF;
+END
+$previous$;
 
-COMMENT ON TABLE entitlock.trusted_edition IS
+CREATE OR REPLACE FUNCTION entitlock.trusted_version()
+RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$
+	SELECT '@ENTITLOCK_VERSION@'::text
+$$;
+
+COMMENT ON FUNCTION entitlock.trusted_version() IS
 'the version of entitlock''s trusted edition installed in this database';
-
--- @ENTITLOCK_VERSION@ is replaced by `make trusted` with the version in
--- entitlock.control.
-INSERT INTO entitlock.trusted_edition AS t (edition, version)
-VALUES ('trusted', '@ENTITLOCK_VERSION@')
-ON CONFLICT (edition) DO UPDATE
-   SET version = excluded.version, installed_at = excluded.installed_at;
 
 --
 -- Usage limits (as sql/entitlock--1.1.sql).  Names use the "C" collation:
@@ -177,7 +183,7 @@ COMMENT ON SEQUENCE entitlock.lease_fencing IS
 
 -- The tables are reached only through the functions, which run as their
 -- owner (SECURITY DEFINER); nobody else gets rights on them.
-REVOKE ALL ON entitlock.trusted_edition, entitlock.usage_counter,
+REVOKE ALL ON entitlock.usage_counter,
 	entitlock.usage_idempotency, entitlock.usage_limits_idempotency,
 	entitlock.rate_limit_state, entitlock.idempotency_key,
 	entitlock.lease_record FROM PUBLIC;
