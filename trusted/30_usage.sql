@@ -402,7 +402,7 @@ DECLARE
 	rec record;
 	p record;
 	pstart timestamptz;
-	n bigint;
+	key_tid tid;
 BEGIN
 	b := entitlock._period_bounds(pkind, pcount, panchor, now());
 	pstart := b.period_start;
@@ -413,17 +413,30 @@ BEGIN
 
 	IF idempotency_key IS NOT NULL THEN
 		PERFORM entitlock._lock_recording_key(idempotency_key);
-		SELECT i.period, i.amount, i.allowed, i.used, i.recorded_at INTO rec
-		  FROM entitlock.usage_idempotency AS i
-		 WHERE i.subject = subject AND i.feature = feature
-		   AND i.idempotency_key = idempotency_key;
-		IF FOUND THEN
+		-- Claim the key with a placeholder row (used -1, never a real
+		-- value), completed below.  Looking for the key with an INSERT
+		-- rather than a SELECT reads no index page, so under SERIALIZABLE
+		-- calls on different keys take no predicate locks that would fail
+		-- each other.  Under REPEATABLE READ a key committed after the
+		-- snapshot is a conflict the INSERT reports as 40001.
+		INSERT INTO entitlock.usage_idempotency AS i
+			   (subject, feature, idempotency_key, period, amount, allowed, used,
+				period_end, recorded_at, refunded_at)
+		VALUES (subject, feature, idempotency_key, pname, amount, false, -1,
+				period_end, now(), NULL)
+		ON CONFLICT ON CONSTRAINT usage_idempotency_pkey DO NOTHING
+		RETURNING i.ctid INTO key_tid;
+		IF NOT FOUND THEN
+			SELECT i.period, i.amount, i.allowed, i.used, i.recorded_at INTO rec
+			  FROM entitlock.usage_idempotency AS i
+			 WHERE i.subject = subject AND i.feature = feature
+			   AND i.idempotency_key = idempotency_key;
 			IF rec.amount <> amount OR rec.period <> pname THEN
 				RAISE EXCEPTION 'idempotency key "%" was already used with a different request',
-				entitlock._shown(idempotency_key)
-				USING ERRCODE = 'invalid_parameter_value',
-					  DETAIL = format('The first call recorded amount %s for period "%s"; this call asks for amount %s for period "%s".',
-						   rec.amount, rec.period, amount, pname);
+					entitlock._shown(idempotency_key)
+					USING ERRCODE = 'invalid_parameter_value',
+						  DETAIL = format('The first call recorded amount %s for period "%s"; this call asks for amount %s for period "%s".',
+										  rec.amount, rec.period, amount, pname);
 			END IF;
 			-- The first call's answer, in the first call's period.
 			p := entitlock._period_parse(rec.period);
@@ -496,20 +509,12 @@ BEGIN
 	END IF;
 
 	IF idempotency_key IS NOT NULL THEN
-		-- Under the key's lock the key was just seen to be free, so this
-		-- conflicts only with a key committed after a REPEATABLE READ
-		-- transaction's snapshot, and then fails with 40001.
-		INSERT INTO entitlock.usage_idempotency AS i
-			   (subject, feature, idempotency_key, period, amount, allowed, used,
-				period_end, recorded_at, refunded_at)
-		VALUES (subject, feature, idempotency_key, pname, amount, allowed, used,
-				period_end, now(), NULL)
-		ON CONFLICT ON CONSTRAINT usage_idempotency_pkey DO NOTHING;
-		GET DIAGNOSTICS n = ROW_COUNT;
-		IF n = 0 THEN
-			RAISE EXCEPTION 'could not serialize access due to concurrent update'
-				USING ERRCODE = 'serialization_failure';
-		END IF;
+		-- The placeholder is this transaction's own row: found by its
+		-- ctid, it is neither searched for in the index nor predicate
+		-- locked.
+		UPDATE entitlock.usage_idempotency AS i
+		   SET allowed = allowed, used = used
+		 WHERE i.ctid = key_tid;
 	END IF;
 END
 $$;
@@ -710,6 +715,10 @@ DECLARE
 	all_ok boolean := true;
 	k bigint;
 	u bigint;
+	t tid;
+	tids tid[];
+	key_tid tid;
+	serializable boolean;
 	rec record;
 BEGIN
 	IF limits IS NULL THEN
@@ -807,9 +816,21 @@ BEGIN
 
 	IF idempotency_key IS NOT NULL THEN
 		PERFORM entitlock._lock_recording_key(idempotency_key);
-		SELECT * INTO rec FROM entitlock.usage_limits_idempotency AS s
-		 WHERE s.idempotency_key = idempotency_key;
-		IF FOUND THEN
+		-- Claimed with a placeholder row, completed below; see _record()
+		-- for why an INSERT rather than a SELECT.
+		INSERT INTO entitlock.usage_limits_idempotency AS s
+			   (idempotency_key, amount, subjects, features, periods, allowed, used,
+				period_ends, refunded, recorded_at)
+		VALUES (idempotency_key, amount, subjects, features, pnames,
+				array_fill(false, ARRAY[n]), array_fill(-1::bigint, ARRAY[n]),
+				pends, array_fill(false, ARRAY[n]), now())
+		ON CONFLICT ON CONSTRAINT usage_limits_idempotency_pkey DO NOTHING
+		RETURNING s.ctid INTO key_tid;
+		IF NOT FOUND THEN
+			SELECT * INTO rec FROM entitlock.usage_limits_idempotency AS s
+			 WHERE s.idempotency_key = idempotency_key;
+		END IF;
+		IF key_tid IS NULL THEN
 			IF rec.amount <> amount THEN
 				RAISE EXCEPTION 'idempotency key "%" was already used with a different request',
 				entitlock._shown(idempotency_key)
@@ -868,26 +889,51 @@ BEGIN
 	END IF;
 
 	-- Lock every counter row in canonical order, creating missing ones.
+	-- Under SERIALIZABLE a row is locked by an INSERT ... ON CONFLICT DO
+	-- UPDATE that leaves it as it is, which reads no index page and so
+	-- takes no predicate lock that would fail calls on other meters; a
+	-- row it creates holds -1 until it is written below.  Elsewhere a
+	-- SELECT ... FOR NO KEY UPDATE locks it without writing.
 	olds := array_fill(0::bigint, ARRAY[n]);
 	created := array_fill(false, ARRAY[n]);
+	tids := array_fill(NULL::tid, ARRAY[n]);
+	serializable := current_setting('transaction_isolation') = 'serializable';
 	FOREACH i IN ARRAY ord LOOP
 		LOOP
-			SELECT c.used INTO u
+			IF serializable THEN
+				INSERT INTO entitlock.usage_counter AS c
+					   (subject, feature, period, period_start, period_end, used)
+				VALUES (subjects[i], features[i], pnames[i], pstarts[i], pends[i], -1)
+				ON CONFLICT ON CONSTRAINT usage_counter_pkey DO UPDATE
+				   SET used = c.used
+				RETURNING c.used, c.ctid INTO u, t;
+				tids[i] := t;
+				IF u = -1 THEN
+					created[i] := true;
+					u := 0;
+				END IF;
+				olds[i] := u;
+				EXIT;
+			END IF;
+			SELECT c.used, c.ctid INTO u, t
 			  FROM entitlock.usage_counter AS c
 			 WHERE c.subject = subjects[i] AND c.feature = features[i]
 			   AND c.period = pnames[i] AND c.period_start = pstarts[i]
 			   FOR NO KEY UPDATE;
 			IF FOUND THEN
 				olds[i] := u;
+				tids[i] := t;
 				EXIT;
 			END IF;
 			INSERT INTO entitlock.usage_counter AS c
 				   (subject, feature, period, period_start, period_end, used)
 			VALUES (subjects[i], features[i], pnames[i], pstarts[i], pends[i], 0)
-			ON CONFLICT ON CONSTRAINT usage_counter_pkey DO NOTHING;
+			ON CONFLICT ON CONSTRAINT usage_counter_pkey DO NOTHING
+			RETURNING c.ctid INTO t;
 			IF FOUND THEN
 				created[i] := true;
 				olds[i] := 0;
+				tids[i] := t;
 				EXIT;
 			END IF;
 		END LOOP;
@@ -905,26 +951,17 @@ BEGIN
 			news[i] := olds[i] + amount;
 			UPDATE entitlock.usage_counter AS c
 			   SET used = news[i]
-			 WHERE c.subject = subjects[i] AND c.feature = features[i]
-			   AND c.period = pnames[i] AND c.period_start = pstarts[i];
+			 WHERE c.ctid = tids[i];
 		ELSIF created[i] THEN
 			DELETE FROM entitlock.usage_counter AS c
-			 WHERE c.subject = subjects[i] AND c.feature = features[i]
-			   AND c.period = pnames[i] AND c.period_start = pstarts[i];
+			 WHERE c.ctid = tids[i];
 		END IF;
 	END LOOP;
 
 	IF idempotency_key IS NOT NULL THEN
-		INSERT INTO entitlock.usage_limits_idempotency AS s
-			   (idempotency_key, amount, subjects, features, periods, allowed, used,
-				period_ends, refunded, recorded_at)
-		VALUES (idempotency_key, amount, subjects, features, pnames, oks, news,
-				pends, array_fill(false, ARRAY[n]), now())
-		ON CONFLICT ON CONSTRAINT usage_limits_idempotency_pkey DO NOTHING;
-		IF NOT FOUND THEN
-			RAISE EXCEPTION 'could not serialize access due to concurrent update'
-				USING ERRCODE = 'serialization_failure';
-		END IF;
+		UPDATE entitlock.usage_limits_idempotency AS s
+		   SET allowed = oks, used = news
+		 WHERE s.ctid = key_tid;
 	END IF;
 
 	FOR i IN 1 .. n LOOP
