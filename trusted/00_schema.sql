@@ -188,4 +188,5 @@ REVOKE ALL ON entitlock.usage_counter,
 	entitlock.rate_limit_state, entitlock.idempotency_key,
 	entitlock.lease_record FROM PUBLIC;
 REVOKE ALL ON SEQUENCE entitlock.lease_fencing FROM PUBLIC;
-GRANT USAGE ON SCHEMA entitlock TO PUBLIC;
+-- As with the C extension, the schema is usable by its owner; other roles
+-- are granted USAGE on it (see README, Privileges).

@@ -240,7 +240,7 @@ BEGIN
 		RAISE EXCEPTION 'entity must not be empty'
 			USING ERRCODE = 'invalid_parameter_value';
 	END IF;
-	RETURN entitlock._xxh64(convert_to(realm, 'UTF8') || '\x00'::bytea || convert_to(entity, 'UTF8'), 0);
+	RETURN entitlock._xxh64(convert_to(realm, 'UTF8') || decode('00', 'hex') || convert_to(entity, 'UTF8'), 0);
 END
 $$;
 

@@ -21,24 +21,6 @@
 -- lock.  VOLATILE and PARALLEL UNSAFE: they change lock state.
 --
 
--- Argument checks shared by the functions below and later files; the
--- messages and SQLSTATEs are the C edition's.
-CREATE OR REPLACE FUNCTION entitlock._require(value anyelement, what text)
-RETURNS void
-LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
-SET search_path = pg_catalog, pg_temp
-AS $$
-BEGIN
-	IF value IS NULL THEN
-		RAISE EXCEPTION '% must not be null', what
-			USING ERRCODE = 'null_value_not_allowed';
-	END IF;
-END
-$$;
-
-COMMENT ON FUNCTION entitlock._require(anyelement, text) IS
-'raises null_value_not_allowed naming what when value is NULL (internal to the trusted edition)';
-
 --
 -- A wait limit in whole milliseconds, rounded up so that a wait of one
 -- microsecond still waits; months count as 30 days, as in the C edition
@@ -105,15 +87,16 @@ SET lock_timeout FROM CURRENT
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
+	done boolean;	-- a void call's result, thrown away
 	st text;
 	st_ms bigint;
 BEGIN
 	BEGIN
-		PERFORM set_config('lock_timeout', timeout_ms::text, true);
+		done := (set_config('lock_timeout', timeout_ms::text, true)) IS NULL;
 		IF shared THEN
-			PERFORM pg_advisory_xact_lock_shared(key);
+			done := (pg_advisory_xact_lock_shared(key)) IS NULL;
 		ELSE
-			PERFORM pg_advisory_xact_lock(key);
+			done := (pg_advisory_xact_lock(key)) IS NULL;
 		END IF;
 		RETURN true;
 	EXCEPTION WHEN lock_not_available THEN
@@ -141,6 +124,8 @@ RETURNS boolean
 LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
 SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+	done boolean;	-- a void call's result, thrown away
 BEGIN
 	-- Most calls find the lock free; spare them the subtransaction.
 	IF shared THEN
@@ -152,9 +137,9 @@ BEGIN
 	END IF;
 	IF timeout_ms IS NULL THEN
 		IF shared THEN
-			PERFORM pg_advisory_xact_lock_shared(key);
+			done := (pg_advisory_xact_lock_shared(key)) IS NULL;
 		ELSE
-			PERFORM pg_advisory_xact_lock(key);
+			done := (pg_advisory_xact_lock(key)) IS NULL;
 		END IF;
 		RETURN true;
 	END IF;
@@ -174,12 +159,14 @@ RETURNS void
 LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
 SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+	done boolean;	-- a void call's result, thrown away
 BEGIN
 	IF name IS NULL THEN
 		RAISE EXCEPTION 'lock name must not be null'
 			USING ERRCODE = 'null_value_not_allowed';
 	END IF;
-	PERFORM pg_advisory_xact_lock(entitlock.key(name));
+	done := (pg_advisory_xact_lock(entitlock.key(name))) IS NULL;
 END
 $$;
 
@@ -232,12 +219,14 @@ RETURNS void
 LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
 SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+	done boolean;	-- a void call's result, thrown away
 BEGIN
 	IF name IS NULL THEN
 		RAISE EXCEPTION 'lock name must not be null'
 			USING ERRCODE = 'null_value_not_allowed';
 	END IF;
-	PERFORM pg_advisory_xact_lock_shared(entitlock.key(name));
+	done := (pg_advisory_xact_lock_shared(entitlock.key(name))) IS NULL;
 END
 $$;
 
@@ -274,6 +263,7 @@ LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
+	done boolean;	-- a void call's result, thrown away
 	lbound integer;
 	bad integer;
 	keys bigint[];
@@ -298,7 +288,7 @@ BEGIN
 	 WHERE u.name IS NOT NULL;
 	IF keys IS NOT NULL THEN
 		FOREACH k IN ARRAY keys LOOP
-			PERFORM pg_advisory_xact_lock(k);
+			done := (pg_advisory_xact_lock(k)) IS NULL;
 		END LOOP;
 	END IF;
 END
@@ -320,6 +310,7 @@ LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
+	done boolean;	-- a void call's result, thrown away
 	pair_key bigint;
 BEGIN
 	IF realm IS NULL THEN
@@ -332,8 +323,8 @@ BEGIN
 	END IF;
 	-- The pair first: its checks name the empty part.
 	pair_key := entitlock.key(realm, entity);
-	PERFORM pg_advisory_xact_lock_shared(entitlock.key(realm));
-	PERFORM pg_advisory_xact_lock(pair_key);
+	done := (pg_advisory_xact_lock_shared(entitlock.key(realm))) IS NULL;
+	done := (pg_advisory_xact_lock(pair_key)) IS NULL;
 END
 $$;
 

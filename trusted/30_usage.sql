@@ -272,6 +272,44 @@ $$;
 COMMENT ON FUNCTION entitlock._period_bounds(integer, integer, timestamptz, timestamptz) IS
 'the bounds of the period holding a moment (internal to the trusted edition)';
 
+--
+-- The first instant of the period holding "at", and the first instant of
+-- the next one (NULL for lifetime), as single SQL expressions that the
+-- planner inlines into the calling statement: calendar periods cost no
+-- function call, anchored ones call _period_bounds().
+--
+CREATE OR REPLACE FUNCTION entitlock._period_start(kind integer, count integer,
+	anchor timestamptz, at timestamptz)
+RETURNS timestamptz
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$
+	SELECT CASE
+		WHEN kind OPERATOR(pg_catalog.=) 0 THEN '-infinity'::timestamptz
+		WHEN count OPERATOR(pg_catalog.=) 0 THEN
+			pg_catalog.timezone('UTC',
+				pg_catalog.date_trunc(('{minute,hour,day,week,month,year}'::text[])[kind],
+									  pg_catalog.timezone('UTC', at)))
+		ELSE (entitlock._period_bounds(kind, count, anchor, at)).period_start
+	END
+$$;
+
+CREATE OR REPLACE FUNCTION entitlock._period_end(kind integer, count integer,
+	anchor timestamptz, at timestamptz)
+RETURNS timestamptz
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$
+	SELECT CASE
+		WHEN kind OPERATOR(pg_catalog.=) 0 THEN NULL::timestamptz
+		WHEN count OPERATOR(pg_catalog.=) 0 THEN
+			pg_catalog.timezone('UTC',
+				pg_catalog.date_trunc(('{minute,hour,day,week,month,year}'::text[])[kind],
+									  pg_catalog.timezone('UTC', at))
+				OPERATOR(pg_catalog.+)
+				('{1 minute,1 hour,1 day,7 days,1 month,1 year}'::interval[])[kind])
+		ELSE (entitlock._period_bounds(kind, count, anchor, at)).period_end
+	END
+$$;
+
 CREATE OR REPLACE FUNCTION entitlock.usage_period(
 	period text,
 	at timestamptz DEFAULT pg_catalog.now())
@@ -371,9 +409,10 @@ LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
+	done boolean;	-- a void call's result, thrown away
 	h bigint := hashtextextended(idempotency_key, 7308895158006574897);
 BEGIN
-	PERFORM pg_advisory_xact_lock((h >> 32)::integer, ((h << 32) >> 32)::integer);
+	done := (pg_advisory_xact_lock((h >> 32)::integer, ((h << 32) >> 32)::integer)) IS NULL;
 END
 $$;
 
@@ -398,6 +437,7 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 #variable_conflict use_variable
 DECLARE
+	done boolean;	-- a void call's result, thrown away
 	b record;
 	rec record;
 	p record;
@@ -408,11 +448,11 @@ BEGIN
 	pstart := b.period_start;
 	period_end := b.period_end;
 
-	PERFORM pg_advisory_xact_lock_shared(entitlock.key(subject));
-	PERFORM pg_advisory_xact_lock_shared(entitlock.key(subject, feature));
+	done := (pg_advisory_xact_lock_shared(entitlock.key(subject))) IS NULL;
+	done := (pg_advisory_xact_lock_shared(entitlock.key(subject, feature))) IS NULL;
 
 	IF idempotency_key IS NOT NULL THEN
-		PERFORM entitlock._lock_recording_key(idempotency_key);
+		done := (entitlock._lock_recording_key(idempotency_key)) IS NULL;
 		-- Claim the key with a placeholder row (used -1, never a real
 		-- value), completed below.  Looking for the key with an INSERT
 		-- rather than a SELECT reads no index page, so under SERIALIZABLE
@@ -534,13 +574,39 @@ RETURNS TABLE (allowed boolean, used bigint, remaining bigint,
 LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE ROWS 1 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
+#variable_conflict use_variable
 DECLARE
+	done boolean;	-- a void call's result, thrown away
 	p record;
 	r record;
+	pname text;
+	pkind integer;
+	pcount integer;
+	panchor timestamptz;
+	pstart timestamptz;
+	subject_bytes bytea;
 BEGIN
-	PERFORM entitlock._check_name(subject, 'subject');
-	PERFORM entitlock._check_name(feature, 'feature');
-	p := entitlock._period_parse(period);
+	done := (entitlock._check_name(subject, 'subject')) IS NULL;
+	done := (entitlock._check_name(feature, 'feature')) IS NULL;
+	IF period IS NULL THEN
+		RAISE EXCEPTION 'period must not be null'
+			USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	-- Calendar periods are read here; anchored ones by _period_parse().
+	pkind := CASE lower(period)
+				 WHEN 'lifetime' THEN 0 WHEN 'minute' THEN 1 WHEN 'hour' THEN 2
+				 WHEN 'day' THEN 3 WHEN 'week' THEN 4 WHEN 'month' THEN 5
+				 WHEN 'year' THEN 6 END;
+	IF pkind IS NOT NULL THEN
+		pname := ('{lifetime,minute,hour,day,week,month,year}'::text[])[pkind + 1];
+		pcount := 0;
+	ELSE
+		p := entitlock._period_parse(period);
+		pname := p.name;
+		pkind := p.kind;
+		pcount := p.count;
+		panchor := p.anchor;
+	END IF;
 	IF amount IS NULL THEN
 		RAISE EXCEPTION 'amount must not be null'
 			USING ERRCODE = 'null_value_not_allowed';
@@ -550,7 +616,7 @@ BEGIN
 			USING ERRCODE = 'null_value_not_allowed';
 	END IF;
 	IF idempotency_key IS NOT NULL THEN
-		PERFORM entitlock._check_name(idempotency_key, 'idempotency key');
+		done := (entitlock._check_name(idempotency_key, 'idempotency key')) IS NULL;
 	END IF;
 	IF amount <= 0 THEN
 		RAISE EXCEPTION 'amount must be greater than zero'
@@ -561,15 +627,52 @@ BEGIN
 		RAISE EXCEPTION 'usage limit must not be negative'
 			USING ERRCODE = 'invalid_parameter_value';
 	END IF;
+	done := (entitlock._check_writable('record_usage_if_under_limit()')) IS NULL;
 
-	PERFORM entitlock._check_writable('record_usage_if_under_limit()');
-	r := entitlock._record(subject, feature, amount, usage_limit, p.name, p.kind,
-						   p.count, p.anchor, idempotency_key, true);
-	allowed := r.allowed;
-	used := r.used;
+	IF idempotency_key IS NOT NULL THEN
+		r := entitlock._record(subject, feature, amount, usage_limit, pname, pkind,
+							   pcount, panchor, idempotency_key, true);
+		allowed := r.allowed;
+		used := r.used;
+		period_end := r.period_end;
+	ELSE
+		-- The call without a key, as _record() makes it, written out here
+		-- because a call of a function returning a row costs more than the
+		-- rest of the call.
+		pstart := entitlock._period_start(pkind, pcount, panchor, now());
+		period_end := entitlock._period_end(pkind, pcount, panchor, now());
+		subject_bytes := convert_to(subject, 'UTF8');
+		done := pg_advisory_xact_lock_shared(entitlock._xxh64(subject_bytes, 0)) IS NULL;
+		done := pg_advisory_xact_lock_shared(
+					entitlock._xxh64(subject_bytes || decode('00', 'hex') || convert_to(feature, 'UTF8'), 0)) IS NULL;
+		IF amount > usage_limit THEN
+			-- Usage is never below zero, so this never fits.
+			SELECT c.used INTO used
+			  FROM entitlock.usage_counter AS c
+			 WHERE c.subject = subject AND c.feature = feature
+			   AND c.period = pname AND c.period_start = pstart;
+			used := coalesce(used, 0);
+			allowed := false;
+		ELSE
+			INSERT INTO entitlock.usage_counter AS c
+				   (subject, feature, period, period_start, period_end, used)
+			VALUES (subject, feature, pname, pstart, period_end, amount)
+			ON CONFLICT ON CONSTRAINT usage_counter_pkey DO UPDATE
+			   SET used = c.used + amount
+			 WHERE c.used <= usage_limit - amount
+			RETURNING c.used INTO used;
+			allowed := FOUND;
+			IF NOT allowed THEN
+				-- The row is locked now; see _record().
+				SELECT c.used INTO used
+				  FROM entitlock.usage_counter AS c
+				 WHERE c.subject = subject AND c.feature = feature
+				   AND c.period = pname AND c.period_start = pstart;
+			END IF;
+		END IF;
+	END IF;
 	-- Usage above the limit (the limit was lowered) leaves nothing.
-	remaining := greatest(usage_limit - r.used, 0);
-	period_end := r.period_end;
+	remaining := greatest(usage_limit - used, 0);
 	RETURN NEXT;
 END
 $$;
@@ -587,25 +690,81 @@ RETURNS bigint
 LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
+#variable_conflict use_variable
 DECLARE
+	done boolean;	-- a void call's result, thrown away
 	p record;
 	r record;
+	pname text;
+	pkind integer;
+	pcount integer;
+	panchor timestamptz;
+	pstart timestamptz;
+	pend timestamptz;
+	u bigint;
+	subject_bytes bytea;
 BEGIN
-	PERFORM entitlock._check_name(subject, 'subject');
-	PERFORM entitlock._check_name(feature, 'feature');
-	p := entitlock._period_parse(period);
+	done := (entitlock._check_name(subject, 'subject')) IS NULL;
+	done := (entitlock._check_name(feature, 'feature')) IS NULL;
+	IF period IS NULL THEN
+		RAISE EXCEPTION 'period must not be null'
+			USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	-- Calendar periods are read here; anchored ones by _period_parse().
+	pkind := CASE lower(period)
+				 WHEN 'lifetime' THEN 0 WHEN 'minute' THEN 1 WHEN 'hour' THEN 2
+				 WHEN 'day' THEN 3 WHEN 'week' THEN 4 WHEN 'month' THEN 5
+				 WHEN 'year' THEN 6 END;
+	IF pkind IS NOT NULL THEN
+		pname := ('{lifetime,minute,hour,day,week,month,year}'::text[])[pkind + 1];
+		pcount := 0;
+	ELSE
+		p := entitlock._period_parse(period);
+		pname := p.name;
+		pkind := p.kind;
+		pcount := p.count;
+		panchor := p.anchor;
+	END IF;
 	IF amount IS NULL THEN
 		RAISE EXCEPTION 'amount must not be null'
 			USING ERRCODE = 'null_value_not_allowed';
 	END IF;
 	IF idempotency_key IS NOT NULL THEN
-		PERFORM entitlock._check_name(idempotency_key, 'idempotency key');
+		done := (entitlock._check_name(idempotency_key, 'idempotency key')) IS NULL;
 	END IF;
-	PERFORM entitlock._check_writable('record_usage()');
+	done := (entitlock._check_writable('record_usage()')) IS NULL;
+
 	-- Unconditional usage is only bounded by what bigint can hold.
-	r := entitlock._record(subject, feature, amount, 9223372036854775807, p.name,
-						   p.kind, p.count, p.anchor, idempotency_key, false);
-	RETURN r.used;
+	IF idempotency_key IS NOT NULL OR amount <= 0 THEN
+		r := entitlock._record(subject, feature, amount, 9223372036854775807, pname,
+							   pkind, pcount, panchor, idempotency_key, false);
+		RETURN r.used;
+	END IF;
+	-- A positive amount without a key, as _record() records it.
+	pstart := entitlock._period_start(pkind, pcount, panchor, now());
+	pend := entitlock._period_end(pkind, pcount, panchor, now());
+	subject_bytes := convert_to(subject, 'UTF8');
+	done := pg_advisory_xact_lock_shared(entitlock._xxh64(subject_bytes, 0)) IS NULL;
+	done := pg_advisory_xact_lock_shared(
+				entitlock._xxh64(subject_bytes || decode('00', 'hex') || convert_to(feature, 'UTF8'), 0)) IS NULL;
+	INSERT INTO entitlock.usage_counter AS c
+		   (subject, feature, period, period_start, period_end, used)
+	VALUES (subject, feature, pname, pstart, pend, amount)
+	ON CONFLICT ON CONSTRAINT usage_counter_pkey DO UPDATE
+	   SET used = c.used + amount
+	 WHERE c.used <= 9223372036854775807 - amount
+	RETURNING c.used INTO u;
+	IF NOT FOUND THEN
+		SELECT c.used INTO u
+		  FROM entitlock.usage_counter AS c
+		 WHERE c.subject = subject AND c.feature = feature
+		   AND c.period = pname AND c.period_start = pstart;
+		RAISE EXCEPTION 'usage would be out of range for type bigint'
+			USING ERRCODE = 'numeric_value_out_of_range',
+				  DETAIL = format('Usage is %s; adding %s would exceed %s.',
+								  u, amount, 9223372036854775807);
+	END IF;
+	RETURN u;
 END
 $$;
 
@@ -623,12 +782,13 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 #variable_conflict use_variable
 DECLARE
+	done boolean;	-- a void call's result, thrown away
 	p record;
 	b record;
 	u bigint;
 BEGIN
-	PERFORM entitlock._check_name(subject, 'subject');
-	PERFORM entitlock._check_name(feature, 'feature');
+	done := (entitlock._check_name(subject, 'subject')) IS NULL;
+	done := (entitlock._check_name(feature, 'feature')) IS NULL;
 	p := entitlock._period_parse(period);
 	b := entitlock._period_bounds(p.kind, p.count, p.anchor, now());
 	SELECT c.used INTO u
@@ -652,11 +812,12 @@ LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
+	done boolean;	-- a void call's result, thrown away
 	p record;
 	result entitlock.usage_limit;
 BEGIN
-	PERFORM entitlock._check_name(subject, 'subject');
-	PERFORM entitlock._check_name(feature, 'feature');
+	done := (entitlock._check_name(subject, 'subject')) IS NULL;
+	done := (entitlock._check_name(feature, 'feature')) IS NULL;
 	IF usage_limit IS NULL THEN
 		RAISE EXCEPTION 'usage limit must not be null'
 			USING ERRCODE = 'null_value_not_allowed';
@@ -690,6 +851,7 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 #variable_conflict use_variable
 DECLARE
+	done boolean;	-- a void call's result, thrown away
 	n integer;
 	i integer;
 	j integer;
@@ -746,8 +908,8 @@ BEGIN
 			RAISE EXCEPTION 'usage limit must not be null'
 				USING ERRCODE = 'null_value_not_allowed';
 		END IF;
-		PERFORM entitlock._check_name(lim.subject, 'subject');
-		PERFORM entitlock._check_name(lim.feature, 'feature');
+		done := (entitlock._check_name(lim.subject, 'subject')) IS NULL;
+		done := (entitlock._check_name(lim.feature, 'feature')) IS NULL;
 		IF lim.usage_limit IS NULL THEN
 			RAISE EXCEPTION 'usage limit must not be null'
 				USING ERRCODE = 'null_value_not_allowed';
@@ -779,10 +941,10 @@ BEGIN
 				  HINT = 'Use record_usage() with a negative amount to give usage back.';
 	END IF;
 	IF idempotency_key IS NOT NULL THEN
-		PERFORM entitlock._check_name(idempotency_key, 'idempotency key');
+		done := (entitlock._check_name(idempotency_key, 'idempotency key')) IS NULL;
 	END IF;
 
-	PERFORM entitlock._check_writable('record_usage_if_under_limits()');
+	done := (entitlock._check_writable('record_usage_if_under_limits()')) IS NULL;
 	-- The canonical order: by pair key, then the names byte by byte (should
 	-- two pairs share a key), period kind, N, anchor and period.
 	SELECT array_agg(x.i ORDER BY pair_keys[x.i], subjects[x.i] COLLATE "C",
@@ -808,14 +970,14 @@ BEGIN
 	-- key order as lock_all() takes its keys.
 	FOR k IN SELECT DISTINCT entitlock.key(s.subject) AS k
 			   FROM unnest(subjects) AS s(subject) ORDER BY 1 LOOP
-		PERFORM pg_advisory_xact_lock_shared(k);
+		done := (pg_advisory_xact_lock_shared(k)) IS NULL;
 	END LOOP;
 	FOR k IN SELECT DISTINCT s.k FROM unnest(pair_keys) AS s(k) ORDER BY 1 LOOP
-		PERFORM pg_advisory_xact_lock_shared(k);
+		done := (pg_advisory_xact_lock_shared(k)) IS NULL;
 	END LOOP;
 
 	IF idempotency_key IS NOT NULL THEN
-		PERFORM entitlock._lock_recording_key(idempotency_key);
+		done := (entitlock._lock_recording_key(idempotency_key)) IS NULL;
 		-- Claimed with a placeholder row, completed below; see _record()
 		-- for why an INSERT rather than a SELECT.
 		INSERT INTO entitlock.usage_limits_idempotency AS s
@@ -1025,6 +1187,7 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 #variable_conflict use_variable
 DECLARE
+	done boolean;	-- a void call's result, thrown away
 	rec record;
 	given bigint := 0;
 	g bigint;
@@ -1033,18 +1196,18 @@ DECLARE
 	kinds integer[];
 	x record;
 BEGIN
-	PERFORM entitlock._check_name(subject, 'subject');
-	PERFORM entitlock._check_name(feature, 'feature');
+	done := (entitlock._check_name(subject, 'subject')) IS NULL;
+	done := (entitlock._check_name(feature, 'feature')) IS NULL;
 	IF idempotency_key IS NULL THEN
 		RAISE EXCEPTION 'idempotency key must not be null'
 			USING ERRCODE = 'null_value_not_allowed';
 	END IF;
-	PERFORM entitlock._check_name(idempotency_key, 'idempotency key');
+	done := (entitlock._check_name(idempotency_key, 'idempotency key')) IS NULL;
 
-	PERFORM entitlock._check_writable('refund_usage()');
-	PERFORM pg_advisory_xact_lock_shared(entitlock.key(subject));
-	PERFORM pg_advisory_xact_lock_shared(entitlock.key(subject, feature));
-	PERFORM entitlock._lock_recording_key(idempotency_key);
+	done := (entitlock._check_writable('refund_usage()')) IS NULL;
+	done := (pg_advisory_xact_lock_shared(entitlock.key(subject))) IS NULL;
+	done := (pg_advisory_xact_lock_shared(entitlock.key(subject, feature))) IS NULL;
+	done := (entitlock._lock_recording_key(idempotency_key)) IS NULL;
 
 	SELECT i.period, i.amount, i.allowed, i.recorded_at, i.refunded_at INTO rec
 	  FROM entitlock.usage_idempotency AS i
@@ -1118,18 +1281,19 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 #variable_conflict use_variable
 DECLARE
+	done boolean;	-- a void call's result, thrown away
 	p record;
 	b record;
 	u bigint;
 BEGIN
-	PERFORM entitlock._check_name(subject, 'subject');
-	PERFORM entitlock._check_name(feature, 'feature');
+	done := (entitlock._check_name(subject, 'subject')) IS NULL;
+	done := (entitlock._check_name(feature, 'feature')) IS NULL;
 	p := entitlock._period_parse(period);
 	b := entitlock._period_bounds(p.kind, p.count, p.anchor, now());
 
-	PERFORM entitlock._check_writable('reset_usage()');
-	PERFORM pg_advisory_xact_lock_shared(entitlock.key(subject));
-	PERFORM pg_advisory_xact_lock_shared(entitlock.key(subject, feature));
+	done := (entitlock._check_writable('reset_usage()')) IS NULL;
+	done := (pg_advisory_xact_lock_shared(entitlock.key(subject))) IS NULL;
+	done := (pg_advisory_xact_lock_shared(entitlock.key(subject, feature))) IS NULL;
 
 	SELECT c.used INTO u
 	  FROM entitlock.usage_counter AS c

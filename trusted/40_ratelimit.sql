@@ -164,6 +164,7 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 #variable_conflict use_variable
 DECLARE
+	done boolean;	-- a void call's result, thrown away
 	lim record;
 	d record;
 	t timestamptz;
@@ -189,7 +190,7 @@ BEGIN
 		SELECT s.tat INTO t FROM entitlock.rate_limit_state AS s WHERE s.name = name;
 		d := entitlock._gcra_decide(lim.t_interval, lim.tolerance, cost, t, clock_timestamp());
 	ELSE
-		PERFORM entitlock._check_writable('rate_limit()');
+		done := (entitlock._check_writable('rate_limit()')) IS NULL;
 		LOOP
 			SELECT s.tat INTO t FROM entitlock.rate_limit_state AS s
 			 WHERE s.name = name
