@@ -784,17 +784,37 @@ AS $$
 DECLARE
 	done boolean;	-- a void call's result, thrown away
 	p record;
-	b record;
+	pname text;
+	pkind integer;
+	pcount integer;
+	panchor timestamptz;
 	u bigint;
 BEGIN
 	done := (entitlock._check_name(subject, 'subject')) IS NULL;
 	done := (entitlock._check_name(feature, 'feature')) IS NULL;
-	p := entitlock._period_parse(period);
-	b := entitlock._period_bounds(p.kind, p.count, p.anchor, now());
+	IF period IS NULL THEN
+		RAISE EXCEPTION 'period must not be null'
+			USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	pkind := CASE lower(period)
+				 WHEN 'lifetime' THEN 0 WHEN 'minute' THEN 1 WHEN 'hour' THEN 2
+				 WHEN 'day' THEN 3 WHEN 'week' THEN 4 WHEN 'month' THEN 5
+				 WHEN 'year' THEN 6 END;
+	IF pkind IS NOT NULL THEN
+		pname := ('{lifetime,minute,hour,day,week,month,year}'::text[])[pkind + 1];
+		pcount := 0;
+	ELSE
+		p := entitlock._period_parse(period);
+		pname := p.name;
+		pkind := p.kind;
+		pcount := p.count;
+		panchor := p.anchor;
+	END IF;
 	SELECT c.used INTO u
 	  FROM entitlock.usage_counter AS c
 	 WHERE c.subject = subject AND c.feature = feature
-	   AND c.period = p.name AND c.period_start = b.period_start;
+	   AND c.period = pname
+	   AND c.period_start = entitlock._period_start(pkind, pcount, panchor, now());
 	RETURN coalesce(u, 0);
 END
 $$;

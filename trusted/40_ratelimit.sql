@@ -22,11 +22,12 @@
 -- fails the call with 40001, as for usage counters.
 --
 
--- A limit's parameters, checked, in microseconds: interval is T,
--- tolerance tau.  Checked before anything is locked.
+-- A limit's parameters, checked, in microseconds: {T, tau}.  An array
+-- rather than a row, as a call returning a row costs a query.  Checked
+-- before anything is locked.
 CREATE OR REPLACE FUNCTION entitlock._rate_limit_args(rate bigint, per interval,
-	burst bigint, cost bigint,
-	OUT t_interval bigint, OUT tolerance bigint, OUT burst_out bigint)
+	burst bigint, cost bigint)
+RETURNS bigint[]
 LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
 SET search_path = pg_catalog, pg_temp
 AS $$
@@ -37,6 +38,8 @@ DECLARE
 	days numeric;
 	per_us numeric;
 	tol numeric;
+	t_interval bigint;
+	burst_out bigint;
 BEGIN
 	IF rate IS NULL THEN
 		RAISE EXCEPTION 'rate must not be null'
@@ -92,7 +95,7 @@ BEGIN
 			USING ERRCODE = 'invalid_parameter_value',
 				  DETAIL = 'burst * per / rate must be at most 10000 years.';
 	END IF;
-	tolerance := tol::bigint;
+	RETURN ARRAY[t_interval, tol::bigint];
 END
 $$;
 
@@ -165,10 +168,16 @@ AS $$
 #variable_conflict use_variable
 DECLARE
 	done boolean;	-- a void call's result, thrown away
-	lim record;
-	d record;
+	lim bigint[];
+	t_interval bigint;
+	tolerance bigint;
 	t timestamptz;
 	found_row boolean;
+	now timestamptz;
+	from_us bigint;
+	ahead bigint;
+	backlog bigint;
+	new_tat timestamptz;
 BEGIN
 	IF name IS NULL THEN
 		RAISE EXCEPTION 'name must not be null'
@@ -184,43 +193,57 @@ BEGIN
 				  DETAIL = format('It is %s bytes long; the limit is 512 bytes.', octet_length(name));
 	END IF;
 	lim := entitlock._rate_limit_args(rate, per, burst, cost);
-
-	IF cost = 0 THEN
-		-- A peek: the state as the statement's snapshot sees it.
-		SELECT s.tat INTO t FROM entitlock.rate_limit_state AS s WHERE s.name = name;
-		d := entitlock._gcra_decide(lim.t_interval, lim.tolerance, cost, t, clock_timestamp());
-	ELSE
+	t_interval := lim[1];
+	tolerance := lim[2];
+	IF cost > 0 THEN
 		done := (entitlock._check_writable('rate_limit()')) IS NULL;
-		LOOP
+	END IF;
+
+	-- The decision, as _gcra_decide() makes it, written out here because
+	-- a call returning a row costs a query.
+	LOOP
+		IF cost = 0 THEN
+			-- A peek: the state as the statement's snapshot sees it.
+			SELECT s.tat INTO t FROM entitlock.rate_limit_state AS s WHERE s.name = name;
+		ELSE
 			SELECT s.tat INTO t FROM entitlock.rate_limit_state AS s
 			 WHERE s.name = name
 			   FOR NO KEY UPDATE;
-			found_row := FOUND;
-			-- The clock is read once the call holds the name.
-			d := entitlock._gcra_decide(lim.t_interval, lim.tolerance, cost,
-										CASE WHEN found_row THEN t END, clock_timestamp());
-			IF found_row THEN
-				IF d.allowed THEN
-					UPDATE entitlock.rate_limit_state AS s
-					   SET tat = d.new_tat
-					 WHERE s.name = name;
-				END IF;
-				EXIT;
-			END IF;
-			IF NOT d.allowed THEN
-				EXIT;
-			END IF;
-			INSERT INTO entitlock.rate_limit_state AS s (name, tat)
-			VALUES (name, d.new_tat)
-			ON CONFLICT ON CONSTRAINT rate_limit_state_pkey DO NOTHING;
-			EXIT WHEN FOUND;
-			-- Another call created the row meanwhile: lock it and decide again.
-		END LOOP;
-	END IF;
-	allowed := d.allowed;
-	remaining := d.remaining;
-	retry_after := d.retry_after;
-	reset_after := d.reset_after;
+		END IF;
+		found_row := FOUND;
+		-- The clock is read once the call holds the name.
+		now := clock_timestamp();
+		from_us := 0;
+		IF found_row AND t > now THEN
+			-- A state further ahead than any window (written by hand)
+			-- counts as the longest window ahead.
+			from_us := least(extract(epoch FROM t - now) * 1000000, 315576000000000000)::bigint;
+		END IF;
+		ahead := from_us + cost * t_interval;
+		allowed := ahead <= tolerance;
+		IF allowed THEN
+			backlog := ahead;
+			retry_after := NULL;
+		ELSE
+			backlog := from_us;
+			retry_after := entitlock._usecs_interval(ahead - tolerance);
+		END IF;
+		remaining := CASE WHEN backlog < tolerance THEN (tolerance - backlog) / t_interval ELSE 0 END;
+		reset_after := entitlock._usecs_interval(backlog);
+		EXIT WHEN cost = 0 OR NOT allowed;
+		new_tat := now + reset_after;
+		IF found_row THEN
+			UPDATE entitlock.rate_limit_state AS s
+			   SET tat = new_tat
+			 WHERE s.name = name;
+			EXIT;
+		END IF;
+		INSERT INTO entitlock.rate_limit_state AS s (name, tat)
+		VALUES (name, new_tat)
+		ON CONFLICT ON CONSTRAINT rate_limit_state_pkey DO NOTHING;
+		EXIT WHEN FOUND;
+		-- Another call created the row meanwhile: lock it and decide again.
+	END LOOP;
 	RETURN NEXT;
 END
 $$;
@@ -239,7 +262,7 @@ LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-	lim record;
+	lim bigint[];
 	d record;
 BEGIN
 	IF at IS NULL THEN
@@ -252,7 +275,7 @@ BEGIN
 		RAISE EXCEPTION 'timestamp out of range'
 			USING ERRCODE = 'datetime_field_overflow';
 	END IF;
-	d := entitlock._gcra_decide(lim.t_interval, lim.tolerance, cost, stored, at);
+	d := entitlock._gcra_decide(lim[1], lim[2], cost, stored, at);
 	allowed := d.allowed;
 	remaining := d.remaining;
 	retry_after := d.retry_after;
