@@ -83,7 +83,7 @@ COMMENT ON FUNCTION entitlock._interval_ms(interval, text) IS
 CREATE OR REPLACE FUNCTION entitlock._wait_advisory(key bigint, shared boolean, timeout_ms integer)
 RETURNS boolean
 LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
-SET lock_timeout FROM CURRENT
+SET lock_timeout = 0
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
