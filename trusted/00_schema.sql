@@ -37,7 +37,16 @@ BEGIN
 END
 $guard$;
 
-CREATE SCHEMA IF NOT EXISTS entitlock;
+-- Not CREATE SCHEMA IF NOT EXISTS: run by CREATE EXTENSION with schema =
+-- entitlock in the control parameters, the schema exists already and that
+-- statement would fail (it is not a member of the extension).
+DO $schema$
+BEGIN
+	IF pg_catalog.to_regnamespace('entitlock') IS NULL THEN
+		CREATE SCHEMA entitlock;
+	END IF;
+END
+$schema$;
 
 COMMENT ON SCHEMA entitlock IS
 'entitlock, trusted edition (SQL and PL/pgSQL): named locks, usage limits, idempotency keys and fenced leases inside your own transaction';
@@ -190,3 +199,24 @@ REVOKE ALL ON entitlock.usage_counter,
 REVOKE ALL ON SEQUENCE entitlock.lease_fencing FROM PUBLIC;
 -- As with the C extension, the schema is usable by its owner; other roles
 -- are granted USAGE on it (see README, Privileges).
+
+--
+-- Run by CREATE EXTENSION (the pg_tle route), the tables are members of
+-- the extension, and pg_dump keeps their rows only when they are
+-- registered, as the C extension's are.  Run by psql, they are ordinary
+-- tables, which pg_dump keeps anyway, and registering fails: that error
+-- is expected and ignored.
+--
+DO $dump$
+BEGIN
+	PERFORM pg_catalog.pg_extension_config_dump('entitlock.usage_counter', '');
+	PERFORM pg_catalog.pg_extension_config_dump('entitlock.usage_idempotency', '');
+	PERFORM pg_catalog.pg_extension_config_dump('entitlock.usage_limits_idempotency', '');
+	PERFORM pg_catalog.pg_extension_config_dump('entitlock.rate_limit_state', '');
+	PERFORM pg_catalog.pg_extension_config_dump('entitlock.idempotency_key', '');
+	PERFORM pg_catalog.pg_extension_config_dump('entitlock.lease_record', '');
+	PERFORM pg_catalog.pg_extension_config_dump('entitlock.lease_fencing', '');
+EXCEPTION WHEN feature_not_supported THEN
+	NULL;
+END
+$dump$;
