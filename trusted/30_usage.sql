@@ -403,7 +403,7 @@ $$;
 
 -- The transaction lock that serialises every call using an idempotency
 -- key (see the file header).
-CREATE OR REPLACE FUNCTION entitlock._lock_recording_key(idempotency_key text)
+CREATE OR REPLACE FUNCTION entitlock._key_mutex(idempotency_key text)
 RETURNS void
 LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
 SET search_path = pg_catalog, pg_temp
@@ -416,7 +416,7 @@ BEGIN
 END
 $$;
 
-COMMENT ON FUNCTION entitlock._lock_recording_key(text) IS
+COMMENT ON FUNCTION entitlock._key_mutex(text) IS
 'the transaction lock on a usage idempotency key, a two-integer advisory lock (internal to the trusted edition)';
 
 --
@@ -452,7 +452,7 @@ BEGIN
 	done := (pg_advisory_xact_lock_shared(entitlock.key(subject, feature))) IS NULL;
 
 	IF idempotency_key IS NOT NULL THEN
-		done := (entitlock._lock_recording_key(idempotency_key)) IS NULL;
+		done := (entitlock._key_mutex(idempotency_key)) IS NULL;
 		-- Claim the key with a placeholder row (used -1, never a real
 		-- value), completed below.  Looking for the key with an INSERT
 		-- rather than a SELECT reads no index page, so under SERIALIZABLE
@@ -997,7 +997,7 @@ BEGIN
 	END LOOP;
 
 	IF idempotency_key IS NOT NULL THEN
-		done := (entitlock._lock_recording_key(idempotency_key)) IS NULL;
+		done := (entitlock._key_mutex(idempotency_key)) IS NULL;
 		-- Claimed with a placeholder row, completed below; see _record()
 		-- for why an INSERT rather than a SELECT.
 		INSERT INTO entitlock.usage_limits_idempotency AS s
@@ -1227,7 +1227,7 @@ BEGIN
 	done := (entitlock._check_writable('refund_usage()')) IS NULL;
 	done := (pg_advisory_xact_lock_shared(entitlock.key(subject))) IS NULL;
 	done := (pg_advisory_xact_lock_shared(entitlock.key(subject, feature))) IS NULL;
-	done := (entitlock._lock_recording_key(idempotency_key)) IS NULL;
+	done := (entitlock._key_mutex(idempotency_key)) IS NULL;
 
 	SELECT i.period, i.amount, i.allowed, i.recorded_at, i.refunded_at INTO rec
 	  FROM entitlock.usage_idempotency AS i
@@ -1379,4 +1379,4 @@ REVOKE ALL ON FUNCTION entitlock.prune_usage(timestamptz) FROM PUBLIC;
 REVOKE ALL ON FUNCTION entitlock.reset_usage(text, text, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION entitlock._record(text, text, bigint, bigint, text, integer, integer, timestamptz, text, boolean) FROM PUBLIC;
 REVOKE ALL ON FUNCTION entitlock._give_back(text, text, text, timestamptz, bigint) FROM PUBLIC;
-REVOKE ALL ON FUNCTION entitlock._lock_recording_key(text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION entitlock._key_mutex(text) FROM PUBLIC;
