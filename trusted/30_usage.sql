@@ -834,6 +834,7 @@ AS $$
 DECLARE
 	done boolean;	-- a void call's result, thrown away
 	p record;
+	pkind integer;
 	result entitlock.usage_limit;
 BEGIN
 	done := (entitlock._check_name(subject, 'subject')) IS NULL;
@@ -846,8 +847,22 @@ BEGIN
 		RAISE EXCEPTION 'usage limit must not be negative'
 			USING ERRCODE = 'invalid_parameter_value';
 	END IF;
-	p := entitlock._period_parse(period);
-	result := ROW(subject, feature, usage_limit, p.name);
+	IF period IS NULL THEN
+		RAISE EXCEPTION 'period must not be null'
+			USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	-- Calendar periods are read here; anchored ones by _period_parse().
+	pkind := CASE lower(period)
+				 WHEN 'lifetime' THEN 0 WHEN 'minute' THEN 1 WHEN 'hour' THEN 2
+				 WHEN 'day' THEN 3 WHEN 'week' THEN 4 WHEN 'month' THEN 5
+				 WHEN 'year' THEN 6 END;
+	IF pkind IS NOT NULL THEN
+		result := ROW(subject, feature, usage_limit,
+					  ('{lifetime,minute,hour,day,week,month,year}'::text[])[pkind + 1]);
+	ELSE
+		p := entitlock._period_parse(period);
+		result := ROW(subject, feature, usage_limit, p.name);
+	END IF;
 	RETURN result;
 END
 $$;
@@ -889,6 +904,12 @@ DECLARE
 	pends timestamptz[] := '{}';
 	lims bigint[] := '{}';
 	pair_keys bigint[] := '{}';
+	subject_keys bigint[] := '{}';
+	subject_bytes bytea;
+	pname text;
+	pkind integer;
+	pcount integer;
+	panchor timestamptz;
 	olds bigint[];
 	news bigint[];
 	oks boolean[];
@@ -938,18 +959,39 @@ BEGIN
 			RAISE EXCEPTION 'usage limit must not be negative'
 				USING ERRCODE = 'invalid_parameter_value';
 		END IF;
-		p := entitlock._period_parse(lim.period);
-		b := entitlock._period_bounds(p.kind, p.count, p.anchor, now());
+		IF lim.period IS NULL THEN
+			RAISE EXCEPTION 'period must not be null'
+				USING ERRCODE = 'null_value_not_allowed';
+		END IF;
+		-- Calendar periods are read here; anchored ones by _period_parse().
+		pkind := CASE lower(lim.period)
+					 WHEN 'lifetime' THEN 0 WHEN 'minute' THEN 1 WHEN 'hour' THEN 2
+					 WHEN 'day' THEN 3 WHEN 'week' THEN 4 WHEN 'month' THEN 5
+					 WHEN 'year' THEN 6 END;
+		IF pkind IS NOT NULL THEN
+			pname := ('{lifetime,minute,hour,day,week,month,year}'::text[])[pkind + 1];
+			pcount := 0;
+			panchor := NULL;
+		ELSE
+			p := entitlock._period_parse(lim.period);
+			pname := p.name;
+			pkind := p.kind;
+			pcount := p.count;
+			panchor := p.anchor;
+		END IF;
 		subjects := subjects || lim.subject;
 		features := features || lim.feature;
-		pnames := pnames || p.name;
-		pkinds := pkinds || p.kind;
-		pcounts := pcounts || p.count;
-		panchors := panchors || p.anchor;
-		pstarts := pstarts || b.period_start;
-		pends := pends || b.period_end;
+		pnames := pnames || pname;
+		pkinds := pkinds || pkind;
+		pcounts := pcounts || pcount;
+		panchors := panchors || panchor;
+		pstarts := pstarts || entitlock._period_start(pkind, pcount, panchor, now());
+		pends := pends || entitlock._period_end(pkind, pcount, panchor, now());
 		lims := lims || lim.usage_limit;
-		pair_keys := pair_keys || entitlock.key(lim.subject, lim.feature);
+		subject_bytes := convert_to(lim.subject, 'UTF8');
+		subject_keys := subject_keys || entitlock._xxh64(subject_bytes, 0);
+		pair_keys := pair_keys || entitlock._xxh64(subject_bytes || decode('00', 'hex')
+													|| convert_to(lim.feature, 'UTF8'), 0);
 	END LOOP;
 	IF amount IS NULL THEN
 		RAISE EXCEPTION 'amount must not be null'
@@ -988,8 +1030,7 @@ BEGIN
 
 	-- Shared locks on the subjects, then on the pairs, each in ascending
 	-- key order as lock_all() takes its keys.
-	FOR k IN SELECT DISTINCT entitlock.key(s.subject) AS k
-			   FROM unnest(subjects) AS s(subject) ORDER BY 1 LOOP
+	FOR k IN SELECT DISTINCT s.k FROM unnest(subject_keys) AS s(k) ORDER BY 1 LOOP
 		done := (pg_advisory_xact_lock_shared(k)) IS NULL;
 	END LOOP;
 	FOR k IN SELECT DISTINCT s.k FROM unnest(pair_keys) AS s(k) ORDER BY 1 LOOP
