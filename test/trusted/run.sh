@@ -73,6 +73,8 @@ SQL
 		[ -n "$name" ] && [[ $name != \#* ]] && excluded[$name]=1
 	done <"$here/exclude"
 
+	trusted_install_checks "$dist" "$work/dist/entitlock-pgtle.sql" "$owner" "$work"
+
 	#
 	# Regression suite: one database for all tests, in the Makefile's
 	# order, as "make installcheck" runs them.
@@ -211,6 +213,87 @@ SQL
 		[ -n "${trusted_own_cluster:-}" ] && cluster_destroy "$trusted_own_cluster"
 		rm -rf "$work"
 	fi
+}
+
+# trusted_install_checks DIST PGTLE OWNER WORK: installing as a managed
+# database's owner would, updating in place, refusing the C extension, and
+# the pg_tle file's call and script.
+trusted_install_checks() {
+	local dist=$1 pgtle=$2 owner=$3 work=$4 db=trusted_install got
+	psql -X -q -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" \
+		-c "CREATE DATABASE $db OWNER $owner" >/dev/null
+
+	# Update in place: rows written through the API survive a re-run of
+	# the file (the same version here; any newer file runs the same way).
+	got=$(
+		psql -X -q -v ON_ERROR_STOP=1 -U "$owner" -d $db -f "$dist" >/dev/null 2>&1 &&
+		psql -X -At -v ON_ERROR_STOP=1 -U "$owner" -d $db <<'SQL' 2>&1
+SELECT used FROM entitlock.record_usage_if_under_limit('ws:1', 'api', 3, 10);
+SELECT status FROM entitlock.idempotency_begin('evt:1');
+SELECT count(*) FROM entitlock.lease_acquire('job:1', '1 hour', 'w1');
+SQL
+	)
+	if [ "$got" = $'3\nnew\n1' ] &&
+		psql -X -q -v ON_ERROR_STOP=1 -U "$owner" -d $db -f "$dist" >/dev/null 2>&1; then
+		got=$(psql -X -At -U "$owner" -d $db -c "SELECT entitlock.usage('ws:1', 'api') || ' ' ||
+			(SELECT status FROM entitlock.idempotency_begin('evt:1')) || ' ' ||
+			(SELECT count(*) FROM entitlock.leases WHERE name = 'job:1') || ' ' ||
+			entitlock.trusted_version()" 2>&1)
+	fi
+	if [ "$got" = "3 replay 1 $(control_value default_version)" ]; then
+		pass trusted/update-in-place
+	else
+		log "update in place: got '$got'"
+		fail trusted/update-in-place
+	fi
+
+	# Refused over the C extension, changing nothing.
+	if [ "$(psql -X -At -c "SELECT count(*) FROM pg_available_extensions WHERE name = 'entitlock'")" = 1 ]; then
+		psql -X -q -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" \
+			-c "CREATE DATABASE $db OWNER $owner" >/dev/null
+		psql -X -q -d $db -c "CREATE EXTENSION entitlock" >/dev/null
+		got=$(psql -X -q -v ON_ERROR_STOP=1 -d $db -f "$dist" 2>&1)
+		if [ $? -ne 0 ] && [[ $got == *"over the C extension"* ]] &&
+			[ "$(psql -X -At -d $db -c "SELECT to_regprocedure('entitlock.trusted_version()') IS NULL")" = t ]; then
+			pass trusted/refuses-c-extension
+		else
+			log "over the C extension: $got"
+			fail trusted/refuses-c-extension
+		fi
+	else
+		skip trusted/refuses-c-extension
+	fi
+
+	# The pg_tle file: pg_tle is not packaged for Debian, so a stand-in
+	# pgtle.install_extension with pg_tle's signature stores the call's
+	# arguments and runs the script it wraps, as CREATE EXTENSION would.
+	# What is not run: pg_tle itself and its CREATE EXTENSION.
+	psql -X -q -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" \
+		-c "CREATE DATABASE $db OWNER $owner" >/dev/null
+	psql -X -q -v ON_ERROR_STOP=1 -d $db >/dev/null <<SQL
+CREATE SCHEMA pgtle;
+CREATE TABLE pgtle.registered (name text, version text, description text, ext text, requires text[]);
+CREATE FUNCTION pgtle.install_extension(name text, version text, description text, ext text,
+										requires text[] DEFAULT NULL)
+RETURNS boolean LANGUAGE plpgsql AS \$\$
+BEGIN
+	INSERT INTO pgtle.registered VALUES (name, version, description, ext, requires);
+	EXECUTE ext;
+	RETURN true;
+END\$\$;
+GRANT USAGE ON SCHEMA pgtle TO $owner;
+GRANT INSERT ON pgtle.registered TO $owner;
+SQL
+	got=$(psql -X -At -v ON_ERROR_STOP=1 -U "$owner" -d $db -f "$pgtle" 2>&1 &&
+		psql -X -At -d $db -c "SELECT name || ' ' || version || ' ' || (position('entitlock.trusted_version()' IN ext) > 0)
+			FROM pgtle.registered" -c "SELECT lpad(to_hex(entitlock.key('café')), 16, '0')" 2>&1)
+	if [ "$got" = $'t\nentitlock '"$(control_value default_version)"$' true\n9a40a9b974d85a6a' ]; then
+		pass trusted/pgtle-call
+	else
+		log "pg_tle file: got '$got'"
+		fail trusted/pgtle-call
+	fi
+	psql -X -q -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null
 }
 
 # make_list VAR: the names in the Makefile's VAR = \ list.
