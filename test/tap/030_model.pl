@@ -61,7 +61,7 @@ sub install_trusted
 		  . "CREATE ROLE model_owner LOGIN CREATEROLE; END IF; END\$\$;"
 		  . "ALTER DATABASE $db OWNER TO model_owner;");
 	my ($ret, $out, $err) = $node->psql($db, undef,
-		extra_params => [ '-U', 'model_owner', '-v', 'ON_ERROR_STOP=1', '-f', "$dir/entitlock-trusted.sql" ]);
+		extra_params => [ '-U', 'model_owner', '-v', 'ON_ERROR_STOP=1', '-f', $file ]);
 	BAIL_OUT("installing the trusted edition failed: $err") if $ret != 0;
 }
 
