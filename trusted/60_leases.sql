@@ -151,6 +151,16 @@ BEGIN
 		RETURN;
 	END;
 
+	-- A cached or cycling sequence would hand out numbers out of order
+	-- across backends, so refuse one.
+	IF NOT EXISTS (SELECT 1 FROM pg_sequence AS q
+					WHERE q.seqrelid = 'entitlock.lease_fencing'::regclass
+					  AND q.seqcache = 1 AND NOT q.seqcycle AND q.seqincrement > 0) THEN
+		RAISE EXCEPTION 'sequence "entitlock.lease_fencing" is not as this version of entitlock created it'
+			USING ERRCODE = 'object_not_in_prerequisite_state',
+				  DETAIL = 'Fencing numbers need a sequence that increases, without cache or cycle.',
+				  HINT = 'Update the extension with ALTER EXTENSION entitlock UPDATE, or reinstall it.';
+	END IF;
 	got_token := gen_random_uuid();
 	got_fencing := nextval('entitlock.lease_fencing');
 	-- A sequence set back by hand, or restored without its position, would
