@@ -8,7 +8,8 @@
 #   bash test/trusted/run.sh        (uses the cluster PGHOST points at, or
 #                                    starts a throwaway one)
 #
-# Prints one line per test, trusted/regress/NAME and trusted/isolation/NAME
+# ENTITLOCK_TRUSTED_ONLY="NAME ..." runs only those tests (regression or
+# isolation).  Prints one line per test, trusted/regress/NAME and trusted/isolation/NAME
 # ("ok" or "FAILED"), and, sourced by test/run.sh, counts them in its tally.
 #
 # The tests are the C edition's own files, with two mechanical changes
@@ -95,6 +96,9 @@ SQL
 		'\set ECHO all')
 	local tests=()
 	for t in $(make_list REGRESS); do
+		if [ -n "${ENTITLOCK_TRUSTED_ONLY:-}" ] && [[ " $ENTITLOCK_TRUSTED_ONLY " != *" $t "* ]]; then
+			continue
+		fi
 		if [ -n "${excluded[regress/$t]:-}" ]; then
 			skip "trusted/regress/$t"
 			continue
@@ -162,6 +166,9 @@ SQL
 	#
 	local specs=()
 	for t in $(make_list ISOLATION); do
+		if [ -n "${ENTITLOCK_TRUSTED_ONLY:-}" ] && [[ " $ENTITLOCK_TRUSTED_ONLY " != *" $t "* ]]; then
+			continue
+		fi
 		if [ -n "${excluded[isolation/$t]:-}" ]; then
 			skip "trusted/isolation/$t"
 			continue
