@@ -257,13 +257,22 @@ BEGIN
 		RETURN;
 	END IF;
 	step := count * CASE WHEN kind = 6 THEN 12 ELSE 1 END;
-	k := floor(((extract(year FROM t) - extract(year FROM a)) * 12
+	-- Months between the two, counted in astronomical years: extract()
+	-- gives 1 BC as -1, with no year 0.
+	k := floor(((extract(year FROM t) + CASE WHEN extract(year FROM t) < 0 THEN 1 ELSE 0 END
+				 - extract(year FROM a) - CASE WHEN extract(year FROM a) < 0 THEN 1 ELSE 0 END) * 12
 				+ extract(month FROM t) - extract(month FROM a)) / step::numeric);
 	s := a + make_interval(months => (k * step)::integer);
-	IF s > t THEN
+	-- The day and time within the month can put the estimate one period
+	-- off either way.
+	WHILE s > t LOOP
 		k := k - 1;
 		s := a + make_interval(months => (k * step)::integer);
-	END IF;
+	END LOOP;
+	WHILE a + make_interval(months => ((k + 1) * step)::integer) <= t LOOP
+		k := k + 1;
+		s := a + make_interval(months => (k * step)::integer);
+	END LOOP;
 	period_start := s AT TIME ZONE 'UTC';
 	period_end := (a + make_interval(months => ((k + 1) * step)::integer)) AT TIME ZONE 'UTC';
 END
