@@ -3,6 +3,7 @@
 # Build with PGXS:  make && make install
 # Test everything:  bash test/run.sh   (installs what it needs, see README)
 # Debian packages:  make deb           (into dist/, see test/deb.sh)
+# Trusted edition:  make trusted       (SQL only, into dist/, see trusted/build.sh)
 
 EXTENSION = entitlock
 MODULE_big = entitlock
@@ -97,8 +98,16 @@ ifdef WERROR
 PG_CFLAGS += -Werror
 endif
 
-# "make deb" needs no PostgreSQL yet: test/deb.sh installs what it needs.
-ifneq ($(MAKECMDGOALS),deb)
+# "make deb" needs no PostgreSQL yet: test/deb.sh installs what it needs;
+# "make trusted" needs none at all.
+ifeq ($(filter-out deb trusted,$(MAKECMDGOALS)),)
+ifeq ($(MAKECMDGOALS),)
+NEED_PGXS = 1
+endif
+else
+NEED_PGXS = 1
+endif
+ifdef NEED_PGXS
 PG_CONFIG ?= pg_config
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
@@ -118,4 +127,14 @@ dist:
 deb:
 	bash test/deb.sh
 
-.PHONY: dist deb
+# The trusted edition (SQL and PL/pgSQL only, for managed PostgreSQL):
+# trusted/*.sql in name order, as dist/entitlock-trusted.sql and, for
+# pg_tle, dist/entitlock-pgtle.sql.
+TRUSTED_SOURCES = $(sort $(wildcard trusted/[0-9]*.sql))
+
+trusted: dist/entitlock-trusted.sql
+
+dist/entitlock-trusted.sql dist/entitlock-pgtle.sql: trusted/build.sh $(EXTENSION).control $(TRUSTED_SOURCES)
+	bash trusted/build.sh dist
+
+.PHONY: dist deb trusted

@@ -7,14 +7,14 @@
 # Installs the Debian packages it needs when they are missing, builds with
 # -Werror, installs the extension, starts a throwaway cluster owned by the
 # postgres OS user on a private port and socket, runs the regression and
-# isolation suites (make installcheck), then every script under test/check
-# and the TAP tests under test/tap (pgbench stress included), and stops
-# the cluster.
+# isolation suites (make installcheck) on the C edition and then on the
+# trusted edition (test/trusted/run.sh), then every script under test/check
+# and test/stress and the TAP tests under test/tap, and stops the cluster.
 # Then test/matrix.sh builds and runs the regression and isolation suites
 # again on PostgreSQL 17 and 18, each in a Debian chroot it creates when
 # missing (ENTITLOCK_MATRIX="17 18" picks the majors, ENTITLOCK_MATRIX=
 # skips them).  Everything counts in one closing line:
-#
+# and the TAP tests under test/tap (pgbench stress included), and stops the cluster.
 #   N passed, N failed[, N skipped]
 #
 # It exits non-zero when anything failed.  Set ENTITLOCK_KEEP=1 to keep the
@@ -155,6 +155,13 @@ else
 	tail -20 "$PGHOST/server.log"
 	fail "restart with shared_preload_libraries"
 fi
+
+# The same regression and isolation suites against the trusted edition
+# (SQL and PL/pgSQL only, dist/entitlock-trusted.sql), installed by a
+# database owner that is not a superuser; reported as trusted/...  Part of
+# the core suite, so the 17 and 18 roots of test/matrix.sh run it too.
+printf -- '--- trusted\n'
+. test/trusted/run.sh
 
 # In the matrix's roots (core suite), the Debian package of that major.
 if [ "${ENTITLOCK_SUITE:-}" = core ] && [ -n "${ENTITLOCK_PACKAGE:-}" ]; then

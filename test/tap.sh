@@ -68,6 +68,10 @@ for m in "$ENTITLOCK_ROOT"/test/tap/*.pm; do cp "$m" "$work/tap/" || die "cannot
 shopt -u nullglob
 tests=()
 for t in "${sources[@]}"; do tests+=("$work/tap/$(basename "$t")"); done
+# The trusted edition's install file, for tests that run against it
+# (030_model.pl with ENTITLOCK_EDITION=trusted or in differential mode).
+bash "$ENTITLOCK_ROOT/trusted/build.sh" "$work/tap" >/dev/null ||
+	die "trusted/build.sh failed"
 chmod -R a+rX "$work/tap"
 [ "$(id -u)" -eq 0 ] && chown -R postgres: "$work"
 
@@ -83,6 +87,7 @@ as_pg env \
 	TESTDATADIR="$work/tmp_check" \
 	TESTLOGDIR="$work/tmp_check/log" \
 	PG_MAJOR="$PG_MAJOR" \
+	ENTITLOCK_TRUSTED_SQL="$work/tap/entitlock-trusted.sql" \
 	prove -I "$perl_lib" -I "$work/tap" ${PROVE_FLAGS:-} \
 	"${tests[@]}" 2>&1 | tee "$work/prove.out"
 status=${PIPESTATUS[0]}

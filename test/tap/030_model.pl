@@ -22,6 +22,12 @@
 #   ENTITLOCK_MODEL_MINUTES=M   run new seeds for M minutes (both modes)
 #   ENTITLOCK_MODEL_OPS=N       operations in a single-session sequence
 #   ENTITLOCK_MODEL_MODE=single or concurrent: run that mode only
+#   ENTITLOCK_EDITION=trusted   run against the trusted edition
+#                               (dist/entitlock-trusted.sql, installed by a
+#                               database owner that is not a superuser)
+#   ENTITLOCK_MODEL_MODE=differential: each single-session sequence runs on
+#                               both editions side by side, each against
+#                               the model, and their keys are compared
 #
 # CI runs the fixed seeds below.  Run with:
 #   bash test/tap.sh test/tap/030_model.pl
@@ -42,8 +48,43 @@ my $node = PostgreSQL::Test::Cluster->new('model');
 $node->init;
 $node->append_conf('postgresql.conf', "max_connections = 60\nfsync = off\n");
 $node->start;
+my $mode = $ENV{ENTITLOCK_MODEL_MODE} // '';
+my $edition = $ENV{ENTITLOCK_EDITION} // 'c';
+$edition = 'trusted' if $mode eq 'differential';
+
+# The trusted edition: the file "make trusted" writes, run with psql -f by
+# the database's owner, a role without superuser.
+sub install_trusted
+{
+	my ($db) = @_;
+	# test/tap.sh builds it where the test can read it.
+	my $file = $ENV{ENTITLOCK_TRUSTED_SQL}
+	  or BAIL_OUT('ENTITLOCK_TRUSTED_SQL is not set (run through test/tap.sh)');
+	$node->safe_psql('postgres',
+		"DO \$\$BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'model_owner') THEN "
+		  . "CREATE ROLE model_owner LOGIN CREATEROLE; END IF; END\$\$;"
+		  . "ALTER DATABASE $db OWNER TO model_owner;");
+	my ($ret, $out, $err) = $node->psql($db, undef,
+		extra_params => [ '-U', 'model_owner', '-v', 'ON_ERROR_STOP=1', '-f', $file ]);
+	BAIL_OUT("installing the trusted edition failed: $err") if $ret != 0;
+}
+
 $node->safe_psql('postgres', 'CREATE DATABASE model');
-$node->safe_psql('model', "CREATE EXTENSION entitlock;\n" . $EntitlockModel::SETUP);
+if ($edition eq 'trusted')
+{
+	install_trusted('model');
+	$node->safe_psql('model', $EntitlockModel::SETUP);
+}
+else
+{
+	$node->safe_psql('model', "CREATE EXTENSION entitlock;\n" . $EntitlockModel::SETUP);
+}
+# Differential mode: the C edition beside it.
+if ($mode eq 'differential')
+{
+	$node->safe_psql('postgres', 'CREATE DATABASE model_c');
+	$node->safe_psql('model_c', "CREATE EXTENSION entitlock;\n" . $EntitlockModel::SETUP);
+}
 
 sub sql { return $node->safe_psql('model', $_[0]); }
 
@@ -63,9 +104,38 @@ sub seeds
 }
 
 #
+# Differential mode: the same sequences on both editions; each must agree
+# with the model (so both give the same answers wherever the model predicts
+# one), and the keys of the same random names must be equal.
+#
+if ($mode eq 'differential')
+{
+	my %S = (trusted => EntitlockModel::session_start($node->connstr('model')),
+		c => EntitlockModel::session_start($node->connstr('model_c')));
+	for my $seed (seeds(\@SINGLE_SEEDS))
+	{
+		last if $deadline && time > $deadline;
+		my $ops = EntitlockModel::gen_ops($seed, $OPS);
+		for my $ed ('c', 'trusted')
+		{
+			my $f = EntitlockModel::run_ops($S{$ed}, $ops);
+			ok(!$f, "differential: seed $seed, $OPS operations on the $ed edition agree with the model")
+			  or diag("operation $f->{index}: $f->{message}\n  operation: "
+				  . EntitlockModel::describe_op($f->{op}) . "\n  answer:    $f->{got}");
+		}
+		my $names = "SELECT string_agg(lpad(to_hex(entitlock.key(n)), 16, '0') || lpad(to_hex(entitlock.key(n, n || 'x')), 16, '0'), ',' ORDER BY i)"
+		  . " FROM (SELECT i, md5(($seed * 1000 + i)::text) || repeat(chr(200 + i % 50), i % 40) AS n FROM generate_series(1, 200) i) s";
+		is($node->safe_psql('model', $names), $node->safe_psql('model_c', $names),
+			"differential: seed $seed, keys of 200 names equal on both editions");
+	}
+	EntitlockModel::session_end($_) for values %S;
+	done_testing();
+	exit 0;
+}
+
+#
 # Single-session mode.
 #
-my $mode = $ENV{ENTITLOCK_MODEL_MODE} // '';
 my $S = EntitlockModel::session_start($node->connstr('model'));
 my $ran = 0;
 for my $seed ($mode eq 'concurrent' ? () : seeds(\@SINGLE_SEEDS))
