@@ -9,12 +9,12 @@
 # postgres OS user on a private port and socket, runs the regression and
 # isolation suites (make installcheck) on the C edition and then on the
 # trusted edition (test/trusted/run.sh), then every script under test/check
-# and test/stress and the TAP tests under test/tap, and stops the cluster.
+# and the TAP tests under test/tap (pgbench stress included), and stops the
+# cluster.
 # Then test/matrix.sh builds and runs the regression and isolation suites
 # again on PostgreSQL 17 and 18, each in a Debian chroot it creates when
 # missing (ENTITLOCK_MATRIX="17 18" picks the majors, ENTITLOCK_MATRIX=
 # skips them).  Everything counts in one closing line:
-# and the TAP tests under test/tap (pgbench stress included), and stops the cluster.
 #   N passed, N failed[, N skipped]
 #
 # It exits non-zero when anything failed.  Set ENTITLOCK_KEEP=1 to keep the
