@@ -1,5 +1,5 @@
 # test/tap/EntitlockTest.pm: small helpers shared by the TAP tests that
-# check the tree against the installed extension (040 to 044).
+# check the tree against the installed extension (060 to 064).
 #
 # test/tap.sh copies the files those tests read from the tree (sql/,
 # entitlock.control, META.json, entitlock.so) to a directory the postgres

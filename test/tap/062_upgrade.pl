@@ -1,4 +1,4 @@
-# test/tap/042_upgrade.pl: ALTER EXTENSION entitlock UPDATE.  A database
+# test/tap/062_upgrade.pl: ALTER EXTENSION entitlock UPDATE.  A database
 # updated from an older version must end up exactly like a fresh CREATE
 # EXTENSION of the new version, with its data intact.  PostgreSQL runs the
 # update scripts (sql/entitlock--OLD--NEW.sql) on existing databases and
@@ -61,7 +61,7 @@
 # relative to its binaries, so the real installation is never written to.
 # Set UPGRADE_SELFTEST=0 to skip the synthetic versions.
 #
-# Run with: bash test/tap.sh test/tap/042_upgrade.pl
+# Run with: bash test/tap.sh test/tap/062_upgrade.pl
 
 use strict;
 use warnings;

@@ -1,4 +1,4 @@
-# test/tap/043_dump_restore.pl: a whole database that uses entitlock,
+# test/tap/063_dump_restore.pl: a whole database that uses entitlock,
 # through pg_dump and every usual way of restoring it.
 #
 # entitlock's state lives in extension tables and a sequence that pg_dump
@@ -44,7 +44,7 @@
 # an older dump restored in place sets fencing numbers back, and setval()
 # (what README tells the user to do) repairs it.
 #
-# Run with: bash test/tap.sh test/tap/043_dump_restore.pl
+# Run with: bash test/tap.sh test/tap/063_dump_restore.pl
 
 use strict;
 use warnings;

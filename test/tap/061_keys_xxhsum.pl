@@ -1,9 +1,9 @@
-# test/tap/041_keys_xxhsum.pl: entitlock.key against an independent XXH64,
+# test/tap/061_keys_xxhsum.pl: entitlock.key against an independent XXH64,
 # xxhsum from Debian's xxhash package.  Random names of every length from
 # 1 to 300 bytes (all stripe and tail paths), ASCII and multi-byte UTF-8,
 # and pairs hashed as realm, a zero byte and entity.
 #
-# Run with: bash test/tap.sh test/tap/041_keys_xxhsum.pl
+# Run with: bash test/tap.sh test/tap/061_keys_xxhsum.pl
 
 use strict;
 use warnings;

@@ -1,8 +1,8 @@
-# test/tap/040_version.pl: the version lives in entitlock.control.  Check
+# test/tap/060_version.pl: the version lives in entitlock.control.  Check
 # that everything that repeats it agrees: the install script's name,
 # META.json, and the version the server reports after CREATE EXTENSION.
 #
-# Run with: bash test/tap.sh test/tap/040_version.pl
+# Run with: bash test/tap.sh test/tap/060_version.pl
 
 use strict;
 use warnings;

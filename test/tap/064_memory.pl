@@ -1,4 +1,4 @@
-# test/tap/044_memory.pl: MEMORY_CALLS (default 1,000,000) calls of each
+# test/tap/064_memory.pl: MEMORY_CALLS (default 1,000,000) calls of each
 # hot function, all in ONE backend, must leave that backend's memory flat.
 #
 # A leak does not fail a functional test; it shows weeks later as a pooled
@@ -44,7 +44,7 @@
 # (memory contexts).  Without them the check could pass by measuring
 # nothing.
 #
-# Run with: bash test/tap.sh test/tap/044_memory.pl
+# Run with: bash test/tap.sh test/tap/064_memory.pl
 
 use strict;
 use warnings;
