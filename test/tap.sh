@@ -73,6 +73,13 @@ for t in "${sources[@]}"; do tests+=("$work/tap/$(basename "$t")"); done
 bash "$ENTITLOCK_ROOT/trusted/build.sh" "$work/tap" >/dev/null ||
 	die "trusted/build.sh failed"
 chmod -R a+rX "$work/tap"
+# What some tests read from the tree (the version, the install and update
+# scripts, the built library), copied likewise; ENTITLOCK_SRC names it.
+mkdir "$work/src" || die "cannot create $work/src"
+cp -r "$ENTITLOCK_ROOT/sql" "$ENTITLOCK_ROOT/entitlock.control" "$ENTITLOCK_ROOT/META.json" "$work/src/" ||
+	die "cannot copy the tree's files to $work/src"
+[ -f "$ENTITLOCK_ROOT/entitlock.so" ] && cp "$ENTITLOCK_ROOT/entitlock.so" "$work/src/"
+chmod -R a+rX "$work/tap" "$work/src"
 [ "$(id -u)" -eq 0 ] && chown -R postgres: "$work"
 
 # PostgreSQL 15's PostgreSQL::Test::Utils writes to $TESTDIR/tmp_check;
@@ -88,6 +95,7 @@ as_pg env \
 	TESTLOGDIR="$work/tmp_check/log" \
 	PG_MAJOR="$PG_MAJOR" \
 	ENTITLOCK_TRUSTED_SQL="$work/tap/entitlock-trusted.sql" \
+	ENTITLOCK_SRC="$work/src" \
 	prove -I "$perl_lib" -I "$work/tap" ${PROVE_FLAGS:-} \
 	"${tests[@]}" 2>&1 | tee "$work/prove.out"
 status=${PIPESTATUS[0]}

@@ -1,16 +1,16 @@
-#!/usr/bin/env bash
+# test/tap/062_upgrade.pl: ALTER EXTENSION entitlock UPDATE.  A database
+# updated from an older version must end up exactly like a fresh CREATE
+# EXTENSION of the new version, with its data intact.  PostgreSQL runs the
+# update scripts (sql/entitlock--OLD--NEW.sql) on existing databases and
+# the full script (or the base script plus updates) on new ones; nothing
+# makes the two agree except a test, and a difference (a forgotten REVOKE,
+# a function left VOLATILE, a table not registered for pg_dump) only shows
+# later, in a customer's database that was updated rather than created.
 #
-# ALTER EXTENSION entitlock UPDATE: a database updated from an older version
-# must end up exactly like a fresh CREATE EXTENSION of the new version, with
-# its data intact.  PostgreSQL runs the update scripts
-# (sql/entitlock--OLD--NEW.sql) on existing databases and the full script
-# (or the base script plus updates) on new ones; nothing makes the two
-# agree except a test, and a difference (a forgotten REVOKE, a function left
-# VOLATILE, a table not registered for pg_dump) only shows later, in a
-# customer's database that was updated rather than created.
-#
-# For every version that has an update path to default_version (from the
-# server: pg_extension_update_paths), this script:
+# The versions come from the tree: default_version from entitlock.control,
+# the older ones from sql/entitlock--*.sql (full scripts and both ends of
+# every update script).  Each older version must have an update path to
+# default_version (pg_extension_update_paths), and from each one this test:
 #   - creates the extension at that version in one database, puts data in
 #     (usage with and without idempotency keys, idempotency keys completed
 #     and not, first_time, held leases and spent fencing numbers), runs
@@ -22,7 +22,11 @@
 #   - checks the data survived and works: the same usage, idempotent
 #     retries answered as before and recording nothing, keys replayed,
 #     leases still held and renewable with their old tokens, fencing
-#     numbers continuing above every one handed out.
+#     numbers continuing above every one handed out;
+#   - and, in another database, that user objects depending on the old
+#     version's functions (a view over holders(), SQL-standard bodies, a
+#     column default, an expression index, a GRANT) survive the update,
+#     work, and restore from pg_dump.
 # With a single version there is no update path: it then compares a fresh
 # install holding data with another fresh install, which keeps the
 # comparison and the data checks themselves tested.  The data goes in
@@ -44,72 +48,99 @@
 #     pg_extension_config_dump, and each function not written in C pins
 #     its search_path.
 #
-# Self-test: a synthetic next version is installed into the server's
-# extension directory under a name no one else uses (9.9-upgrade-selftest-
-# PID-...; default_version is untouched, so other sessions do not see it)
-# in several broken forms (the update script forgets a function, a REVOKE,
-# a pg_extension_config_dump, a volatility change; or loses lease tokens or
-# usage idempotency keys) and one correct form.  Each broken form must fail
-# naming what is missing; the correct one must pass.  The synthetic files
-# are removed on exit.  Set UPGRADE_SELFTEST=0 to skip it.
+# Negative controls (the self-test): the static scanners must flag a
+# script with a missing C symbol and unqualified names; and a synthetic
+# next version (9.9-selftest-NAME, updating from default_version) in
+# several broken forms (the update script forgets a function, a REVOKE, a
+# pg_extension_config_dump, a volatility change; or loses lease tokens or
+# usage idempotency keys) and one correct form must be caught, each naming
+# what is missing, while the correct one passes.  The synthetic scripts
+# go into a private mirror of the installation (the PostgreSQL binaries
+# copied, everything else linked, its extension directory a directory of
+# links plus the synthetic files): PostgreSQL finds its share directory
+# relative to its binaries, so the real installation is never written to.
+# Set UPGRADE_SELFTEST=0 to skip the synthetic versions.
 #
-# Runs against $PGHOST when set (the suite's cluster), else starts a
-# throwaway cluster of its own.  PG_CONFIG picks another installation.
+# Run with: bash test/tap.sh test/tap/062_upgrade.pl
 
-set -uo pipefail
-. "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
-cd "$ENTITLOCK_ROOT" || exit 1
+use strict;
+use warnings;
 
-pgc=${PG_CONFIG:-$(pg_bindir)/pg_config}
-extdir="$("$pgc" --sharedir)/extension"
-libdir="$("$pgc" --pkglibdir)"
-bindir="$("$pgc" --bindir)"
-selftest_tag="upgrade-selftest-$$"
-dbprefix="entitlock_upgrade_$$"
-tmp=$(mktemp -d)
-chmod 755 "$tmp"
-own_cluster=
+use File::Basename qw(basename dirname);
+use File::Copy qw(copy);
+use File::Compare qw(compare);
+use File::Path qw(make_path);
+use IPC::Run;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use EntitlockTest;
 
-cleanup() {
-	rm -f "$extdir"/entitlock--*"$selftest_tag"* 2>/dev/null ||
-		as_root rm -f "$extdir"/entitlock--*"$selftest_tag"*
-	if [ -n "${PGHOST:-}" ]; then
-		local db
-		for db in $(psql -X -At -c "SELECT datname FROM pg_database WHERE datname LIKE '${dbprefix}\_%'" 2>/dev/null); do
-			test_db_drop "$db"
-		done
-	fi
-	[ -n "$own_cluster" ] && cluster_destroy "$own_cluster"
-	rm -rf "$tmp"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM HUP
-
-if [ -z "${PGHOST:-}" ]; then
-	own_cluster=$(mktemp -d /tmp/entitlock-upgrade.XXXXXX)
-	cluster_start "$own_cluster" >/dev/null
-fi
-
-# Synthetic files left by a run that was killed outright.
-for f in "$extdir"/entitlock--*-upgrade-selftest-*; do
-	[ -e "$f" ] || continue
-	pid=${f##*-upgrade-selftest-}
-	pid=${pid%%-*}
-	kill -0 "$pid" 2>/dev/null || as_root rm -f "$f"
-done
+my $src     = src_dir();
+my $tmp     = PostgreSQL::Test::Utils::tempdir();
+my $extdir  = pg_config_value('--sharedir') . '/extension';
+my $libdir  = pg_config_value('--pkglibdir');
+my $default_version = control_value('default_version');
+BAIL_OUT('no default_version in entitlock.control') unless $default_version;
 
 # The catalog queries join temporary tables the planner knows nothing
-# about; its guesses would make JIT compile them for a second each.
-export PGOPTIONS="${PGOPTIONS:-} -c jit=off"
+# about; its guesses would make JIT compile them for a second each
+# (new_node sets jit = off).
+my $node = new_node('upgrade');
+my $dbseq = 0;
 
-q() { psql -X -q -At -v ON_ERROR_STOP=1 -d "$1" -c "$2"; }
+sub write_file
+{
+	my ($file, $text) = @_;
+	open my $fh, '>', $file or die "$file: $!\n";
+	print $fh $text;
+	close $fh;
+}
 
-default_version=$(control_value default_version)
-[ -n "$default_version" ] || die "no default_version in entitlock.control"
+# run_cmd(ARGS...): (exit status, stdout, stderr).
+sub run_cmd
+{
+	my ($out, $err) = ('', '');
+	IPC::Run::run([@_], '>', \$out, '2>', \$err);
+	return ($? >> 8, $out, $err);
+}
 
-# Helper scripts, written to $tmp.
+# psql_run(NODE, DB, SQL, [params]): (exit status, stdout, stderr), psql
+# -XAtq, ON_ERROR_STOP unless on_error_stop => 0.
+sub psql_run
+{
+	my ($n, $db, $sql, %p) = @_;
+	my ($out, $err) = ('', '');
+	my $rc = $n->psql($db, $sql, stdout => \$out, stderr => \$err,
+		on_error_stop => $p{on_error_stop} // 1, extra_params => $p{extra} // []);
+	return ($rc, $out, $err);
+}
 
-cat >"$tmp/sqlscan.pl" <<'PERL'
+sub q1
+{
+	my ($n, $db, $sql) = @_;
+	return $n->safe_psql($db, $sql);
+}
+
+# A unified diff of two texts, without hunk headers, at most $max lines;
+# empty when they are equal.
+sub text_diff
+{
+	my ($a, $b, $la, $lb, $max) = @_;
+	return '' if $a eq $b;
+	my $n = ++$dbseq;
+	write_file("$tmp/diff.$n.a", $a eq '' ? '' : "$a\n");
+	write_file("$tmp/diff.$n.b", $b eq '' ? '' : "$b\n");
+	my (undef, $out) = run_cmd('diff', '-U0', '--label', $la, '--label', $lb,
+		"$tmp/diff.$n.a", "$tmp/diff.$n.b");
+	my @lines = grep { !/^@@/ } split /\n/, $out;
+	splice @lines, $max if @lines > $max;
+	return join("\n", @lines);
+}
+
+# The static scanner, run as a script on the files it is given.
+my $sqlscan = "$tmp/sqlscan.pl";
+write_file($sqlscan, <<'PERL');
 use strict;
 use warnings;
 
@@ -278,8 +309,8 @@ exit($problems ? 1 : 0);
 PERL
 
 # Everything the extension owns, one fact per line, without OIDs, so that
-# two databases can be compared with diff.
-cat >"$tmp/snapshot.sql" <<'SQL'
+# two databases can be compared line by line.
+my $snapshot_sql = <<'SQL';
 \set ON_ERROR_STOP 1
 SET search_path = pg_catalog;
 SET client_min_messages = warning;
@@ -607,7 +638,7 @@ SQL
 
 # Rules every database must satisfy, whatever its history ("problem: ..."
 # lines), and the C symbols its functions call ("csym: ..." lines).
-cat >"$tmp/rules.sql" <<'SQL'
+my $rules_sql = <<'SQL';
 \set ON_ERROR_STOP 1
 SET search_path = pg_catalog;
 WITH ext AS (SELECT * FROM pg_extension WHERE extname = 'entitlock'),
@@ -653,7 +684,7 @@ SQL
 
 # Data put in through the API at the old version.  One transaction, so a
 # failure leaves nothing behind.
-cat >"$tmp/seed_api.sql" <<'SQL'
+my $seed_api_sql = <<'SQL';
 SELECT * FROM entitlock.record_usage_if_under_limit('ws:1', 'api', 3, 10);
 SELECT * FROM entitlock.record_usage_if_under_limit('ws:1', 'api', 8, 10);
 SELECT * FROM entitlock.record_usage_if_under_limit('ws:1', 'api', 2, 10, 'lifetime', 'req-1');
@@ -673,12 +704,13 @@ SELECT 'lease job-a', token, fencing FROM entitlock.lease_acquire('job-a', '1 ho
 SELECT 'lease job-b', token, fencing FROM entitlock.lease_acquire('job-b', '1 hour', 'worker-2');
 SQL
 
+
 # The same kinds of rows written straight into version 1.0's tables.  A
 # library whose tables changed refuses to work on 1.0's (by design, until
 # ALTER EXTENSION UPDATE runs), so the API cannot seed 1.0 then; these rows
 # still can.  Loaded alongside the API's rows whenever the old version is
 # 1.0, so that they stay tested.
-cat >"$tmp/seed_fixture_1.0.sql" <<'SQL'
+my $seed_fixture_sql = <<'SQL';
 INSERT INTO entitlock.usage_counter (subject, feature, period, period_start, period_end, used)
 VALUES ('fx:1', 'api', 'lifetime', '-infinity', NULL, 4);
 INSERT INTO entitlock.usage_idempotency (subject, feature, idempotency_key, period, amount,
@@ -695,15 +727,17 @@ VALUES (entitlock.key('entitlock.lease', 'fx-job'), 'fx-job', 'f1f1f1f1-0000-400
 		'fx-worker', 1000, now(), now() + interval '1 hour');
 SELECT setval('entitlock.lease_fencing', greatest(1000, (SELECT last_value FROM entitlock.lease_fencing)));
 SQL
-fixture_token=f1f1f1f1-0000-4000-8000-000000000001
+my $fixture_token = 'f1f1f1f1-0000-4000-8000-000000000001';
 
-# probe_sql API FIXTURE: read-only questions about the data (rolled back),
-# asked before and after the update; the answers must not change.
-probe_sql() {
-	echo "BEGIN;"
-	echo "CREATE FUNCTION pg_temp.sqlstate_of(q text) RETURNS text LANGUAGE plpgsql AS \$f\$
-BEGIN EXECUTE q; RETURN 'no error'; EXCEPTION WHEN OTHERS THEN RETURN SQLSTATE; END \$f\$;"
-	[ "$1" = 1 ] && cat <<'SQL'
+# probe_sql(API, FIXTURE): read-only questions about the data (rolled
+# back), asked before and after the update; the answers must not change.
+sub probe_sql
+{
+	my ($api, $fixture) = @_;
+	my $s = "BEGIN;\n" . q{CREATE FUNCTION pg_temp.sqlstate_of(q text) RETURNS text LANGUAGE plpgsql AS $f$
+BEGIN EXECUTE q; RETURN 'no error'; EXCEPTION WHEN OTHERS THEN RETURN SQLSTATE; END $f$;
+};
+	$s .= <<'SQL' if $api;
 SELECT 'usage ws:1 api', entitlock.usage('ws:1', 'api');
 SELECT 'usage ws:1 seats', entitlock.usage('ws:1', 'seats');
 SELECT 'usage ws:2 api', entitlock.usage('ws:2', 'api');
@@ -718,7 +752,7 @@ SELECT 'first_time webhook-1', entitlock.first_time('webhook-1');
 SELECT 'job-a is held', count(*) = 0 FROM entitlock.lease_acquire('job-a', '1 minute');
 SELECT 'a stranger releases job-a', entitlock.lease_release('job-a', '00000000-0000-4000-8000-000000000000');
 SQL
-	[ "$2" = 1 ] && cat <<'SQL'
+	$s .= <<'SQL' if $fixture;
 SELECT 'usage fx:1 api', entitlock.usage('fx:1', 'api');
 SELECT 'retry fx-req', r.* FROM entitlock.record_usage_if_under_limit('fx:1', 'api', 4, 10, 'lifetime', 'fx-req') AS r;
 SELECT 'usage fx:1 api after the retry', entitlock.usage('fx:1', 'api');
@@ -727,13 +761,16 @@ SELECT 'fx-order with another fingerprint', pg_temp.sqlstate_of($q$SELECT entitl
 SELECT 'first_time fx-hook', entitlock.first_time('fx-hook');
 SELECT 'fx-job is held', count(*) = 0 FROM entitlock.lease_acquire('fx-job', '1 minute');
 SQL
-	echo "SELECT 'lease', name, holder, fencing FROM entitlock.leases ORDER BY name;"
-	echo "ROLLBACK;"
+	$s .= "SELECT 'lease', name, holder, fencing FROM entitlock.leases ORDER BY name;\nROLLBACK;\n";
+	return $s;
 }
 
-# probe_expected API FIXTURE FENCING_A FENCING_B
-probe_expected() {
-	[ "$1" = 1 ] && cat <<EOF
+# probe_expected(API, FIXTURE, FENCING_A, FENCING_B)
+sub probe_expected
+{
+	my ($api, $fixture, $fa, $fb) = @_;
+	my $e = '';
+	$e .= <<'EOT' if $api;
 usage ws:1 api|5
 usage ws:1 seats|3
 usage ws:2 api|8
@@ -747,8 +784,8 @@ order-1 with another fingerprint|22023
 first_time webhook-1|f
 job-a is held|t
 a stranger releases job-a|f
-EOF
-	[ "$2" = 1 ] && cat <<EOF
+EOT
+	$e .= <<'EOT' if $fixture;
 usage fx:1 api|4
 retry fx-req|t|4|6|
 usage fx:1 api after the retry|4
@@ -756,18 +793,23 @@ replay fx-order|replay|{"fx": true}
 fx-order with another fingerprint|22023
 first_time fx-hook|f
 fx-job is held|t
-EOF
-	{
-		[ "$2" = 1 ] && echo "lease|fx-job|fx-worker|1000"
-		[ "$1" = 1 ] && echo "lease|job-a|worker-1|$3" && echo "lease|job-b|worker-2|$4"
-	} | sort
-	return 0
+EOT
+	my @leases;
+	push @leases, 'lease|fx-job|fx-worker|1000' if $fixture;
+	push @leases, "lease|job-a|worker-1|$fa", "lease|job-b|worker-2|$fb" if $api;
+	$e .= join('', map { "$_\n" } sort @leases);
+	chomp $e;
+	return $e;
 }
 
-# mutate_sql API FIXTURE: after the update, the data must go on working.
-# Variables: token_a, token_b, max (the last fencing number handed out).
-mutate_sql() {
-	[ "$1" = 1 ] && cat <<'SQL'
+# mutate_sql(API, FIXTURE): after the update, the data must go on working.
+# Variables: token_a, token_b, max (the last fencing number handed out),
+# fixture_token.
+sub mutate_sql
+{
+	my ($api, $fixture) = @_;
+	my $s = '';
+	$s .= <<'SQL' if $api;
 SELECT 'renew job-a with its old token', entitlock.lease_renew('job-a', :'token_a', '2 hours');
 SELECT 'release job-b with its old token', entitlock.lease_release('job-b', :'token_b');
 SELECT 'job-b taken again, fencing above the old ones', fencing > :max FROM entitlock.lease_acquire('job-b', '1 hour', 'worker-3');
@@ -785,13 +827,13 @@ SELECT 'complete order-3', entitlock.idempotency_complete('order-3', '{"id": 3}'
 COMMIT;
 SELECT 'replay order-3', b.* FROM entitlock.idempotency_begin('order-3') AS b;
 SQL
-	[ "$2" = 1 ] && cat <<'SQL'
+	$s .= <<'SQL' if $fixture;
 SELECT 'renew fx-job with its old token', entitlock.lease_renew('fx-job', :'fixture_token', '2 hours');
 SELECT 'usage fx:1 api goes on from 4', r.* FROM entitlock.record_usage_if_under_limit('fx:1', 'api', 6, 10) AS r;
 SELECT 'refund fx-req, a key stored as a 1.0 row', entitlock.refund_usage('fx:1', 'api', 'fx-req');
 SELECT 'release fx-job with its old token', entitlock.lease_release('fx-job', :'fixture_token');
 SQL
-	cat <<'SQL'
+	$s .= <<'SQL';
 SELECT 'a new lease, fencing above the old ones', fencing > :max FROM entitlock.lease_acquire('job-new', '1 hour');
 SELECT 'purge_expired', entitlock.purge_expired();
 BEGIN;
@@ -799,10 +841,14 @@ SELECT 'try_lock', entitlock.try_lock('upgrade-check');
 SELECT 'holders', count(*) FROM entitlock.holders('upgrade-check');
 COMMIT;
 SQL
+	return $s;
 }
 
-mutate_expected() {
-	[ "$1" = 1 ] && cat <<'EOF'
+sub mutate_expected
+{
+	my ($api, $fixture) = @_;
+	my $e = '';
+	$e .= <<'EOT' if $api;
 renew job-a with its old token|t
 release job-b with its old token|t
 job-b taken again, fencing above the old ones|t
@@ -817,328 +863,383 @@ first_time webhook-2|t
 begin order-3|new
 complete order-3|
 replay order-3|replay|{"id": 3}
-EOF
-	[ "$2" = 1 ] && cat <<'EOF'
+EOT
+	$e .= <<'EOT' if $fixture;
 renew fx-job with its old token|t
 usage fx:1 api goes on from 4|t|10|0|
 refund fx-req, a key stored as a 1.0 row|4
 release fx-job with its old token|t
-EOF
-	cat <<'EOF'
+EOT
+	$e .= <<'EOT';
 a new lease, fencing above the old ones|t
 purge_expired|0
 try_lock|t
 holders|1
-EOF
+EOT
+	chomp $e;
+	return $e;
 }
 
-# table_columns DB: "relation<TAB>relkind<TAB>columns" for each table and
-# sequence of the extension, columns as they are now.
-table_columns() {
-	q "$1" "SELECT c.oid::regclass, c.relkind,
-				   CASE c.relkind WHEN 'S' THEN 'last_value, is_called'
-				   ELSE string_agg(quote_ident(a.attname), ', ' ORDER BY a.attnum) END
-			  FROM pg_depend AS d
-			  JOIN pg_extension AS e ON d.refobjid = e.oid
-			  JOIN pg_class AS c ON d.classid = 'pg_class'::regclass AND c.oid = d.objid
-			  LEFT JOIN pg_attribute AS a
-					 ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
-			 WHERE e.extname = 'entitlock' AND d.refclassid = 'pg_extension'::regclass
-			   AND d.deptype = 'e' AND c.relkind IN ('r', 'p', 'S')
-			 GROUP BY c.oid, c.relkind ORDER BY 1::text" | tr '|' '\t'
+# table_columns(NODE, DB): [relation, columns] for each table and sequence
+# of the extension, columns as they are now.
+sub table_columns
+{
+	my ($n, $db) = @_;
+	my $out = q1($n, $db, q{
+		SELECT c.oid::regclass || E'\t' ||
+			   CASE c.relkind WHEN 'S' THEN 'last_value, is_called'
+			   ELSE string_agg(quote_ident(a.attname), ', ' ORDER BY a.attnum) END
+		  FROM pg_depend AS d
+		  JOIN pg_extension AS e ON d.refobjid = e.oid
+		  JOIN pg_class AS c ON d.classid = 'pg_class'::regclass AND c.oid = d.objid
+		  LEFT JOIN pg_attribute AS a
+				 ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+		 WHERE e.extname = 'entitlock' AND d.refclassid = 'pg_extension'::regclass
+		   AND d.deptype = 'e' AND c.relkind IN ('r', 'p', 'S')
+		 GROUP BY c.oid, c.relkind ORDER BY c.oid::regclass::text});
+	return [ map { [ split /\t/ ] } split /\n/, $out ];
 }
 
-# table_rows DB COLUMNS-FILE: every row of those tables, those columns only.
-table_rows() {
-	local rel kind cols args=()
-	while IFS=$'\t' read -r rel kind cols; do
-		args+=(-c "SELECT '$rel: ' || t::text FROM (SELECT $cols FROM $rel) AS t ORDER BY 1")
-	done <"$2"
-	[ ${#args[@]} -eq 0 ] || psql -X -q -At -d "$1" "${args[@]}" 2>&1
+# table_rows(NODE, DB, COLUMNS): every row of those tables, those columns
+# only.
+sub table_rows
+{
+	my ($n, $db, $cols) = @_;
+	return '' unless @$cols;
+	my $sql = join('',
+		map { "SELECT '$_->[0]: ' || t::text FROM (SELECT $_->[1] FROM $_->[0]) AS t ORDER BY 1;\n" }
+		  @$cols);
+	my ($rc, $out, $err) = psql_run($n, $db, $sql, on_error_stop => 0);
+	return $out . ($err ne '' ? "\n$err" : '');
 }
 
-# dump_schema DB: pg_dump's view of every member, without what is
+# dump_schema(NODE, DB): pg_dump's view of every member, without what is
 # specific to one database (OIDs, xids, sequence positions).
-dump_schema() {
-	"$bindir/pg_dump" --binary-upgrade --schema-only -d "$1" |
-		grep -v -e '^\\restrict ' -e '^\\unrestrict ' -e 'binary_upgrade_set_next_' \
-			-e '^SELECT pg_catalog.setval(' |
-		sed -E -e "s/(binary_upgrade_create_empty_extension\(.*, )'\{[0-9,]*\}'(, '\{)/\1'{...}'\2/" \
-			-e "s/relfrozenxid = '[0-9]+', relminmxid = '[0-9]+'/relfrozenxid = ..., relminmxid = .../" \
-			-e "s/WHERE oid = '[0-9]+'/WHERE oid = .../"
+sub dump_schema
+{
+	my ($n, $db) = @_;
+	my ($rc, $out, $err) =
+	  run_cmd('pg_dump', '--binary-upgrade', '--schema-only', '-d', $n->connstr($db));
+	return "pg_dump failed: $err" if $rc;
+	my @lines;
+	for (split /\n/, $out)
+	{
+		next if /^\\(?:un)?restrict / || /binary_upgrade_set_next_/ || /^SELECT pg_catalog\.setval\(/;
+		s/(binary_upgrade_create_empty_extension\(.*, )'\{[0-9,]*\}'(, '\{)/$1'{...}'$2/;
+		s/relfrozenxid = '[0-9]+', relminmxid = '[0-9]+'/relfrozenxid = ..., relminmxid = .../;
+		s/WHERE oid = '[0-9]+'/WHERE oid = .../;
+		push @lines, $_;
+	}
+	return join("\n", @lines);
 }
 
-# show_diff WHAT FILE-A FILE-B LABEL-A LABEL-B: fail with a readable diff
-# when they differ.
-show_diff() {
-	if ! cmp -s "$2" "$3"; then
-		log "FAILED: $1 differ (- $4, + $5):"
-		diff -U0 --label "$4" --label "$5" "$2" "$3" | grep -v '^@@' | head -"${DIFF_LINES:-80}" >&2
-		check_failed=1
+# The installed library's symbols.
+my %nm;
+{
+	my ($rc, $out, $err) = run_cmd('nm', '-D', '--defined-only', "$libdir/entitlock.so");
+	for (split /\n/, $out)
+	{
+		my @f = split ' ';
+		$nm{ $f[2] } = 1 if @f >= 3;
+	}
+}
+
+# missing_symbols(LINES): each line "WHERE<TAB>SYMBOL"; every symbol and
+# its pg_finfo_ record must be in the installed library.  The problems.
+sub missing_symbols
+{
+	my @problems;
+	for (@_)
+	{
+		my ($where, $sym) = split /\t/;
+		if ($sym =~ /^\?(.*)/)
+		{
+			push @problems, "$where: $1";
+			next;
+		}
+		push @problems, "$where: C symbol $sym (or pg_finfo_$sym) is not in $libdir/entitlock.so"
+		  unless $nm{$sym} && $nm{"pg_finfo_$sym"};
+	}
+	return @problems;
+}
+
+# Results of the comparisons: [name, ok, detail] each.  In the main run
+# each becomes an ok(); in the self-test they are the verdict on a
+# synthetic version.
+sub result { return [ $_[0], $_[1] ? 1 : 0, $_[2] // '' ]; }
+
+sub same_text
+{
+	my ($what, $a, $b, $la, $lb, $max) = @_;
+	return result("$what are the same", $a eq $b, text_diff($a, $b, $la, $lb, $max // 80));
+}
+
+# rules_check(NODE, DB, LABEL): the per-database rules, and the C symbols
+# its functions call.
+sub rules_check
+{
+	my ($n, $db, $label) = @_;
+	my ($rc, $out, $err) = psql_run($n, $db, $rules_sql);
+	return result("$label: rules query runs", 0, $err) if $rc;
+	my @problems = map { s/^problem: //r } grep { /^problem: / } split /\n/, $out;
+	my @csym = map { /^csym: (\S+) (.*)$/ ? "$label: function $2\t$1" : () } split /\n/, $out;
+	push @problems, missing_symbols(@csym);
+	return result(
+		"$label: tables and sequences registered for pg_dump, search_path pinned, C symbols present",
+		!@problems, join("\n", map { "FAILED: $label: $_" } @problems));
+}
+
+# compare_update(NODE, FROM, TO, [max diff lines]): the update from FROM
+# to TO against a fresh install of TO, as described at the top.  The
+# list of results.
+sub compare_update
+{
+	my ($n, $from, $to, $max) = @_;
+	my $id = ++$dbseq;
+	my ($a, $b) = ("upd_${id}_a", "upd_${id}_b");
+	my @r;
+	my ($api, $fixture, $token_a, $token_b, $fa, $fb) = (0, 0, '', '', '', '');
+
+	$n->safe_psql('postgres', "CREATE DATABASE $a");
+	my ($rc, $out, $err) = psql_run($n, $a, "CREATE EXTENSION entitlock VERSION '$from';");
+	push @r, result("CREATE EXTENSION entitlock VERSION '$from'", !$rc, $err);
+	return @r if $rc;
+
+	($rc, $out, $err) = psql_run($n, $a, $seed_api_sql, extra => ['-1']);
+	if (!$rc)
+	{
+		$api = 1;
+		($token_a, $fa) = $out =~ /^lease job-a\|(.*)\|(.*)$/m;
+		($token_b, $fb) = $out =~ /^lease job-b\|(.*)\|(.*)$/m;
+	}
+	elsif ($err =~ /is not as this version of entitlock created it/)
+	{
+		note("the installed library refuses version ${from}'s tables (as designed, until ALTER EXTENSION UPDATE), so its data comes from the fixture only");
+	}
 	else
-		log "ok: $1 are the same"
-	fi
+	{
+		push @r, result("putting data into version $from through the API", 0, $err);
+	}
+	if ($from eq '1.0')
+	{
+		($rc, $out, $err) = psql_run($n, $a, $seed_fixture_sql, extra => ['-1']);
+		$fixture = !$rc;
+		push @r, result("the 1.0 fixture rows go into version $from", $fixture, $err);
+	}
+	if (!$api && !$fixture)
+	{
+		push @r, result("some data goes into version $from (add a fixture for it to this test)", 0);
+		return @r;
+	}
+
+	my $probe = probe_sql($api, $fixture);
+	my $probe_expected = probe_expected($api, $fixture, $fa, $fb);
+	if ($api)
+	{
+		my (undef, $o, $e) = psql_run($n, $a, $probe, on_error_stop => 0);
+		push @r, same_text("answers about the data at $from (the test's own expectations)",
+			$probe_expected, $o . ($e ne '' ? "\n$e" : ''), 'expected', "at $from", $max);
+	}
+	my $maxf = q1($n, $a, 'SELECT last_value FROM entitlock.lease_fencing');
+	my $cols = table_columns($n, $a);
+	my $rows_before = table_rows($n, $a, $cols);
+
+	($rc, $out, $err) = psql_run($n, $a, "ALTER EXTENSION entitlock UPDATE TO '$to';");
+	push @r, result("ALTER EXTENSION entitlock UPDATE TO '$to' from $from", !$rc, $err);
+	return @r if $rc;
+	my $installed = q1($n, $a, "SELECT extversion FROM pg_extension WHERE extname = 'entitlock'");
+	push @r, result("version after ALTER EXTENSION entitlock UPDATE from $from is $to",
+		$installed eq $to, "installed: $installed");
+
+	push @r, same_text("rows of the extension's tables (the columns $from had) before and after the update",
+		$rows_before, table_rows($n, $a, $cols), 'before the update', 'after the update', $max);
+	{
+		my (undef, $o, $e) = psql_run($n, $a, $probe, on_error_stop => 0);
+		push @r, same_text("answers about the data from $from", $probe_expected,
+			$o . ($e ne '' ? "\n$e" : ''), 'expected', "after the update to $to", $max);
+	}
+	{
+		my (undef, $o, $e) = psql_run($n, $a, mutate_sql($api, $fixture), on_error_stop => 0,
+			extra => [ '-v', "token_a=$token_a", '-v', "token_b=$token_b", '-v', "max=$maxf",
+				'-v', "fixture_token=$fixture_token" ]);
+		push @r, same_text("uses of the data from $from", mutate_expected($api, $fixture),
+			$o . ($e ne '' ? "\n$e" : ''), 'expected', "after the update to $to", $max);
+	}
+
+	$n->safe_psql('postgres', "CREATE DATABASE $b");
+	($rc, $out, $err) = psql_run($n, $b, "CREATE EXTENSION entitlock VERSION '$to';");
+	push @r, result("CREATE EXTENSION entitlock VERSION '$to'", !$rc, $err);
+	return @r if $rc;
+
+	my ($rca, $cat_a, $ea) = psql_run($n, $a, $snapshot_sql);
+	my ($rcb, $cat_b, $eb) = psql_run($n, $b, $snapshot_sql);
+	push @r, result('the catalog snapshot query runs', !$rca && !$rcb, "$ea$eb");
+	my $facts = () = $cat_b =~ /\n/g;
+	push @r, same_text('catalogs (' . ($facts + 1) . ' facts)', $cat_a, $cat_b,
+		"updated from $from", "created at $to", $max);
+	push @r, same_text('pg_dump --binary-upgrade --schema-only outputs',
+		dump_schema($n, $a), dump_schema($n, $b), "updated from $from", "created at $to", $max);
+
+	push @r, rules_check($n, $a, "updated from $from");
+	push @r, rules_check($n, $b, "created at $to");
+
+	$n->safe_psql('postgres', "DROP DATABASE $a");
+	$n->safe_psql('postgres', "DROP DATABASE $b");
+	return @r;
 }
 
-nm_symbols() {
-	nm -D --defined-only "$libdir/entitlock.so" | awk '{ print $3 }' | sort -u
+sub report
+{
+	my ($prefix, @results) = @_;
+	for my $r (@results)
+	{
+		ok($r->[1], "$prefix$r->[0]") or diag($r->[2]);
+	}
 }
-
-# check_symbols LIST-FILE: each line "WHERE<TAB>SYMBOL"; every symbol and
-# its pg_finfo_ record must be in the installed library.
-check_symbols() {
-	local where sym missing=0
-	while IFS=$'\t' read -r where sym; do
-		if [[ $sym == \?* ]]; then
-			log "FAILED: $where: ${sym#\?}"
-			missing=1
-			continue
-		fi
-		grep -qx -- "$sym" "$tmp/nm.txt" && grep -qx -- "pg_finfo_$sym" "$tmp/nm.txt" && continue
-		log "FAILED: $where: C symbol $sym (or pg_finfo_$sym) is not in $libdir/entitlock.so"
-		missing=1
-	done <"$1"
-	[ $missing -eq 0 ]
-}
-
-# rules_check DB LABEL: the per-database rules, and the C symbols its
-# functions call.
-rules_check() {
-	local out=$tmp/rules.$2
-	psql -X -q -At -d "$1" -f "$tmp/rules.sql" >"$out" || { check_failed=1; return; }
-	if grep -q '^problem: ' "$out"; then
-		sed -n "s/^problem: /FAILED: $2: /p" "$out" >&2
-		check_failed=1
-	fi
-	sed -n 's/^csym: \([^ ]*\) \(.*\)$/'"$2"': function \2\t\1/p' "$out" >"$out.sym"
-	if check_symbols "$out.sym" && ! grep -q '^problem: ' "$out"; then
-		log "ok: $2: tables and sequences registered for pg_dump, search_path pinned, C symbols present"
-	else
-		check_failed=1
-	fi
-}
-
-# compare_update FROM TO NAME: the update from FROM to TO against a fresh
-# install of TO, as described at the top.  Run it in a subshell: it exits
-# with its own verdict.
-compare_update() {
-	local from=$1 to=$2 name=$3
-	local a=${dbprefix}_${name}_a b=${dbprefix}_${name}_b dir=$tmp/$name
-	local api=0 fixture=0 token_a= token_b= fa= fb= max installed
-	mkdir -p "$dir"
-	check_failed=0
-
-	psql -X -q -c "CREATE DATABASE $a" || exit 1
-	printf "CREATE EXTENSION entitlock VERSION %s;\n" "'$from'" | psql -X -q -v ON_ERROR_STOP=1 -d "$a" ||
-		{ log "FAILED: CREATE EXTENSION entitlock VERSION '$from'"; exit 1; }
-
-	if psql -X -q -At -1 -v ON_ERROR_STOP=1 -d "$a" -f "$tmp/seed_api.sql" >"$dir/seed.out" 2>"$dir/seed.err"; then
-		api=1
-		read -r token_a fa < <(sed -n 's/^lease job-a|\(.*\)|\(.*\)$/\1 \2/p' "$dir/seed.out")
-		read -r token_b fb < <(sed -n 's/^lease job-b|\(.*\)|\(.*\)$/\1 \2/p' "$dir/seed.out")
-	elif grep -q 'is not as this version of entitlock created it' "$dir/seed.err"; then
-		log "note: the installed library refuses version $from's tables (as designed, until ALTER EXTENSION UPDATE), so its data comes from the fixture only"
-	else
-		log "FAILED: putting data into version $from through the API:"
-		cat "$dir/seed.err" >&2
-		check_failed=1
-	fi
-	if [ "$from" = 1.0 ]; then
-		psql -X -q -At -1 -v ON_ERROR_STOP=1 -d "$a" -f "$tmp/seed_fixture_1.0.sql" >/dev/null &&
-			fixture=1 || check_failed=1
-	fi
-	if [ $api = 0 ] && [ $fixture = 0 ]; then
-		log "FAILED: no data could be put into version $from; add a fixture for it to $0"
-		exit 1
-	fi
-
-	probe_sql $api $fixture >"$dir/probe.sql"
-	probe_expected $api $fixture "$fa" "$fb" >"$dir/probe.expected"
-	if [ $api = 1 ]; then
-		psql -X -q -At -d "$a" -f "$dir/probe.sql" >"$dir/probe.before" 2>&1
-		show_diff "answers about the data at $from (the test's own expectations)" \
-			"$dir/probe.expected" "$dir/probe.before" expected "at $from"
-	fi
-	max=$(q "$a" "SELECT last_value FROM entitlock.lease_fencing")
-	table_columns "$a" >"$dir/columns"
-	table_rows "$a" "$dir/columns" >"$dir/rows.before"
-
-	printf "ALTER EXTENSION entitlock UPDATE TO %s;\n" "'$to'" |
-		psql -X -q -v ON_ERROR_STOP=1 -d "$a" 2>"$dir/update.err" ||
-		{ log "FAILED: ALTER EXTENSION entitlock UPDATE TO '$to' from $from:"; cat "$dir/update.err" >&2; exit 1; }
-	installed=$(q "$a" "SELECT extversion FROM pg_extension WHERE extname = 'entitlock'")
-	expect "version after ALTER EXTENSION entitlock UPDATE from $from" "$installed" "$to"
-
-	table_rows "$a" "$dir/columns" >"$dir/rows.after"
-	show_diff "rows of the extension's tables (the columns $from had) before and after the update" \
-		"$dir/rows.before" "$dir/rows.after" "before the update" "after the update"
-	psql -X -q -At -d "$a" -f "$dir/probe.sql" >"$dir/probe.after" 2>&1
-	show_diff "answers about the data from $from" \
-		"$dir/probe.expected" "$dir/probe.after" "expected" "after the update to $to"
-	mutate_sql $api $fixture >"$dir/mutate.sql"
-	mutate_expected $api $fixture >"$dir/mutate.expected"
-	psql -X -q -At -d "$a" -v token_a="$token_a" -v token_b="$token_b" -v max="$max" \
-		-v fixture_token="$fixture_token" -f "$dir/mutate.sql" >"$dir/mutate.after" 2>&1
-	show_diff "uses of the data from $from" \
-		"$dir/mutate.expected" "$dir/mutate.after" "expected" "after the update to $to"
-
-	psql -X -q -c "CREATE DATABASE $b" || exit 1
-	printf "CREATE EXTENSION entitlock VERSION %s;\n" "'$to'" | psql -X -q -v ON_ERROR_STOP=1 -d "$b" ||
-		{ log "FAILED: CREATE EXTENSION entitlock VERSION '$to'"; exit 1; }
-
-	psql -X -q -At -d "$a" -f "$tmp/snapshot.sql" >"$dir/catalog.a" || check_failed=1
-	psql -X -q -At -d "$b" -f "$tmp/snapshot.sql" >"$dir/catalog.b" || check_failed=1
-	show_diff "catalogs ($(wc -l <"$dir/catalog.b") facts)" "$dir/catalog.a" "$dir/catalog.b" \
-		"updated from $from" "created at $to"
-	dump_schema "$a" >"$dir/dump.a"
-	dump_schema "$b" >"$dir/dump.b"
-	show_diff "pg_dump --binary-upgrade --schema-only outputs" "$dir/dump.a" "$dir/dump.b" \
-		"updated from $from" "created at $to"
-
-	rules_check "$a" "updated from $from"
-	rules_check "$b" "created at $to"
-
-	test_db_drop "$a"
-	test_db_drop "$b"
-	exit "$check_failed"
-}
-
-status=0
 
 #
 # 1. The scripts the server reads are the ones in sql/.
 #
-mismatch=0
-for f in sql/entitlock--*.sql entitlock.control entitlock--*.control; do
-	[ -e "$f" ] || continue
-	inst="$extdir/$(basename "$f")"
-	if [ ! -e "$inst" ]; then
-		log "FAILED: $f is not installed in $extdir"
-		mismatch=1
-	elif ! cmp -s "$f" "$inst"; then
-		log "FAILED: $f differs from the installed $inst"
-		mismatch=1
-	fi
-done
-for inst in "$extdir"/entitlock--*.sql "$extdir"/entitlock--*.control; do
-	[ -e "$inst" ] || continue
-	case $inst in *-upgrade-selftest-*) continue ;; esac
-	base=$(basename "$inst")
-	[ -e "sql/$base" ] || [ -e "$base" ] ||
-		{ log "FAILED: $inst is installed but not in sql/ (left from an older install? remove it, or restore it to sql/)"; mismatch=1; }
-done
-if [ -e entitlock.so ] && ! cmp -s entitlock.so "$libdir/entitlock.so"; then
-	log "FAILED: entitlock.so differs from the installed $libdir/entitlock.so"
-	mismatch=1
-fi
-if [ $mismatch -ne 0 ]; then
-	log "the server would test other files than the repository's: run make install"
-	exit 1
-fi
-log "ok: sql/, entitlock.control and entitlock.so are the installed ones"
+{
+	my @mismatch;
+	my @ours = (glob("$src/sql/entitlock--*.sql"), glob("$src/entitlock.control"),
+		glob("$src/entitlock--*.control"));
+	for my $f (@ours)
+	{
+		my $inst = "$extdir/" . basename($f);
+		if (!-e $inst) { push @mismatch, basename($f) . " is not installed in $extdir"; }
+		elsif (compare($f, $inst) != 0) { push @mismatch, basename($f) . " differs from the installed $inst"; }
+	}
+	for my $inst (glob("$extdir/entitlock--*.sql"), glob("$extdir/entitlock--*.control"))
+	{
+		my $base = basename($inst);
+		push @mismatch,
+		  "$inst is installed but not in sql/ (left from an older install? remove it, or restore it to sql/)"
+		  unless -e "$src/sql/$base" || -e "$src/$base";
+	}
+	push @mismatch, "entitlock.so differs from the installed $libdir/entitlock.so"
+	  if -e "$src/entitlock.so" && compare("$src/entitlock.so", "$libdir/entitlock.so") != 0;
+	ok(!@mismatch, "sql/, entitlock.control and entitlock.so are the installed ones")
+	  or BAIL_OUT("the server would test other files than the repository's: run make install\n"
+		  . join("\n", @mismatch));
+}
 
 #
 # 2. The control file.
 #
-expect "control file: relocatable" "$(control_value relocatable)" false
-expect "control file: schema" "$(control_value schema)" entitlock
-expect "control file: module_pathname" "$(control_value module_pathname)" '$libdir/entitlock'
-check "[ -z '$(control_value directory)' ]" "control file: no 'directory' (scripts must be in the server's extension directory)"
-check "[ -f '$libdir/entitlock.so' ]" "control file: module_pathname names $libdir/entitlock.so, which does not exist"
-requires=$(control_value requires)
-for r in ${requires//,/ }; do
-	expect "control file: required extension $r is available" \
-		"$(q postgres "SELECT count(*) FROM pg_available_extensions WHERE name = '$r'")" 1
-done
+is(control_value('relocatable'),     'false',             'control file: not relocatable');
+is(control_value('schema'),          'entitlock',         'control file: schema entitlock');
+is(control_value('module_pathname'), '$libdir/entitlock', 'control file: module_pathname');
+ok(!defined control_value('directory'),
+	"control file: no 'directory' (scripts must be in the server's extension directory)");
+ok(-f "$libdir/entitlock.so", "control file: module_pathname names $libdir/entitlock.so, which exists");
+my $requires = control_value('requires') // '';
+for my $r (grep { $_ ne '' } split /[\s,]+/, $requires)
+{
+	is(q1($node, 'postgres', "SELECT count(*) FROM pg_available_extensions WHERE name = '$r'"),
+		1, "control file: required extension $r is available");
+}
 # A procedural language that is itself an extension (plpgsql) can be
 # dropped from a database; requires names it so CREATE EXTENSION says so.
-for lang in $(grep -ohiE '\bLANGUAGE[[:space:]]+[A-Za-z0-9_]+' sql/entitlock--*.sql |
-	awk '{ print tolower($2) }' | sort -u); do
-	case $lang in c | internal | sql) continue ;; esac
-	[ "$(q postgres "SELECT count(*) FROM pg_available_extensions WHERE name = '$lang'")" = 1 ] &&
-		[[ ",${requires// /}," != *",$lang,"* ]] &&
-		log "note: the scripts use LANGUAGE $lang, an extension not listed in requires"
-done
-expect "default_version $default_version can be installed" \
-	"$(q postgres "SELECT count(*) FROM pg_available_extension_versions WHERE name = 'entitlock' AND version = '$default_version'")" 1
+{
+	my %langs;
+	for my $f (glob("$src/sql/entitlock--*.sql"))
+	{
+		my $text = slurp($f);
+		$langs{ lc $1 } = 1 while $text =~ /\bLANGUAGE\s+([A-Za-z0-9_]+)/gi;
+	}
+	for my $lang (sort keys %langs)
+	{
+		next if $lang =~ /^(?:c|internal|sql)$/;
+		note("the scripts use LANGUAGE $lang, an extension not listed in requires")
+		  if q1($node, 'postgres', "SELECT count(*) FROM pg_available_extensions WHERE name = '$lang'") == 1
+		  && ",$requires," !~ /,\s*\Q$lang\E\s*,/;
+	}
+}
+is( q1( $node, 'postgres',
+		"SELECT count(*) FROM pg_available_extension_versions WHERE name = 'entitlock' AND version = '$default_version'"
+	),
+	1,
+	"default_version $default_version can be installed");
 
 #
 # 3. Static checks of every script.
 #
-scripts=(sql/entitlock--*.sql)
-nm_symbols >"$tmp/nm.txt"
-grep -qx entitlock_key "$tmp/nm.txt" ||
-	{ log "FAILED: nm found no entitlock_key in $libdir/entitlock.so; cannot check symbols"; exit 1; }
-perl "$tmp/sqlscan.pl" symbols "${scripts[@]}" >"$tmp/symbols" || exit 1
-if check_symbols "$tmp/symbols"; then
-	log "ok: the $(wc -l <"$tmp/symbols") C function definitions in the scripts name symbols the installed library has"
-else
-	check_failed=1
-fi
-if perl "$tmp/sqlscan.pl" qualify "${scripts[@]}" >"$tmp/qualify" 2>"$tmp/qualify.err"; then
-	log "ok: every object the scripts create or name is qualified with schema entitlock ($(cat "$tmp/qualify.err"))"
-else
-	log "FAILED: names not qualified with schema entitlock:"
-	cat "$tmp/qualify" >&2
-	check_failed=1
-fi
+my @scripts = sort glob("$src/sql/entitlock--*.sql");
+ok($nm{entitlock_key}, "nm finds entitlock_key in $libdir/entitlock.so")
+  or BAIL_OUT('cannot check symbols');
+{
+	my ($rc, $out, $err) = run_cmd($^X, $sqlscan, 'symbols', @scripts);
+	is($rc, 0, 'the symbol scan runs') or diag($err);
+	my @lines = split /\n/, $out;
+	my @missing = missing_symbols(@lines);
+	ok(!@missing && @lines > 0,
+		'the ' . scalar(@lines) . ' C function definitions in the scripts name symbols the installed library has')
+	  or diag(join("\n", @missing));
+	($rc, $out, $err) = run_cmd($^X, $sqlscan, 'qualify', @scripts);
+	chomp $err;
+	is($rc, 0, "every object the scripts create or name is qualified with schema entitlock ($err)")
+	  or diag($out);
+}
 
 #
 # 4. Versions and update paths.
 #
-full_versions=()
-update_scripts=()
-for f in "${scripts[@]}"; do
-	v=${f#sql/entitlock--}
-	v=${v%.sql}
-	if [[ $v == *--* ]]; then update_scripts+=("$v"); else full_versions+=("$v"); fi
-done
-log "full install scripts: ${full_versions[*]:-none}; update scripts: ${update_scripts[*]:-none}; default_version $default_version"
+my (@full_versions, %mentioned);
+for my $f (@scripts)
+{
+	my $v = basename($f) =~ s/^entitlock--(.*)\.sql$/$1/r;
+	if ($v =~ /^(.*)--(.*)$/) { $mentioned{$1} = $mentioned{$2} = 1; }
+	else { push @full_versions, $v; $mentioned{$v} = 1; }
+}
+my @older = sort grep { $_ ne $default_version } keys %mentioned;
+note('full install scripts: ' . join(' ', @full_versions) . '; older versions: '
+	  . (join(' ', @older) || 'none') . "; default_version $default_version");
+ok($mentioned{$default_version}, "the scripts in sql/ reach default_version $default_version");
 
-mapfile -t sources < <(q postgres "
-	SELECT source FROM pg_extension_update_paths('entitlock')
-	 WHERE target = '$default_version' AND path IS NOT NULL
-	   AND source <> target AND source NOT LIKE '%-upgrade-selftest-%'
-	 ORDER BY source")
+my %path;
+for (split /\n/, q1($node, 'postgres', qq{
+	SELECT source || E'\\t' || path FROM pg_extension_update_paths('entitlock')
+	 WHERE target = '$default_version' AND path IS NOT NULL AND source <> target
+	 ORDER BY source}))
+{
+	my ($s, $p) = split /\t/;
+	$path{$s} = $p;
+}
 # Every version the scripts mention must be able to reach default_version.
-for v in "${full_versions[@]}" $(printf '%s\n' "${update_scripts[@]}" | sed 's/--/\n/g'); do
-	[ "$v" = "$default_version" ] && continue
-	printf '%s\n' "${sources[@]}" | grep -qxF -- "$v" ||
-		{ log "FAILED: version $v has no update path to $default_version: a database at $v cannot be updated"; check_failed=1; }
-done
+for my $v (@older)
+{
+	ok(defined $path{$v}, "version $v has an update path to $default_version");
+}
 
-if [ ! -f "sql/entitlock--$default_version.sql" ] && [ ${#sources[@]} -gt 0 ]; then
-	log "note: there is no full sql/entitlock--$default_version.sql, so CREATE EXTENSION runs an" \
-		"older script and the updates too: the catalogs agree by construction, the data checks still count"
-fi
-if [ ${#sources[@]} -eq 0 ]; then
-	log "no version has an update path to $default_version: the update path is trivially identical." \
-		"Comparing a fresh install holding data with another fresh install instead."
-	(compare_update "$default_version" "$default_version" same) || status=1
-else
-	n=0
-	for v in "${sources[@]}"; do
-		n=$((n + 1))
-		path=$(q postgres "SELECT path FROM pg_extension_update_paths('entitlock') WHERE source = '$v' AND target = '$default_version'")
-		log "--- update $path"
-		(compare_update "$v" "$default_version" "path$n") || status=1
-	done
-fi
-[ "$check_failed" -eq 0 ] || status=1
+note("there is no full sql/entitlock--$default_version.sql, so CREATE EXTENSION runs an older script and the updates too: the catalogs agree by construction, the data checks still count")
+  if !-f "$src/sql/entitlock--$default_version.sql" && %path;
+if (!%path)
+{
+	note("no version has an update path to $default_version: comparing a fresh install holding data with another fresh install instead");
+	report("same version: ", compare_update($node, $default_version, $default_version));
+}
+for my $v (sort keys %path)
+{
+	note("update $path{$v}");
+	report("update from $v: ", compare_update($node, $v, $default_version));
+}
 
 #
 # 4b. User objects that depend on the old version's functions survive the
 # update and keep working: a view over holders() (whose result gains
 # columns in 1.1), SQL-standard function bodies calling idempotency_begin
-# and lease_acquire (which gain an argument), a column default and an
-# expression index on key().  pg_dump of the updated database restores.
+# and lease_acquire (which gain an argument in 1.1), a column default and
+# an expression index on key(), a GRANT on the old version's signature.  pg_dump of
+# the updated database restores.
 #
-check_dependents() {
-	local from=$1 a=${dbprefix}_dep b=${dbprefix}_dep_restored out
-	test_db_drop "$a"
-	test_db_drop "$b"
-	psql -X -q -c "CREATE DATABASE $a" -c "CREATE DATABASE $b" || return 1
-	psql -X -q -At -v ON_ERROR_STOP=1 -d "$a" >/dev/null <<SQL || { log "FAILED: dependent objects at $from"; return 1; }
+for my $from (sort keys %path)
+{
+	my $a = "dep_" . ++$dbseq;
+	my $b = "${a}_restored";
+	$node->safe_psql('postgres', "CREATE DATABASE $a");
+	$node->safe_psql('postgres', "CREATE DATABASE $b");
+	my ($rc, $out, $err) = psql_run($node, $a, <<SQL);
 CREATE EXTENSION entitlock VERSION '$from';
 CREATE SCHEMA app;
 CREATE VIEW app.job_lock AS SELECT * FROM entitlock.holders('job');
@@ -1152,13 +1253,17 @@ BEGIN ATOMIC
 END;
 CREATE TABLE app.item (name text NOT NULL, k bigint DEFAULT entitlock.key('item'));
 CREATE INDEX item_key_idx ON app.item (entitlock.key(name));
-GRANT EXECUTE ON FUNCTION entitlock.idempotency_begin TO PUBLIC;
+-- A grant on idempotency_begin as it is at this version (its arguments
+-- change between versions); it must survive the update.
+DO \$\$ BEGIN
+	EXECUTE (SELECT string_agg(format('GRANT EXECUTE ON FUNCTION %s TO PUBLIC', oid::regprocedure), '; ')
+			   FROM pg_proc WHERE proname = 'idempotency_begin' AND pronamespace = 'entitlock'::regnamespace);
+END \$\$;
 SQL
-	if ! out=$(psql -X -q -At -v ON_ERROR_STOP=1 -d "$a" -c "ALTER EXTENSION entitlock UPDATE" 2>&1); then
-		log "FAILED: ALTER EXTENSION entitlock UPDATE from $from with dependent objects: $out"
-		return 1
-	fi
-	out=$(psql -X -q -At -F ' ' -v ON_ERROR_STOP=1 -d "$a" 2>&1 <<'SQL'
+	ok(!$rc, "dependent objects created at $from") or diag($err);
+	($rc, $out, $err) = psql_run($node, $a, 'ALTER EXTENSION entitlock UPDATE');
+	ok(!$rc, "ALTER EXTENSION entitlock UPDATE from $from with dependent objects") or diag($err);
+	($rc, $out, $err) = psql_run($node, $a, <<'SQL', extra => [ '-F', ' ' ]);
 INSERT INTO app.item (name) VALUES ('a');
 SELECT app.begin_request('dep-1'), app.begin_request('dep-1'), app.take_job('dep-job') > 0;
 BEGIN;
@@ -1167,141 +1272,160 @@ SELECT count(*), min(mode) FROM app.job_lock;
 COMMIT;
 SELECT count(*) FROM app.item WHERE k = entitlock.key('item') AND entitlock.key(name) = entitlock.key('a');
 SELECT status FROM entitlock.idempotency_begin('dep-2', wait => '0');
-SELECT has_function_privilege('public', 'entitlock.idempotency_begin(text, text, interval, interval)', 'EXECUTE');
+SELECT bool_and(has_function_privilege('public', oid, 'EXECUTE')) FROM pg_proc WHERE proname = 'idempotency_begin' AND pronamespace = 'entitlock'::regnamespace;
 SQL
-)
-	expect "dependent objects work after the update from $from" "$(tr '\n' '|' <<<"$out")" \
-		"new replay t||1 exclusive|1|new|t|"
-	psql -X -q -c "ALTER DATABASE $b SET client_min_messages = warning" >/dev/null
-	if out=$(pg_dump -d "$a" | psql -X -q -v ON_ERROR_STOP=1 -d "$b" 2>&1); then
-		expect "the updated database with its dependent objects restores" \
-			"$(q "$b" "SELECT app.begin_request('dep-1') || ' ' || (SELECT count(*) FROM app.job_lock)")" "replay 0"
-	else
-		log "FAILED: restoring pg_dump of the database updated from $from: $out"
-		check_failed=1
-	fi
-	test_db_drop "$a"
-	test_db_drop "$b"
+	is(join('|', split /\n/, "$out$err", -1) . '|', "new replay t||1 exclusive|1|new|t|",
+		"dependent objects work after the update from $from");
+	$node->safe_psql('postgres', "ALTER DATABASE $b SET client_min_messages = warning");
+	my ($drc, $dump, $derr) = run_cmd('pg_dump', '-d', $node->connstr($a));
+	($rc, $out, $err) = psql_run($node, $b, $dump);
+	ok(!$drc && !$rc, "pg_dump of the database updated from $from restores") or diag("$derr$err");
+	is(q1($node, $b, "SELECT app.begin_request('dep-1') || ' ' || (SELECT count(*) FROM app.job_lock)"),
+		'replay 0', "the restored dependent objects work (from $from)");
+	$node->safe_psql('postgres', "DROP DATABASE $a");
+	$node->safe_psql('postgres', "DROP DATABASE $b");
 }
-for v in "${sources[@]}"; do
-	check_dependents "$v" || check_failed=1
-done
-[ "$check_failed" -eq 0 ] || status=1
 
 #
-# 5. Self-test: the checks above must catch a bad update script.
+# 5. Self-test: the checks above must catch a bad script.
 #
-if [ "${UPGRADE_SELFTEST:-1}" = 0 ]; then
-	log "self-test skipped (UPGRADE_SELFTEST=0)"
-	exit "$status"
-fi
-selftest_failed=0
-selftest_fail() { log "FAILED: self-test: $*"; selftest_failed=1; }
-
-# The static scanners, on a script with a missing symbol and unqualified names.
-cat >"$tmp/bad.sql" <<'SQL'
+# The static scanners, on a script with a missing symbol and unqualified
+# names.
+write_file("$tmp/bad.sql", <<'SQL');
 CREATE FUNCTION entitlock.vanished(name text) RETURNS bigint
 AS 'MODULE_PATHNAME', 'entitlock_upgrade_selftest_vanished' LANGUAGE C;
 CREATE FUNCTION unqualified_fn() RETURNS int LANGUAGE sql AS $$ SELECT 1 $$;
 REVOKE ALL ON FUNCTION unqualified_fn() FROM PUBLIC;
 SELECT pg_catalog.pg_extension_config_dump('lease_record', '');
 SQL
-perl "$tmp/sqlscan.pl" symbols "$tmp/bad.sql" >"$tmp/bad.symbols"
-check_symbols "$tmp/bad.symbols" 2>"$tmp/bad.symbols.log" &&
-	selftest_fail "a symbol missing from the library went unnoticed"
-grep -q entitlock_upgrade_selftest_vanished "$tmp/bad.symbols.log" ||
-	selftest_fail "the missing symbol was not named"
-bad_names=$(perl "$tmp/sqlscan.pl" qualify "$tmp/bad.sql" 2>/dev/null | grep -c 'not schema-qualified')
-[ "$bad_names" = 3 ] ||
-	selftest_fail "expected 3 unqualified names in the bad script, found $bad_names"
+{
+	my (undef, $out) = run_cmd($^X, $sqlscan, 'symbols', "$tmp/bad.sql");
+	my @missing = missing_symbols(split /\n/, $out);
+	ok(scalar(grep { /entitlock_upgrade_selftest_vanished/ } @missing),
+		'control: a symbol missing from the library is caught and named')
+	  or diag(join("\n", @missing));
+	my ($rc, $q) = run_cmd($^X, $sqlscan, 'qualify', "$tmp/bad.sql");
+	my $bad = () = $q =~ /not schema-qualified/g;
+	ok($rc != 0 && $bad == 3, 'control: the 3 unqualified names in a bad script are caught')
+	  or diag($q);
+}
+
+if (($ENV{UPGRADE_SELFTEST} // 1) eq '0')
+{
+	note('synthetic versions skipped (UPGRADE_SELFTEST=0)');
+	$node->stop;
+	done_testing();
+	exit 0;
+}
+
+# A private mirror of the installation, whose extension directory may be
+# written to.  PostgreSQL finds its share and library directories relative
+# to where its binaries are (that is also how the relocated copies in
+# ENTITLOCK_PG_BINDIR work), so the binaries that locate the others are
+# copied and the rest is linked.
+my $bindir   = pg_config_value('--bindir');
+my $sharedir = pg_config_value('--sharedir');
+my $mirror   = "$tmp/mirror";
+make_path("$mirror$bindir", "$mirror$sharedir/extension", dirname("$mirror$libdir"));
+for my $f (glob("$bindir/*"))
+{
+	my $to = "$mirror$bindir/" . basename($f);
+	if (basename($f) =~ /^(?:postgres|initdb|pg_ctl|pg_config)$/)
+	{
+		copy($f, $to) or die "copy $f: $!";
+		chmod 0755, $to;
+	}
+	else { symlink($f, $to) or die "symlink $f: $!"; }
+}
+symlink($libdir, "$mirror$libdir") or die "symlink $libdir: $!" unless -e "$mirror$libdir";
+for my $f (glob("$sharedir/*"))
+{
+	next if basename($f) eq 'extension';
+	symlink($f, "$mirror$sharedir/" . basename($f)) or die "symlink $f: $!";
+}
+for my $f (glob("$sharedir/extension/*"))
+{
+	symlink($f, "$mirror$sharedir/extension/" . basename($f)) or die "symlink $f: $!";
+}
+my $mext = "$mirror$sharedir/extension";
+my $st = new_node('selftest', undef, install_path => dirname("$mirror$bindir"));
+is(q1($st, 'postgres', "SELECT count(*) FROM pg_available_extension_versions WHERE name = 'entitlock' AND version = '$default_version'"),
+	1, 'the mirror installation serves entitlock');
 
 # The version the synthetic one updates from: default_version's full
 # script, or the base script and updates PostgreSQL would run.
-base_script() {
-	local f p
-	if [ -f "sql/entitlock--$default_version.sql" ]; then
-		cat "sql/entitlock--$default_version.sql"
-		return
-	fi
-	for f in "${full_versions[@]}"; do
-		p=$(q postgres "SELECT path FROM pg_extension_update_paths('entitlock') WHERE source = '$f' AND target = '$default_version'")
-		[ -n "$p" ] || continue
-		cat "sql/entitlock--$f.sql"
-		printf '%s\n' "${p//--/$'\n'}" | awk 'NR > 1 { print prev "--" $0 } { prev = $0 }' |
-			while read -r step; do cat "sql/entitlock--$step.sql"; done
-		return
-	done
-	return 1
+sub base_script
+{
+	return slurp("$src/sql/entitlock--$default_version.sql")
+	  if -f "$src/sql/entitlock--$default_version.sql";
+	for my $f (@full_versions)
+	{
+		next unless defined $path{$f};
+		my @steps = split /--/, $path{$f};
+		my $text = slurp("$src/sql/entitlock--$f.sql");
+		$text .= slurp("$src/sql/entitlock--$steps[$_ - 1]--$steps[$_].sql") for 1 .. $#steps;
+		return $text;
+	}
+	return undef;
 }
+my $base = base_script();
+ok(defined $base, "an install script for $default_version") or BAIL_OUT('no base script');
 
-fn_sql="CREATE FUNCTION entitlock.upgrade_selftest_probe(n integer DEFAULT 1)
+my $fn_sql = q{CREATE FUNCTION entitlock.upgrade_selftest_probe(n integer DEFAULT 1)
 RETURNS integer
 LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
 SET search_path = pg_catalog, pg_temp
-AS \$\$ SELECT n OPERATOR(pg_catalog.+) 1 \$\$;
-COMMENT ON FUNCTION entitlock.upgrade_selftest_probe(integer) IS 'harness self-test';"
-revoke_sql="REVOKE ALL ON FUNCTION entitlock.upgrade_selftest_probe(integer) FROM PUBLIC;"
-table_sql="CREATE TABLE entitlock.upgrade_selftest_table (id bigint PRIMARY KEY, note text COLLATE pg_catalog.\"C\");"
-dump_sql="SELECT pg_catalog.pg_extension_config_dump('entitlock.upgrade_selftest_table', '');"
-volatility_sql="ALTER FUNCTION entitlock.usage_period(text, timestamptz) STABLE;"
-complete="$fn_sql
-$revoke_sql
-$table_sql
-$dump_sql"
+AS $$ SELECT n OPERATOR(pg_catalog.+) 1 $$;
+COMMENT ON FUNCTION entitlock.upgrade_selftest_probe(integer) IS 'harness self-test';};
+my $revoke_sql = 'REVOKE ALL ON FUNCTION entitlock.upgrade_selftest_probe(integer) FROM PUBLIC;';
+my $table_sql = 'CREATE TABLE entitlock.upgrade_selftest_table (id bigint PRIMARY KEY, note text COLLATE pg_catalog."C");';
+my $dump_sql = "SELECT pg_catalog.pg_extension_config_dump('entitlock.upgrade_selftest_table', '');";
+my $volatility_sql = 'ALTER FUNCTION entitlock.usage_period(text, timestamptz) STABLE;';
+my $complete = "$fn_sql\n$revoke_sql\n$table_sql\n$dump_sql";
 
-# variant NAME EXPECTED-TEXT FULL-EXTRA UPDATE-SCRIPT: install version
-# 9.9-upgrade-selftest-PID-NAME (full script: the base plus FULL-EXTRA;
-# update script from default_version: UPDATE-SCRIPT) and compare.  With
-# EXPECTED-TEXT empty the comparison must pass, else fail naming it.
-variant() {
-	local name=$1 want=$2 v="9.9-$selftest_tag-$1" rc
-	{ base_script && printf '\n%s\n' "$3"; } >"$tmp/entitlock--$v.sql" ||
-		{ selftest_fail "no install script for $default_version"; return; }
-	printf '%s\n' "\\echo Use \"ALTER EXTENSION entitlock UPDATE TO '$v'\" to load this file. \\quit" "$4" \
-		>"$tmp/entitlock--$default_version--$v.sql"
-	as_root install -m 644 "$tmp/entitlock--$v.sql" "$tmp/entitlock--$default_version--$v.sql" "$extdir/" ||
-		{ selftest_fail "cannot write to $extdir"; return; }
-	(DIFF_LINES=400 compare_update "$default_version" "$v" "st_${name//-/_}") >"$tmp/selftest.$name.log" 2>&1
-	rc=$?
-	as_root rm -f "$extdir/entitlock--$v.sql" "$extdir/entitlock--$default_version--$v.sql"
-	if [ -z "$want" ]; then
-		if [ $rc -eq 0 ]; then
-			log "ok: self-test $name: a correct update script passes"
-		else
-			selftest_fail "$name: a correct update script failed:"
-			cat "$tmp/selftest.$name.log" >&2
-		fi
-	elif [ $rc -eq 0 ]; then
-		selftest_fail "$name: the broken update script passed"
-	elif ! grep -F -- "$want" "$tmp/selftest.$name.log" | grep -q '^[-+]\|FAILED'; then
-		selftest_fail "$name: failed, but without naming '$want':"
-		cat "$tmp/selftest.$name.log" >&2
-	else
-		log "ok: self-test $name: caught ($(grep -F -- "$want" "$tmp/selftest.$name.log" | grep '^[-+]\|FAILED' | head -1))"
-	fi
+# variant(NAME, EXPECTED-TEXT, FULL-EXTRA, UPDATE-SCRIPT): install version
+# 9.9-selftest-NAME (full script: the base plus FULL-EXTRA; update script
+# from default_version: UPDATE-SCRIPT) and compare.  With EXPECTED-TEXT
+# empty the comparison must pass, else fail naming it.
+sub variant
+{
+	my ($name, $want, $full_extra, $update) = @_;
+	my $v = "9.9-selftest-$name";
+	write_file("$mext/entitlock--$v.sql", "$base\n$full_extra\n");
+	write_file("$mext/entitlock--$default_version--$v.sql",
+		"\\echo Use \"ALTER EXTENSION entitlock UPDATE TO '$v'\" to load this file. \\quit\n$update\n");
+	my @results = compare_update($st, $default_version, $v, 400);
+	unlink("$mext/entitlock--$v.sql", "$mext/entitlock--$default_version--$v.sql");
+	my @failed = grep { !$_->[1] } @results;
+	if ($want eq '')
+	{
+		ok(!@failed, "self-test $name: a correct update script passes")
+		  or diag(join("\n", map { "FAILED: $_->[0]\n$_->[2]" } @failed));
+		return;
+	}
+	my @named = grep {
+		my $r = $_;
+		index($r->[0], $want) >= 0
+		  || grep { /^[-+]/ && index($_, $want) >= 0 } split /\n/, $r->[2]
+	} @failed;
+	ok(@named, "control: self-test $name: the broken update script fails, naming '$want'")
+	  or diag(@failed ? join("\n", map { "FAILED: $_->[0]\n$_->[2]" } @failed) : 'it passed');
 }
 
-variant good "" "$complete" "$complete"
-variant missing-function "object function entitlock.upgrade_selftest_probe(integer): member" \
-	"$complete" "$table_sql
-$dump_sql"
-variant missing-revoke "function entitlock.upgrade_selftest_probe(integer) | acl: PUBLIC EXECUTE" \
-	"$complete" "$fn_sql
-$table_sql
-$dump_sql"
-variant missing-config-dump "config dump: entitlock.upgrade_selftest_table" \
-	"$complete" "$fn_sql
-$revoke_sql
-$table_sql"
-variant changed-volatility "usage_period(text,timestamp with time zone) | volatility" \
-	"$complete
-$volatility_sql" "$complete"
-variant lost-tokens "renew job-a with its old token" \
-	"$complete" "$complete
-UPDATE entitlock.lease_record SET token = gen_random_uuid();"
-variant lost-usage-keys "retry req-1" \
-	"$complete" "$complete
-DELETE FROM entitlock.usage_idempotency;"
+variant('good', '', $complete, $complete);
+variant('missing-function', 'object function entitlock.upgrade_selftest_probe(integer): member',
+	$complete, "$table_sql\n$dump_sql");
+variant('missing-revoke', 'function entitlock.upgrade_selftest_probe(integer) | acl: PUBLIC EXECUTE',
+	$complete, "$fn_sql\n$table_sql\n$dump_sql");
+variant('missing-config-dump', 'config dump: entitlock.upgrade_selftest_table',
+	$complete, "$fn_sql\n$revoke_sql\n$table_sql");
+variant('changed-volatility', 'usage_period(text,timestamp with time zone) | volatility',
+	"$complete\n$volatility_sql", $complete);
+variant('lost-tokens', 'renew job-a with its old token',
+	$complete, "$complete\nUPDATE entitlock.lease_record SET token = gen_random_uuid();");
+variant('lost-usage-keys', 'retry req-1',
+	$complete, "$complete\nDELETE FROM entitlock.usage_idempotency;");
 
-[ $selftest_failed -eq 0 ] || status=1
-exit "$status"
+$st->stop;
+$node->stop;
+done_testing();
