@@ -3,6 +3,7 @@
 # Build with PGXS:  make && make install
 # Test everything:  bash test/run.sh   (installs what it needs, see README)
 # Debian packages:  make deb           (into dist/, see test/deb.sh)
+# Trusted edition:  make trusted       (SQL only, into dist/, see trusted/build.sh)
 
 EXTENSION = entitlock
 MODULE_big = entitlock
@@ -20,10 +21,12 @@ OBJS = \
 	src/usage_counter.o \
 	src/usage_keys.o \
 	src/usage_limits.o \
+	src/periods.o \
 	src/idempotency.o \
 	src/leases.o \
 	src/ratelimit.o \
-	src/stats.o
+	src/stats.o \
+	src/slots.o
 
 DATA = $(wildcard sql/$(EXTENSION)--*.sql)
 PGFILEDESC = "entitlock - named locks, usage limits, idempotency and leases"
@@ -32,6 +35,7 @@ REGRESS = \
 	keys \
 	locks \
 	usage \
+	periods \
 	escalation \
 	idempotency \
 	leases \
@@ -40,7 +44,8 @@ REGRESS = \
 	security \
 	hostile \
 	fuzz \
-	waits
+	waits \
+	slots
 
 ISOLATION = \
 	lock-exclusive \
@@ -65,6 +70,7 @@ ISOLATION = \
 	usage-limits-denial-untouched \
 	usage-limits-idempotency-concurrent \
 	usage-limits-savepoint \
+	usage-reset-serialises \
 	rate-limit-rollback \
 	idempotency-duplicate-waits \
 	idempotency-owner-rollback \
@@ -78,7 +84,12 @@ ISOLATION = \
 	lease-serializable \
 	lease-wait \
 	lease-wait-deadlock \
-	serializable-independent
+	serializable-independent \
+	slot-waiter-first-commit \
+	slot-rollback-frees \
+	slot-bounded-wait \
+	slot-deadlock \
+	slot-lease-takeover
 
 # Isolation specs live under test/; pg_isolation_regress takes the last
 # --inputdir it is given.
@@ -92,16 +103,24 @@ ifdef WERROR
 PG_CFLAGS += -Werror
 endif
 
-# "make deb" needs no PostgreSQL yet: test/deb.sh installs what it needs.
-ifneq ($(MAKECMDGOALS),deb)
+# "make deb" needs no PostgreSQL yet: test/deb.sh installs what it needs;
+# "make trusted" needs none at all.
+ifeq ($(filter-out deb trusted,$(MAKECMDGOALS)),)
+ifeq ($(MAKECMDGOALS),)
+NEED_PGXS = 1
+endif
+else
+NEED_PGXS = 1
+endif
+ifdef NEED_PGXS
 PG_CONFIG ?= pg_config
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
 endif
 
 # PGXS tracks no header dependencies.
-$(OBJS): src/entitlock.h src/compat.h src/util.h src/table.h src/locks.h \
-	src/stats.h src/usage.h
+$(OBJS): src/compat.h src/util.h src/table.h src/locks.h src/stats.h \
+	src/usage.h src/periods.h src/slots.h
 
 # A PGXN distribution archive of the committed tree.
 dist:
@@ -114,4 +133,14 @@ dist:
 deb:
 	bash test/deb.sh
 
-.PHONY: dist deb
+# The trusted edition (SQL and PL/pgSQL only, for managed PostgreSQL):
+# trusted/*.sql in name order, as dist/entitlock-trusted.sql and, for
+# pg_tle, dist/entitlock-pgtle.sql.
+TRUSTED_SOURCES = $(sort $(wildcard trusted/[0-9]*.sql))
+
+trusted: dist/entitlock-trusted.sql
+
+dist/entitlock-trusted.sql dist/entitlock-pgtle.sql: trusted/build.sh $(EXTENSION).control $(TRUSTED_SOURCES)
+	bash trusted/build.sh dist
+
+.PHONY: dist deb trusted

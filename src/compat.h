@@ -24,6 +24,18 @@
 #error "entitlock needs PostgreSQL 15 or later"
 #endif
 
+/*
+ * 17 numbered backends by ProcNumber instead of BackendId, and renamed the
+ * lookup of a backend's status by its index.
+ */
+#if PG_VERSION_NUM >= 170000
+#define compat_vxid_proc(vxid) ProcNumberGetProc((vxid).procNumber)
+#define compat_local_beentry(idx) pgstat_get_local_beentry_by_index(idx)
+#else
+#define compat_vxid_proc(vxid) BackendIdGetProc((vxid).backendId)
+#define compat_local_beentry(idx) pgstat_fetch_stat_local_beentry(idx)
+#endif
+
 /* 18 added instrumentation to index scans. */
 #if PG_VERSION_NUM >= 180000
 #define compat_index_beginscan(heap, index, snapshot, nkeys, norderbys) \

@@ -71,6 +71,7 @@
 #include "commands/sequence.h"
 #include "locks.h"
 #include "miscadmin.h"
+#include "slots.h"
 #include "stats.h"
 #include "storage/bufmgr.h"
 #include "storage/latch.h"
@@ -87,6 +88,7 @@
 PG_FUNCTION_INFO_V1(entitlock_lease_acquire);
 PG_FUNCTION_INFO_V1(entitlock_lease_renew);
 PG_FUNCTION_INFO_V1(entitlock_lease_release);
+PG_FUNCTION_INFO_V1(entitlock_lease_acquire_slot);
 
 /*
  * A name's lock is entitlock.key(realm, name) with this realm, distinct
@@ -126,7 +128,9 @@ static const EntitlockNameMessages name_messages = {
 #define COL_FENCING 4
 #define COL_ACQUIRED_AT 5
 #define COL_EXPIRES_AT 6
-#define LEASE_NATTS 7
+#define COL_SLOT 7				/* 1.2; NULL for a plain lease */
+#define LEASE_NATTS 8
+#define LEASE_NATTS_1_1 7
 
 static const Oid lease_types[LEASE_NATTS] = {
 	INT8OID,					/* key_hash */
@@ -135,7 +139,8 @@ static const Oid lease_types[LEASE_NATTS] = {
 	TEXTOID,					/* holder */
 	INT8OID,					/* fencing */
 	TIMESTAMPTZOID,				/* acquired_at */
-	TIMESTAMPTZOID				/* expires_at */
+	TIMESTAMPTZOID,				/* expires_at */
+	INT4OID						/* slot (1.2) */
 };
 
 #define HASH_INDEX 0
@@ -146,7 +151,7 @@ static const EntitlockIndexDef lease_hash_1_0 = {
 };
 
 static EntitlockTableDef lease_def = {
-	"lease_record", lease_types, LEASE_NATTS, LEASE_NATTS, 1,
+	"lease_record", lease_types, LEASE_NATTS, LEASE_NATTS_1_1, 1,
 	{
 		{"lease_record_pkey", true, 2, {COL_KEY_HASH + 1, COL_FENCING + 1},
 		&lease_hash_1_0}
@@ -172,13 +177,49 @@ lease_ttl_arg(FunctionCallInfo fcinfo, int argno)
 }
 
 /*
+ * The row in t's slot, into lease.  A table that 1.2 has not updated yet
+ * has no slot column: its rows are all plain leases.
+ */
+static void
+copy_lease_row(EntitlockTable *t, Lease *lease)
+{
+	int			natts = t->slot->tts_tupleDescriptor->natts;
+
+	slot_getallattrs(t->slot);
+	lease->tid = t->slot->tts_tid;
+	memcpy(lease->values, t->slot->tts_values, natts * sizeof(Datum));
+	memcpy(lease->nulls, t->slot->tts_isnull, natts * sizeof(bool));
+	if (natts <= COL_SLOT)
+	{
+		lease->values[COL_SLOT] = (Datum) 0;
+		lease->nulls[COL_SLOT] = true;
+	}
+}
+
+/*
+ * Is lease the row a call looks for: the one holding token, or without a
+ * token the name's plain lease (the rows of its lease slots, 1.2, are the
+ * slots' own)?
+ */
+static bool
+lease_row_matches(Lease *lease, const pg_uuid_t *token)
+{
+	if (token == NULL)
+		return lease->nulls[COL_SLOT];
+	return !lease->nulls[COL_TOKEN] &&
+		memcmp(DatumGetUUIDP(lease->values[COL_TOKEN])->data, token->data,
+			   UUID_LEN) == 0;
+}
+
+/*
  * Take the name's lock, open the table and find the name's row as it is
- * now that the lock is granted.  Without wait, returns false (having done
+ * now that the lock is granted: the row holding token, or without one the
+ * plain lease's row.  Without wait, returns false (having done
  * nothing) when another transaction holds the lock.
  */
 static bool
 begin_lease_call(EntitlockTable *t, int64 hash, text *name, bool wait,
-				 Lease *lease, const char *cmdname)
+				 Lease *lease, const char *cmdname, const pg_uuid_t *token)
 {
 	IndexScanDesc scan;
 	Datum		hashval = Int64GetDatum(hash);
@@ -202,13 +243,12 @@ begin_lease_call(EntitlockTable *t, int64 hash, text *name, bool wait,
 	 */
 	scan = entitlock_table_scan(t, HASH_INDEX, SnapshotSelf,
 								BTEqualStrategyNumber, 1, &hashval);
-	lease->found = entitlock_next_row_with_text(t, scan, COL_NAME + 1, name);
-	if (lease->found)
+	while ((lease->found = entitlock_next_row_with_text(t, scan, COL_NAME + 1,
+														name)))
 	{
-		slot_getallattrs(t->slot);
-		lease->tid = t->slot->tts_tid;
-		memcpy(lease->values, t->slot->tts_values, sizeof(lease->values));
-		memcpy(lease->nulls, t->slot->tts_isnull, sizeof(lease->nulls));
+		copy_lease_row(t, lease);
+		if (lease_row_matches(lease, token))
+			break;
 	}
 	index_endscan(scan);
 	return true;
@@ -244,7 +284,7 @@ begin_owner_call(FunctionCallInfo fcinfo, EntitlockTable *t, int64 hash,
 	entitlock_require_arg(fcinfo, 1, "lease token must not be null");
 	token = PG_GETARG_UUID_P(1);
 
-	(void) begin_lease_call(t, hash, name, true, lease, cmdname);
+	(void) begin_lease_call(t, hash, name, true, lease, cmdname, token);
 	if (!lease->found || lease->nulls[COL_TOKEN])
 		return false;
 	stored = DatumGetUUIDP(lease->values[COL_TOKEN]);
@@ -367,6 +407,15 @@ typedef enum LeaseAttempt
 	LEASE_BUSY					/* another transaction is working on the name */
 } LeaseAttempt;
 
+static Datum lease_acquire_common(FunctionCallInfo fcinfo, text *name,
+								  int slots, Interval *ttl, text *holder,
+								  int wait_ms);
+static LeaseAttempt try_take_lease_slot(int64 hash, text *name, int slots,
+										Interval *ttl, text *holder,
+										int *slot, pg_uuid_t **token,
+										int64 *fencing, bool *takeover,
+										TimestampTz *expires_at);
+
 /*
  * One attempt to take the lease on name: when it is free, write the new
  * lease and set *token, *fencing and *takeover (an expired lease was taken
@@ -383,7 +432,8 @@ try_take_lease(int64 hash, text *name, Interval *ttl, text *holder,
 	Datum		values[LEASE_NATTS];
 	bool		nulls[LEASE_NATTS];
 
-	if (!begin_lease_call(&t, hash, name, false, &lease, "lease_acquire()"))
+	if (!begin_lease_call(&t, hash, name, false, &lease, "lease_acquire()",
+						  NULL))
 		return LEASE_BUSY;
 
 	now = GetCurrentTimestamp();
@@ -423,8 +473,10 @@ try_take_lease(int64 hash, text *name, Interval *ttl, text *holder,
 	values[COL_FENCING] = Int64GetDatum(*fencing);
 	values[COL_ACQUIRED_AT] = TimestampTzGetDatum(now);
 	values[COL_EXPIRES_AT] = TimestampTzGetDatum(entitlock_expiry(now, ttl));
+	values[COL_SLOT] = (Datum) 0;
 	memset(nulls, 0, sizeof(nulls));
 	nulls[COL_HOLDER] = holder == NULL;
+	nulls[COL_SLOT] = true;
 
 	/*
 	 * A takeover keeps the row (its key_hash and name) and replaces the rest.
@@ -473,6 +525,22 @@ entitlock_lease_acquire(PG_FUNCTION_ARGS)
 	Interval   *ttl = lease_ttl_arg(fcinfo, 1);
 	text	   *holder = PG_ARGISNULL(2) ? NULL : PG_GETARG_TEXT_PP(2);
 	int			wait_ms = 0;
+
+	if (PG_NARGS() > 3 && !PG_ARGISNULL(3))
+		wait_ms = entitlock_interval_ms(PG_GETARG_INTERVAL_P(3),
+										"wait must not be negative");
+	return lease_acquire_common(fcinfo, name, 0, ttl, holder, wait_ms);
+}
+
+/*
+ * The body of lease_acquire (slots 0) and lease_acquire_slot (1.2, slots
+ * 1 or more): take a lease or a lease slot of name, waiting at most
+ * wait_ms, and return its row, or no row.
+ */
+static Datum
+lease_acquire_common(FunctionCallInfo fcinfo, text *name, int slots,
+					 Interval *ttl, text *holder, int wait_ms)
+{
 	ReturnSetInfo *rsinfo;
 	int64		hash = entitlock_realm_key(LEASE_REALM, name);
 	TimestampTz deadline;
@@ -482,12 +550,10 @@ entitlock_lease_acquire(PG_FUNCTION_ARGS)
 	bool		takeover = false;
 	LeaseAttempt attempt;
 	int			flags = 0;
-	Datum		result[2];
-	bool		result_nulls[2] = {false, false};
+	int			slot = 0;
+	Datum		result[3];
+	bool		result_nulls[3] = {false, false, false};
 
-	if (PG_NARGS() > 3 && !PG_ARGISNULL(3))
-		wait_ms = entitlock_interval_ms(PG_GETARG_INTERVAL_P(3),
-										"wait must not be negative");
 	rsinfo = entitlock_init_srf(fcinfo);
 	entitlock_stats_begin();
 
@@ -499,8 +565,13 @@ entitlock_lease_acquire(PG_FUNCTION_ARGS)
 		TimestampTz wake;
 		long		sleep_ms;
 
-		attempt = try_take_lease(hash, name, ttl, holder, &token, &fencing,
-								 &takeover, &expires_at);
+		if (slots == 0)
+			attempt = try_take_lease(hash, name, ttl, holder, &token,
+									 &fencing, &takeover, &expires_at);
+		else
+			attempt = try_take_lease_slot(hash, name, slots, ttl, holder,
+										  &slot, &token, &fencing,
+										  &takeover, &expires_at);
 		if (attempt == LEASE_TAKEN)
 			break;
 		now = GetCurrentTimestamp();
@@ -541,12 +612,22 @@ entitlock_lease_acquire(PG_FUNCTION_ARGS)
 		flags |= ENTITLOCK_STATS_TIMEOUT;
 	if (attempt == LEASE_TAKEN && takeover)
 		flags |= ENTITLOCK_STATS_TAKEOVER;
-	entitlock_stats_count(ENTITLOCK_STATS_LEASE, name, false, flags);
+	entitlock_stats_count(slots == 0 ? ENTITLOCK_STATS_LEASE :
+						  ENTITLOCK_STATS_SLOT, name, false, flags);
 
 	if (attempt != LEASE_TAKEN)
 		return (Datum) 0;		/* no rows */
-	result[0] = UUIDPGetDatum(token);
-	result[1] = Int64GetDatum(fencing);
+	if (slots == 0)
+	{
+		result[0] = UUIDPGetDatum(token);
+		result[1] = Int64GetDatum(fencing);
+	}
+	else
+	{
+		result[0] = Int32GetDatum(slot);
+		result[1] = UUIDPGetDatum(token);
+		result[2] = Int64GetDatum(fencing);
+	}
 	tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, result,
 						 result_nulls);
 	return (Datum) 0;
@@ -608,4 +689,170 @@ entitlock_lease_release(PG_FUNCTION_ARGS)
 	end_lease_call(&t, hash, mine);
 	entitlock_stats_count(ENTITLOCK_STATS_LEASE, name, false, 0);
 	PG_RETURN_BOOL(mine);
+}
+
+
+/*
+ * Lease slots (1.2): entitlock.lease_acquire_slot
+ *
+ * A semaphore of leases: up to slots unexpired leases of one name, each a
+ * row of its own whose slot column says which slot (1 to slots) it holds;
+ * a plain lease of the name (slot NULL) is apart from them.  They are
+ * written under the same name lock as the plain lease, so every call on a
+ * name, plain or slot, happens one at a time, and one fencing sequence
+ * numbers them all: a name's fencing numbers increase across all its
+ * slots.  lease_renew and lease_release find a slot's row by its token.
+ * Only the holder of the name's lock writes the name's rows, and it writes
+ * a slot's row only after finding none, or an expired one, for that slot,
+ * so each (name, slot) has at most one row.
+ */
+
+/*
+ * One attempt to take a free slot of name among 1..slots: the lowest slot
+ * with no row, or whose lease expired (a takeover, which keeps the row
+ * and gives it a new token and fencing number).  Otherwise changes nothing,
+ * keeps no lock, and sets *expires_at to the earliest expiry among the
+ * slots.
+ */
+static LeaseAttempt
+try_take_lease_slot(int64 hash, text *name, int slots, Interval *ttl,
+					text *holder, int *slot, pg_uuid_t **token,
+					int64 *fencing, bool *takeover, TimestampTz *expires_at)
+{
+	EntitlockTable t;
+	Lease		lease;
+	Lease		expired;
+	IndexScanDesc scan;
+	Datum		hashval = Int64GetDatum(hash);
+	TimestampTz now;
+	TimestampTz earliest = DT_NOEND;
+	int64		max_fencing = 0;
+	bool	   *held;
+	int			free_slot = 0;
+	int			i;
+	Datum		values[LEASE_NATTS];
+	bool		nulls[LEASE_NATTS];
+
+	if (!begin_lease_call(&t, hash, name, false, &lease,
+						  "lease_acquire_slot()", NULL))
+		return LEASE_BUSY;
+	if (RelationGetDescr(t.heap)->natts <= COL_SLOT)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("table \"entitlock.lease_record\" has no slot column"),
+				 errhint("Update the extension with ALTER EXTENSION entitlock UPDATE.")));
+
+	/* Every slot row of the name, as begin_lease_call() reads them. */
+	now = GetCurrentTimestamp();
+	held = palloc0((slots + 1) * sizeof(bool));
+	expired.found = false;
+	scan = entitlock_table_scan(&t, HASH_INDEX, SnapshotSelf,
+								BTEqualStrategyNumber, 1, &hashval);
+	while (entitlock_next_row_with_text(&t, scan, COL_NAME + 1, name))
+	{
+		int			s;
+		TimestampTz exp;
+
+		copy_lease_row(&t, &lease);
+		max_fencing = Max(max_fencing, DatumGetInt64(lease.values[COL_FENCING]));
+		if (lease.nulls[COL_SLOT])
+			continue;
+		s = DatumGetInt32(lease.values[COL_SLOT]);
+		if (s < 1 || s > slots)
+			continue;
+		exp = DatumGetTimestampTz(lease.values[COL_EXPIRES_AT]);
+		if (exp > now)
+		{
+			held[s] = true;
+			earliest = Min(earliest, exp);
+		}
+		else if (!expired.found ||
+				 s < DatumGetInt32(expired.values[COL_SLOT]))
+		{
+			expired = lease;
+			expired.found = true;
+		}
+	}
+	index_endscan(scan);
+
+	for (i = 1; i <= slots; i++)
+		if (!held[i])
+		{
+			free_slot = i;
+			break;
+		}
+	pfree(held);
+	if (free_slot == 0)
+	{
+		*expires_at = earliest;
+		end_lease_call(&t, hash, false);
+		return LEASE_HELD;
+	}
+
+	/*
+	 * The free slot's expired row, if it has one, is taken over.  The lowest
+	 * expired slot is not held, so it is free_slot or above: when it is not
+	 * free_slot, free_slot has no row.
+	 */
+	*takeover = expired.found &&
+		DatumGetInt32(expired.values[COL_SLOT]) == free_slot;
+	*slot = free_slot;
+	*token = entitlock_random_uuid();
+	*fencing = next_fencing();
+	if (*fencing <= max_fencing)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("sequence \"entitlock.%s\" is behind the fencing numbers already handed out",
+						FENCING_SEQUENCE),
+				 errdetail("The next number is %lld, but a lease of this name had %lld.",
+						   (long long) *fencing, (long long) max_fencing),
+				 errhint("Move the sequence past every fencing number in use, with setval() on entitlock.%s.",
+						 FENCING_SEQUENCE)));
+
+	values[COL_KEY_HASH] = Int64GetDatum(hash);
+	values[COL_NAME] = PointerGetDatum(name);
+	values[COL_TOKEN] = UUIDPGetDatum(*token);
+	values[COL_HOLDER] = PointerGetDatum(holder);
+	values[COL_FENCING] = Int64GetDatum(*fencing);
+	values[COL_ACQUIRED_AT] = TimestampTzGetDatum(now);
+	values[COL_EXPIRES_AT] = TimestampTzGetDatum(entitlock_expiry(now, ttl));
+	values[COL_SLOT] = Int32GetDatum(free_slot);
+	memset(nulls, 0, sizeof(nulls));
+	nulls[COL_HOLDER] = holder == NULL;
+
+	if (!*takeover)
+		entitlock_table_insert(&t, values, nulls);
+	else
+		entitlock_table_update(&t, &expired.tid, values, nulls,
+							   ENTITLOCK_COLUMN(COL_TOKEN) |
+							   ENTITLOCK_COLUMN(COL_HOLDER) |
+							   ENTITLOCK_COLUMN(COL_FENCING) |
+							   ENTITLOCK_COLUMN(COL_ACQUIRED_AT) |
+							   ENTITLOCK_COLUMN(COL_EXPIRES_AT));
+	end_lease_call(&t, hash, true);
+	return LEASE_TAKEN;
+}
+
+/*
+ * entitlock.lease_acquire_slot(name text, slots integer, ttl interval,
+ *	   holder text DEFAULT NULL, wait interval DEFAULT '0')
+ * returns table (slot integer, token uuid, fencing bigint)
+ *
+ * Takes a free slot among 1..slots of name's lease semaphore for ttl (see
+ * above), waiting as lease_acquire does; no row when none is free within
+ * wait.  slots must be 1 to 10,000.
+ */
+Datum
+entitlock_lease_acquire_slot(PG_FUNCTION_ARGS)
+{
+	text	   *name = entitlock_name_arg(fcinfo, 0, &name_messages);
+	int			slots = entitlock_slots_arg(fcinfo, 1);
+	Interval   *ttl = lease_ttl_arg(fcinfo, 2);
+	text	   *holder = PG_ARGISNULL(3) ? NULL : PG_GETARG_TEXT_PP(3);
+	int			wait_ms = 0;
+
+	if (PG_NARGS() > 4 && !PG_ARGISNULL(4))
+		wait_ms = entitlock_interval_ms(PG_GETARG_INTERVAL_P(4),
+										"wait must not be negative");
+	return lease_acquire_common(fcinfo, name, slots, ttl, holder, wait_ms);
 }

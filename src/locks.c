@@ -161,8 +161,8 @@ key_stripe(int64 key)
  * in one would not protect the leader's work.  PostgreSQL forbids advisory
  * locks there for the same reason.
  */
-static void
-check_not_parallel(void)
+void
+entitlock_check_not_parallel(void)
 {
 	if (IsInParallelMode())
 		ereport(ERROR,
@@ -182,7 +182,7 @@ acquire_tag(const LOCKTAG *tag, LOCKMODE mode, bool wait)
 	LockAcquireResult result;
 	TimestampTz start;
 
-	check_not_parallel();
+	entitlock_check_not_parallel();
 	if (!wait || !entitlock_stats_on())
 		return LockAcquire(tag, mode, false, !wait);
 	result = LockAcquire(tag, mode, false, true);
@@ -933,4 +933,18 @@ entitlock_try_lock_entity(PG_FUNCTION_ARGS)
 	}
 	count_lock_call(realm, 0);
 	PG_RETURN_BOOL(got);
+}
+
+/*
+ * For lock tags of other files' own (1.2: slots.c, whose semaphores live in
+ * tags of their own): wait in the lock manager for tag in mode, for at most
+ * timeout_ms (more than zero), and keep it when granted; false when the
+ * bound runs out, with the transaction as it was.  See
+ * wait_with_lock_timeout().  Not timed for statistics.
+ */
+bool
+entitlock_wait_tag(const LOCKTAG *tag, LOCKMODE mode, int timeout_ms)
+{
+	entitlock_check_not_parallel();
+	return wait_with_lock_timeout(tag, mode, timeout_ms, true);
 }

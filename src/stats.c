@@ -62,7 +62,7 @@ PG_FUNCTION_INFO_V1(entitlock_stats_reset);
 #define OTHER_LABEL "other"
 
 static const char *const kind_names[ENTITLOCK_STATS_NKINDS] = {
-	"lock", "usage", "rate", "idempotency", "lease"
+	"lock", "usage", "rate", "idempotency", "lease", "slot"
 };
 
 typedef struct StatsKey

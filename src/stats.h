@@ -17,9 +17,10 @@ typedef enum EntitlockStatsKind
 	ENTITLOCK_STATS_USAGE,
 	ENTITLOCK_STATS_RATE,
 	ENTITLOCK_STATS_IDEMPOTENCY,
-	ENTITLOCK_STATS_LEASE
+	ENTITLOCK_STATS_LEASE,
+	ENTITLOCK_STATS_SLOT		/* 1.2: lock_slot, lease_acquire_slot */
 } EntitlockStatsKind;
-#define ENTITLOCK_STATS_NKINDS 5
+#define ENTITLOCK_STATS_NKINDS 6
 
 /* What a counted call found, for entitlock_stats_count()'s flags. */
 #define ENTITLOCK_STATS_TIMEOUT 0x01

@@ -2,8 +2,8 @@
  *
  * usage.c
  *	  Usage limits: entitlock.record_usage_if_under_limit, record_usage,
- *	  record_usage_if_under_limits, refund_usage, usage, usage_limit and
- *	  usage_period.
+ *	  record_usage_if_under_limits, refund_usage, usage and (1.2)
+ *	  reset_usage; usage_limit is usage_limits.c's, periods are periods.c's.
  *
  * A meter is (subject, feature, period kind).  Each calendar period of a
  * meter is one row of entitlock.usage_counter holding a running total, so
@@ -41,10 +41,10 @@
  * before it reads any, decides every limit, and then writes all or none.
  *
  * The tables are not granted to anyone and are accessed beneath SQL, by
- * table.c.  This file holds the SQL entry points, their argument checks
- * and the calendar periods; usage_counter.c the counters, usage_keys.c the
- * idempotency keys and refunds, usage_limits.c the usage_limit values (see
- * usage.h).
+ * table.c.  This file holds the SQL entry points and their argument
+ * checks; usage_counter.c the counters, usage_keys.c the idempotency keys
+ * and refunds, usage_limits.c the usage_limit values (see usage.h), and
+ * periods.c what a period argument names and its bounds.
  *
  *-------------------------------------------------------------------------
  */
@@ -54,7 +54,6 @@
 #include "miscadmin.h"
 #include "usage.h"
 #include "utils/builtins.h"
-#include "utils/datetime.h"
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
@@ -63,12 +62,7 @@ PG_FUNCTION_INFO_V1(entitlock_record_usage);
 PG_FUNCTION_INFO_V1(entitlock_record_usage_if_under_limits);
 PG_FUNCTION_INFO_V1(entitlock_refund_usage);
 PG_FUNCTION_INFO_V1(entitlock_usage);
-PG_FUNCTION_INFO_V1(entitlock_usage_period);
-
-/* Indexed by UsagePeriod; these spellings are what the tables store. */
-const char *const period_names[] = {
-	"lifetime", "minute", "hour", "day", "week", "month", "year"
-};
+PG_FUNCTION_INFO_V1(entitlock_reset_usage);
 
 /*
  * Argument checks
@@ -89,60 +83,6 @@ static const EntitlockNameMessages key_messages = {
 	"idempotency key must not be null", "idempotency key must not be empty",
 	"idempotency key is too long"
 };
-
-/* The period spelled name (in any case), or -1. */
-static int
-period_lookup(const char *name)
-{
-	int			i;
-
-	/* Case-insensitive, as date_trunc() is. */
-	for (i = 0; i < (int) lengthof(period_names); i++)
-	{
-		if (pg_strcasecmp(name, period_names[i]) == 0)
-			return i;
-	}
-	return -1;
-}
-
-UsagePeriod
-period_value(Datum value, bool isnull)
-{
-	text	   *name;
-	int			period;
-
-	if (isnull)
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("period must not be null")));
-	name = DatumGetTextPP(value);
-	period = period_lookup(text_to_cstring(name));
-	if (period >= 0)
-		return (UsagePeriod) period;
-	ereport(ERROR,
-			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-			 errmsg("unrecognized period \"%s\"",
-					entitlock_text_for_message(name)),
-			 errhint("Valid periods are lifetime, minute, hour, day, week, month and year.")));
-	pg_unreachable();
-}
-
-static UsagePeriod
-period_arg(FunctionCallInfo fcinfo, int argno)
-{
-	return period_value(PG_GETARG_DATUM(argno), PG_ARGISNULL(argno));
-}
-
-/* A period name as the tables store it. */
-UsagePeriod
-stored_period(Datum value, const char *relname)
-{
-	int			period = period_lookup(TextDatumGetCString(value));
-
-	if (period < 0)
-		elog(ERROR, "unexpected period in entitlock.%s", relname);
-	return (UsagePeriod) period;
-}
 
 /* The optional idempotency key in argno, or NULL. */
 static text *
@@ -185,102 +125,18 @@ usage_limit_value(Datum value, bool isnull)
 }
 
 /*
- * Periods
+ * Periods (see periods.c)
  */
 
-static void
-timestamp_out_of_range(void)
-{
-	ereport(ERROR,
-			(errcode(ERRCODE_DATETIME_VALUE_OUT_OF_RANGE),
-			 errmsg("timestamp out of range")));
-}
-
-/*
- * Fill in the UTC calendar period of kind containing "at": its first
- * instant and the first instant of the next one.  Weeks start on Monday,
- * as in date_trunc('week', ...).
- */
+/* Fill in the meter's period and its bounds for the one holding "at". */
 void
-compute_period(UsageMeter *meter, UsagePeriod period, TimestampTz at)
+compute_period(UsageMeter *meter, const UsagePeriod *period, TimestampTz at)
 {
-	struct pg_tm tm;
-	fsec_t		fsec;
-	Timestamp	start;
-	Timestamp	end;
-
-	meter->period = period;
-	if (period == PERIOD_LIFETIME)
-	{
-		TIMESTAMP_NOBEGIN(meter->period_start);
-		meter->period_end = 0;
-		meter->has_end = false;
-		return;
-	}
-
-	/* With no time zone argument timestamp2tm gives UTC fields. */
-	if (TIMESTAMP_NOT_FINITE(at) ||
-		timestamp2tm(at, NULL, &tm, &fsec, NULL, NULL) != 0)
-		timestamp_out_of_range();
-
-	fsec = 0;
-	tm.tm_sec = 0;
-	if (period != PERIOD_MINUTE)
-		tm.tm_min = 0;
-	if (period != PERIOD_MINUTE && period != PERIOD_HOUR)
-		tm.tm_hour = 0;
-	if (period == PERIOD_WEEK)
-	{
-		int			jd = date2j(tm.tm_year, tm.tm_mon, tm.tm_mday);
-
-		/* j2day() counts from Sunday = 0; step back to Monday. */
-		jd -= (j2day(jd) + 6) % 7;
-		j2date(jd, &tm.tm_year, &tm.tm_mon, &tm.tm_mday);
-	}
-	if (period == PERIOD_MONTH || period == PERIOD_YEAR)
-		tm.tm_mday = 1;
-	if (period == PERIOD_YEAR)
-		tm.tm_mon = 1;
-
-	if (tm2timestamp(&tm, fsec, NULL, &start) != 0)
-		timestamp_out_of_range();
-
-	switch (period)
-	{
-		case PERIOD_MINUTE:
-			end = start + USECS_PER_MINUTE;
-			break;
-		case PERIOD_HOUR:
-			end = start + USECS_PER_HOUR;
-			break;
-		case PERIOD_DAY:
-			end = start + USECS_PER_DAY;
-			break;
-		case PERIOD_WEEK:
-			end = start + 7 * USECS_PER_DAY;
-			break;
-		case PERIOD_MONTH:
-		case PERIOD_YEAR:
-			if (period == PERIOD_YEAR)
-				tm.tm_year++;
-			else if (++tm.tm_mon > MONTHS_PER_YEAR)
-			{
-				tm.tm_mon = 1;
-				tm.tm_year++;
-			}
-			if (tm2timestamp(&tm, fsec, NULL, &end) != 0)
-				timestamp_out_of_range();
-			break;
-		default:
-			elog(ERROR, "unexpected usage period %d", (int) period);
-			pg_unreachable();
-	}
-	if (!IS_VALID_TIMESTAMP(end))
-		timestamp_out_of_range();
-
-	meter->period_start = start;
-	meter->period_end = end;
-	meter->has_end = true;
+	if (&meter->period != period)
+		meter->period = *period;
+	meter->has_end = entitlock_period_bounds(&meter->period, at,
+											 &meter->period_start,
+											 &meter->period_end);
 }
 
 /*
@@ -291,10 +147,13 @@ compute_period(UsageMeter *meter, UsagePeriod period, TimestampTz at)
 static void
 meter_args(FunctionCallInfo fcinfo, UsageMeter *meter, int period_argno)
 {
+	UsagePeriod period;
+
 	meter->subject = entitlock_name_arg(fcinfo, 0, &usage_subject_messages);
 	meter->feature = entitlock_name_arg(fcinfo, 1, &usage_feature_messages);
-	compute_period(meter, period_arg(fcinfo, period_argno),
-				   GetCurrentTransactionStartTimestamp());
+	entitlock_period_value(PG_GETARG_DATUM(period_argno),
+						   PG_ARGISNULL(period_argno), &period);
+	compute_period(meter, &period, GetCurrentTransactionStartTimestamp());
 }
 
 /*
@@ -358,7 +217,7 @@ record(MeterCall *call, int64 amount, bool conditional, text *key,
 			entitlock_table_close(&idem);
 			entitlock_table_close(&counter);
 			/* The first call's answer, in the first call's period. */
-			compute_period(&call->meter, rec.period, rec.recorded_at);
+			compute_period(&call->meter, &rec.period, rec.recorded_at);
 			call->allowed = rec.allowed;
 			call->new_used = rec.used;
 			call->replayed = true;
@@ -480,7 +339,7 @@ limits_result_row(ReturnSetInfo *rsinfo, const MeterCall *call,
 
 	values[0] = PointerGetDatum(call->meter.subject);
 	values[1] = PointerGetDatum(call->meter.feature);
-	values[2] = CStringGetTextDatum(period_names[call->meter.period]);
+	values[2] = CStringGetTextDatum(call->meter.period.name);
 	values[3] = BoolGetDatum(allowed);
 	values[4] = Int64GetDatum(used);
 	values[5] = Int64GetDatum(remaining(used, call->limit));
@@ -554,7 +413,7 @@ entitlock_record_usage_if_under_limits(PG_FUNCTION_ARGS)
 				int			j = match[i];
 
 				/* The first call's answer, in the first call's period. */
-				compute_period(&calls[i].meter, calls[i].meter.period,
+				compute_period(&calls[i].meter, &calls[i].meter.period,
 							   rec.recorded_at);
 				limits_result_row(rsinfo, &calls[i],
 								  DatumGetBool(rec.allowed[j]),
@@ -657,7 +516,7 @@ entitlock_refund_usage(PG_FUNCTION_ARGS)
 	if (!rec.found)
 		given = usage_refund_set(&counter, &call, key);
 	else if (usage_key_mark_refunded(&idem, &rec))
-		given = usage_give_back(&counter, &call, rec.period, rec.recorded_at,
+		given = usage_give_back(&counter, &call, &rec.period, rec.recorded_at,
 								rec.amount);
 	entitlock_table_close(&idem);
 	entitlock_table_close(&counter);
@@ -686,29 +545,45 @@ entitlock_usage(PG_FUNCTION_ARGS)
 }
 
 /*
- * entitlock.usage_period(period text, at timestamptz DEFAULT now())
- * returns table (period_start timestamptz, period_end timestamptz)
+ * Resets (1.2)
+ */
+
+/*
+ * entitlock.reset_usage(subject text, feature text, period text DEFAULT
+ *	   'lifetime') returns bigint
  *
- * The UTC calendar period holding "at", exactly as the usage functions
- * compute it; both columns are NULL for lifetime.  NULL arguments are
- * errors.
+ * Sets the usage of the meter's current period to 0 and returns the usage
+ * it removed (0 when there was none).  It takes the locks a recording call
+ * takes and locks the counter row, so it serialises with recorders: a
+ * recorder after it sees 0, and a recorder before it is what it removes.
+ * A rollback undoes it.  Idempotency keys are left alone: a retry of a
+ * call made before the reset still gets the first call's answer, and
+ * refund_usage() of it gives back only what is left (usage_decide() never
+ * goes below zero).  NULL arguments and bad ones are errors, as for usage().
  */
 Datum
-entitlock_usage_period(PG_FUNCTION_ARGS)
+entitlock_reset_usage(PG_FUNCTION_ARGS)
 {
-	ReturnSetInfo *rsinfo = entitlock_init_srf(fcinfo);
-	UsageMeter	meter;
-	UsagePeriod period = period_arg(fcinfo, 0);
-	Datum		values[2];
-	bool		nulls[2];
+	MeterCall	call;
+	EntitlockTable counter;
 
-	entitlock_require_arg(fcinfo, 1, "timestamp must not be null");
-	compute_period(&meter, period, PG_GETARG_TIMESTAMPTZ(1));
+	meter_args(fcinfo, &call.meter, 2);
 
-	values[0] = TimestampTzGetDatum(meter.period_start);
-	values[1] = TimestampTzGetDatum(meter.period_end);
-	nulls[0] = nulls[1] = !meter.has_end;
-	tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
-	return (Datum) 0;
+	entitlock_begin_write("reset_usage()");
+	entitlock_stats_begin();
+
+	usage_meter_call_init(&call, 0, PG_INT64_MAX);
+	entitlock_table_open(&counter, &usage_counter_def, RowExclusiveLock);
+	entitlock_table_prepare_writes(&counter);
+	usage_lock_meters(&call, 1);
+	CommandCounterIncrement();
+
+	usage_lock_counter(&counter, &call);
+	call.allowed = true;
+	call.new_used = 0;
+	usage_write_counter(&counter, &call);
+	entitlock_table_close(&counter);
+
+	count_usage_call(call.meter.feature, false, false);
+	PG_RETURN_INT64(call.used);
 }
-

@@ -3,7 +3,7 @@
  * usage.h
  *	  Declarations shared by the files of usage limits, and by them only.
  *
- * usage.c		the SQL entry points, their argument checks and periods
+ * usage.c		the SQL entry points and their argument checks
  * usage_counter.c	the counters: locking meters, deciding, writing
  * usage_keys.c	the idempotency keys of usage calls and their refunds
  * usage_limits.c	entitlock.usage_limit values and arrays of them
@@ -16,27 +16,13 @@
 #define ENTITLOCK_USAGE_H
 
 #include "locks.h"
+#include "periods.h"
 #include "stats.h"
 #include "table.h"
 #include "util.h"
 
 /* At most this many limits in one record_usage_if_under_limits() call. */
 #define USAGE_MAX_LIMITS 100
-
-/* Periods (usage.c) */
-typedef enum UsagePeriod
-{
-	PERIOD_LIFETIME,
-	PERIOD_MINUTE,
-	PERIOD_HOUR,
-	PERIOD_DAY,
-	PERIOD_WEEK,
-	PERIOD_MONTH,
-	PERIOD_YEAR
-} UsagePeriod;
-
-extern const char *const period_names[];
-#define USAGE_NPERIODS (PERIOD_YEAR + 1)
 
 /* One meter's period, as the tables key it. */
 typedef struct UsageMeter
@@ -68,13 +54,11 @@ typedef struct MeterCall
 	bool		replayed;		/* answered from its idempotency key */
 } MeterCall;
 
-/* usage.c: argument checks and periods */
+/* usage.c: argument checks, a meter's period */
 extern const EntitlockNameMessages usage_subject_messages;
 extern const EntitlockNameMessages usage_feature_messages;
 extern int64 usage_limit_value(Datum value, bool isnull);
-extern UsagePeriod period_value(Datum value, bool isnull);
-extern UsagePeriod stored_period(Datum value, const char *relname);
-extern void compute_period(UsageMeter *meter, UsagePeriod period,
+extern void compute_period(UsageMeter *meter, const UsagePeriod *period,
 						   TimestampTz at);
 
 /* usage_counter.c */
@@ -92,7 +76,8 @@ extern void usage_record_meter(EntitlockTable *counter, MeterCall *call,
 							   int64 amount, bool conditional);
 extern int64 usage_read(const UsageMeter *meter);
 extern int64 usage_give_back(EntitlockTable *counter, MeterCall *call,
-							 UsagePeriod period, TimestampTz recorded_at,
+							 const UsagePeriod *period,
+							 TimestampTz recorded_at,
 							 int64 amount);
 
 /* usage_keys.c: keys of single-meter calls */

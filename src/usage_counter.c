@@ -81,23 +81,34 @@ usage_lock_meters(MeterCall *calls, int n)
 
 /*
  * The internal lock that serialises the creators of a meter's counter row
- * for its period.
+ * for its period.  An anchored period's N and anchor go into it too (1.2),
+ * so that periods of one kind starting together do not share it.
  */
 static int64
 counter_creation_key(const MeterCall *call)
 {
-	char		buf[sizeof(int64) + sizeof(TimestampTz) + 1];
+	char		buf[sizeof(int64) + sizeof(TimestampTz) + 1 +
+					sizeof(int) + sizeof(TimestampTz)];
+	size_t		len = sizeof(int64) + sizeof(TimestampTz) + 1;
 
 	memcpy(buf, &call->pair_key, sizeof(int64));
 	memcpy(buf + sizeof(int64), &call->meter.period_start,
 		   sizeof(TimestampTz));
-	buf[sizeof(buf) - 1] = (char) call->meter.period;
-	return (int64) entitlock_hash_bytes(buf, sizeof(buf), CREATE_LOCK_SEED);
+	buf[len - 1] = (char) call->meter.period.kind;
+	if (call->meter.period.count > 0)
+	{
+		memcpy(buf + len, &call->meter.period.count, sizeof(int));
+		memcpy(buf + len + sizeof(int), &call->meter.period.anchor,
+			   sizeof(TimestampTz));
+		len = sizeof(buf);
+	}
+	return (int64) entitlock_hash_bytes(buf, len, CREATE_LOCK_SEED);
 }
 
 /*
  * The canonical order meters are locked in: by pair key, then by the
- * names (should two pairs share a key), period kind and period.
+ * names (should two pairs share a key), period (kind, then N and anchor)
+ * and period start.
  */
 static int
 cmp_text_bytes(text *a, text *b)
@@ -124,8 +135,9 @@ usage_cmp_meters(const void *a, const void *b)
 	c = cmp_text_bytes(x->meter.feature, y->meter.feature);
 	if (c != 0)
 		return c;
-	if (x->meter.period != y->meter.period)
-		return (int) x->meter.period - (int) y->meter.period;
+	c = entitlock_period_cmp(&x->meter.period, &y->meter.period);
+	if (c != 0)
+		return c;
 	return (x->meter.period_start > y->meter.period_start) -
 		(x->meter.period_start < y->meter.period_start);
 }
@@ -167,7 +179,7 @@ counter_values(const UsageMeter *meter, Datum *values, bool *nulls)
 {
 	values[COUNTER_SUBJECT] = PointerGetDatum(meter->subject);
 	values[COUNTER_FEATURE] = PointerGetDatum(meter->feature);
-	values[COUNTER_PERIOD] = CStringGetTextDatum(period_names[meter->period]);
+	values[COUNTER_PERIOD] = CStringGetTextDatum(meter->period.name);
 	values[COUNTER_PERIOD_START] = TimestampTzGetDatum(meter->period_start);
 	values[COUNTER_PERIOD_END] = TimestampTzGetDatum(meter->period_end);
 	values[COUNTER_USED] = Int64GetDatum(0);
@@ -358,8 +370,9 @@ usage_read(const UsageMeter *meter)
  * (less than amount when usage was lower, 0 when the counter is gone).
  */
 int64
-usage_give_back(EntitlockTable *counter, MeterCall *call, UsagePeriod period,
-				TimestampTz recorded_at, int64 amount)
+usage_give_back(EntitlockTable *counter, MeterCall *call,
+				const UsagePeriod *period, TimestampTz recorded_at,
+				int64 amount)
 {
 	compute_period(&call->meter, period, recorded_at);
 	usage_lock_counter(counter, call);

@@ -136,7 +136,8 @@ usage_key_lookup(EntitlockTable *idem, const UsageMeter *meter, text *key)
 		Datum	   *cols = slot->tts_values;
 
 		entitlock_check_visible_to_transaction(slot);
-		rec.period = stored_period(cols[IDEM_PERIOD], usage_key_def.relname);
+		entitlock_period_stored(cols[IDEM_PERIOD], usage_key_def.relname,
+								&rec.period);
 		rec.amount = DatumGetInt64(cols[IDEM_AMOUNT]);
 		rec.allowed = DatumGetBool(cols[IDEM_ALLOWED]);
 		rec.used = DatumGetInt64(cols[IDEM_USED]);
@@ -158,14 +159,15 @@ void
 usage_key_check_same(const IdempotentRecord *rec, const UsageMeter *meter,
 					 int64 amount, text *key)
 {
-	if (rec->amount != amount || rec->period != meter->period)
+	if (rec->amount != amount ||
+		!entitlock_period_equal(&rec->period, &meter->period))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("idempotency key \"%s\" was already used with a different request",
 						entitlock_text_for_message(key)),
 				 errdetail("The first call recorded amount " INT64_FORMAT " for period \"%s\"; this call asks for amount " INT64_FORMAT " for period \"%s\".",
-						   rec->amount, period_names[rec->period],
-						   amount, period_names[meter->period])));
+						   rec->amount, rec->period.name,
+						   amount, meter->period.name)));
 }
 
 /*
@@ -180,8 +182,7 @@ usage_key_store(EntitlockTable *idem, const MeterCall *call, text *key,
 	bool		nulls[IDEM_NATTS];
 
 	idempotency_values(&call->meter, key, values, nulls);
-	values[IDEM_PERIOD] =
-		CStringGetTextDatum(period_names[call->meter.period]);
+	values[IDEM_PERIOD] = CStringGetTextDatum(call->meter.period.name);
 	values[IDEM_AMOUNT] = Int64GetDatum(amount);
 	values[IDEM_ALLOWED] = BoolGetDatum(call->allowed);
 	values[IDEM_USED] = Int64GetDatum(call->new_used);
@@ -289,9 +290,13 @@ setkey_element_on_pair(const SetRecord *rec, int i, const UsageMeter *meter)
 static bool
 setkey_element_is(const SetRecord *rec, int i, const UsageMeter *meter)
 {
-	return setkey_element_on_pair(rec, i, meter) &&
-		stored_period(rec->periods[i],
-					  usage_setkey_def.relname) == meter->period;
+	UsagePeriod period;
+
+	if (!setkey_element_on_pair(rec, i, meter))
+		return false;
+	entitlock_period_stored(rec->periods[i], usage_setkey_def.relname,
+							&period);
+	return entitlock_period_equal(&period, &meter->period);
 }
 
 /* Does the stored set include (subject, feature)? */
@@ -346,7 +351,7 @@ usage_setkey_store(EntitlockTable *sk, MeterCall *calls, int n, text *key,
 
 		cols[0][i] = PointerGetDatum(call->meter.subject);
 		cols[1][i] = PointerGetDatum(call->meter.feature);
-		cols[2][i] = CStringGetTextDatum(period_names[call->meter.period]);
+		cols[2][i] = CStringGetTextDatum(call->meter.period.name);
 		cols[3][i] = BoolGetDatum(call->allowed);
 		cols[4][i] = Int64GetDatum(call->new_used);
 		cols[5][i] = TimestampTzGetDatum(call->meter.period_end);
@@ -410,7 +415,7 @@ usage_setkey_match(const SetRecord *rec, MeterCall *calls, int n,
 					 errdetail("The first call did not name subject \"%s\", feature \"%s\", period \"%s\".",
 							   entitlock_text_for_message(calls[i].meter.subject),
 							   entitlock_text_for_message(calls[i].meter.feature),
-							   period_names[calls[i].meter.period])));
+							   calls[i].meter.period.name)));
 		match[i] = j;
 	}
 	return match;
@@ -494,6 +499,13 @@ setkey_refund_due(const SetRecord *set, int i, const UsageMeter *meter)
 		DatumGetBool(set->allowed[i]) && !DatumGetBool(set->refunded[i]);
 }
 
+static int
+cmp_periods(const void *a, const void *b)
+{
+	return entitlock_period_cmp((const UsagePeriod *) a,
+								(const UsagePeriod *) b);
+}
+
 /* refund_usage() of a record_usage_if_under_limits() call's key. */
 int64
 usage_refund_set(EntitlockTable *counter, MeterCall *call, text *key)
@@ -529,7 +541,8 @@ usage_refund_set(EntitlockTable *counter, MeterCall *call, text *key)
 		Datum		values[SETKEY_NATTS];
 		bool		nulls[SETKEY_NATTS];
 		Datum	   *refunded = palloc(sizeof(Datum) * set.n);
-		int			period;
+		UsagePeriod *periods = palloc(sizeof(UsagePeriod) * set.n);
+		int			ndue = 0;
 
 		memcpy(values, slot->tts_values, sizeof(values));
 		memcpy(nulls, slot->tts_isnull, sizeof(nulls));
@@ -540,21 +553,21 @@ usage_refund_set(EntitlockTable *counter, MeterCall *call, text *key)
 		entitlock_table_update(&sk, &set.tid, values, nulls,
 							   ENTITLOCK_COLUMN(SETKEY_REFUNDED));
 
-		/* The pair's counters in canonical order, that is by period kind. */
-		for (period = 0; period < USAGE_NPERIODS; period++)
+		/* The pair's counters in canonical order, that is by period. */
+		for (i = 0; i < set.n; i++)
 		{
-			for (i = 0; i < set.n; i++)
-			{
-				int64		g;
+			if (setkey_refund_due(&set, i, &call->meter))
+				entitlock_period_stored(set.periods[i],
+										usage_setkey_def.relname,
+										&periods[ndue++]);
+		}
+		qsort(periods, ndue, sizeof(UsagePeriod), cmp_periods);
+		for (i = 0; i < ndue; i++)
+		{
+			int64		g = usage_give_back(counter, call, &periods[i],
+											set.recorded_at, set.amount);
 
-				if (!setkey_refund_due(&set, i, &call->meter) ||
-					(int) stored_period(set.periods[i],
-										usage_setkey_def.relname) != period)
-					continue;
-				g = usage_give_back(counter, call, (UsagePeriod) period,
-									set.recorded_at, set.amount);
-				given = Max(given, g);
-			}
+			given = Max(given, g);
 		}
 	}
 	entitlock_table_close(&sk);

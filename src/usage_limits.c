@@ -81,6 +81,8 @@ limit_element_context(void *arg)
 static void
 limit_fields(Datum *fields, bool *isnull, MeterCall *call)
 {
+	UsagePeriod period;
+
 	call->meter.subject = entitlock_name_value(fields[LIMIT_SUBJECT],
 											   isnull[LIMIT_SUBJECT],
 											   &usage_subject_messages);
@@ -89,8 +91,9 @@ limit_fields(Datum *fields, bool *isnull, MeterCall *call)
 											   &usage_feature_messages);
 	call->limit = usage_limit_value(fields[LIMIT_USAGE_LIMIT],
 									isnull[LIMIT_USAGE_LIMIT]);
-	compute_period(&call->meter, period_value(fields[LIMIT_PERIOD],
-											  isnull[LIMIT_PERIOD]),
+	entitlock_period_value(fields[LIMIT_PERIOD], isnull[LIMIT_PERIOD],
+						   &period);
+	compute_period(&call->meter, &period,
 				   GetCurrentTransactionStartTimestamp());
 }
 
@@ -189,7 +192,7 @@ usage_limits_arg(FunctionCallInfo fcinfo, int argno, int *n)
 					 errdetail("Both are subject \"%s\", feature \"%s\", period \"%s\".",
 							   entitlock_text_for_message(sorted[i]->meter.subject),
 							   entitlock_text_for_message(sorted[i]->meter.feature),
-							   period_names[sorted[i]->meter.period])));
+							   sorted[i]->meter.period.name)));
 	}
 	pfree(sorted);
 	*n = count;
@@ -232,8 +235,7 @@ entitlock_usage_limit(PG_FUNCTION_ARGS)
 	values[attnos[LIMIT_SUBJECT]] = PointerGetDatum(call.meter.subject);
 	values[attnos[LIMIT_FEATURE]] = PointerGetDatum(call.meter.feature);
 	values[attnos[LIMIT_USAGE_LIMIT]] = Int64GetDatum(call.limit);
-	values[attnos[LIMIT_PERIOD]] =
-		CStringGetTextDatum(period_names[call.meter.period]);
+	values[attnos[LIMIT_PERIOD]] = CStringGetTextDatum(call.meter.period.name);
 	for (i = 0; i < LIMIT_NATTS; i++)
 		nulls[attnos[i]] = false;
 	desc = BlessTupleDesc(desc);

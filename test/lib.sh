@@ -1,5 +1,7 @@
-# test/lib.sh: helpers shared by test/run.sh, test/demo.sh and the stress
-# and benchmark scripts.  Source it; it defines functions and changes nothing.
+# test/lib.sh: helpers shared by test/run.sh, test/demo.sh, test/tap.sh,
+# test/bench/run.sh and the scripts under test/check.  Source it; it
+# defines functions and changes nothing.  (The pgbench stress tests and the
+# benchmarks are Perl: test/tap/EntitlockStress.pm, test/bench/EntitlockBench.pm.)
 #
 # Throwaway clusters belong to the "postgres" OS user (PostgreSQL refuses to
 # run as root), live in a private directory under /tmp and listen only on a
@@ -145,116 +147,6 @@ poll_until() {
 	done
 	log "timed out waiting for: $2"
 	return 1
-}
-
-# bench_start DB: what every benchmark needs.  Uses the cluster PGHOST
-# points at, if any; otherwise builds, installs and starts a throwaway one
-# (fsync on, synchronous_commit off, so that commits do not hide the
-# difference being measured).  Creates DB with the extension and sets
-# $scripts to a scratch directory; both are removed at exit.
-bench_start() {
-	ensure_packages
-	scripts=$(mktemp -d)
-	bench_dir=
-	trap 'rm -rf "$scripts"; [ -n "$bench_dir" ] && cluster_destroy "$bench_dir"' EXIT
-	if [ -z "${PGHOST:-}" ]; then
-		build_install
-		bench_dir=$(mktemp -d /tmp/entitlock-bench.XXXXXX)
-		cluster_start "$bench_dir" "fsync = on" "synchronous_commit = off"
-	fi
-	test_db_create "$1" || exit 1
-}
-
-# pgbench_unexpected_errors FILE...: pgbench's error lines in the given
-# outputs other than those a terminated backend causes (its FATAL, the
-# lost connection, the aborted client and run) and those matching the
-# extended regular expression $PGBENCH_EXPECTED_ERRORS, if set (errors a
-# caller causes on purpose, or a pooler's words for a lost backend); at
-# most five.
-pgbench_unexpected_errors() {
-	cat "$@" |
-		grep -iE 'error|aborted|fatal' |
-		grep -viE 'terminating connection due to administrator command|server closed the connection|connection to server .* lost|lost synchronization with server|perhaps the backend died|Run was aborted|number of failed transactions' |
-		grep -vE "${PGBENCH_EXPECTED_ERRORS:-^\$}" |
-		head -5
-}
-
-# bench_tps SCRIPT CLIENTS: the TPS of one pgbench run of SCRIPT on $db,
-# $SECS seconds long, with pgbench -M ${PROTOCOL:-simple}.
-bench_tps() {
-	PGDATABASE=$db pgbench -n -M "${PROTOCOL:-simple}" -c "$2" \
-		-j "$(($2 < 2 ? 1 : 2))" -T "$SECS" -f "$1" 2>&1 |
-		sed -n 's/^tps = \([0-9.]*\) .*/\1/p'
-}
-
-# The median of the numbers on standard input, one per line.
-bench_median() {
-	sort -n | awk '{ a[NR] = $1 } END { print (NR ? a[int((NR + 1) / 2)] : 0) }'
-}
-
-# bench_ratio A B: A / B with two decimals (0 when B is 0).
-bench_ratio() {
-	awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }'
-}
-
-# bench_rounds CLIENTS [RESET-ARGS...]: ROUNDS pgbench runs of each of
-# VARIANTS ($scripts/<variant>.sql) with CLIENTS clients, each run after
-# "reset RESET-ARGS".  The variants take turns within each round, so that a
-# slow moment of the machine does not land on one variant only.  Leaves
-# each variant's median TPS in median[<variant>].
-bench_rounds() {
-	local c=$1 v r t
-	shift
-	declare -gA median
-	for v in $VARIANTS; do : >"$scripts/tps-$v"; done
-	for r in $(seq "$ROUNDS"); do
-		for v in $VARIANTS; do
-			reset "$@"
-			t=$(bench_tps "$scripts/$v.sql" "$c")
-			echo "${t:-0}" >>"$scripts/tps-$v"
-		done
-	done
-	for v in $VARIANTS; do median[$v]=$(bench_median <"$scripts/tps-$v"); done
-}
-
-# kill_loop DB: terminate a random pgbench backend of DB every 0.2-0.5 s,
-# printing how many each time, until killed.
-kill_loop() {
-	while :; do
-		psql -X -At -d "$1" -c "SELECT count(pg_terminate_backend(pid)) FROM (
-			SELECT pid FROM pg_stat_activity
-			 WHERE datname = '$1' AND application_name = 'pgbench'
-			 ORDER BY random() LIMIT 1) AS victim" 2>/dev/null
-		sleep "0.$((RANDOM % 4 + 2))"
-	done
-}
-
-# stress_under_kills DB SECONDS DIR PGBENCH-ARGS...: rounds of 3 s of
-# pgbench on DB (pgbench gives up on a client whose backend was killed)
-# while kill_loop runs, until SECONDS are up; each round gets -D round=N.
-# Outputs go to DIR/out.N.  Sets rounds, kills, committed (transactions)
-# and unexpected (pgbench errors a kill does not explain).  $killer is the
-# kill loop's pid while it runs, for the caller's EXIT trap.
-stress_under_kills() {
-	local db=$1 secs=$2 dir=$3 end
-	shift 3
-	kill_loop "$db" >"$dir/kills" &
-	killer=$!
-	end=$((SECONDS + secs))
-	rounds=0
-	while [ "$SECONDS" -lt "$end" ]; do
-		PGDATABASE=$db pgbench -n -T 3 -D round=$rounds "$@" \
-			>"$dir/out.$rounds" 2>&1
-		rounds=$((rounds + 1))
-	done
-	kill "$killer" 2>/dev/null
-	wait "$killer" 2>/dev/null
-	killer=
-	kills=$(awk '{ s += $1 } END { print s + 0 }' "$dir/kills")
-	committed=$(cat "$dir"/out.* |
-		sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p' |
-		awk '{ s += $1 } END { print s + 0 }')
-	unexpected=$(pgbench_unexpected_errors "$dir"/out.*)
 }
 
 # check CONDITION MESSAGE: evaluate CONDITION; when false, log MESSAGE and

@@ -9,7 +9,8 @@
 # The extension must already be built and installed into the server's
 # directories (make && make install, or test/run.sh).  Missing Debian
 # packages (postgresql-server-dev-$PG_MAJOR ships the Perl modules and
-# pg_regress, libipc-run-perl the IPC::Run they use) are installed by
+# pg_regress, libipc-run-perl the IPC::Run they use, pgbouncer the pooler
+# 059_pgbouncer.pl puts in front of its node) are installed by
 # ensure_packages from test/lib.sh.
 #
 # PostgreSQL refuses to run as root, so as root prove runs as the postgres
@@ -26,8 +27,8 @@ set -uo pipefail
 # shellcheck source=test/lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-# shellcheck disable=SC2119 # no extra packages
-ensure_packages
+# pgbouncer for test/tap/059_pgbouncer.pl.
+ensure_packages pgbouncer
 
 bindir=$(pg_bindir)
 pgxs=$(dirname "$bindir")/lib/pgxs
@@ -67,7 +68,18 @@ for m in "$ENTITLOCK_ROOT"/test/tap/*.pm; do cp "$m" "$work/tap/" || die "cannot
 shopt -u nullglob
 tests=()
 for t in "${sources[@]}"; do tests+=("$work/tap/$(basename "$t")"); done
+# The trusted edition's install file, for tests that run against it
+# (030_model.pl with ENTITLOCK_EDITION=trusted or in differential mode).
+bash "$ENTITLOCK_ROOT/trusted/build.sh" "$work/tap" >/dev/null ||
+	die "trusted/build.sh failed"
 chmod -R a+rX "$work/tap"
+# What some tests read from the tree (the version, the install and update
+# scripts, the built library), copied likewise; ENTITLOCK_SRC names it.
+mkdir "$work/src" || die "cannot create $work/src"
+cp -r "$ENTITLOCK_ROOT/sql" "$ENTITLOCK_ROOT/entitlock.control" "$ENTITLOCK_ROOT/META.json" "$work/src/" ||
+	die "cannot copy the tree's files to $work/src"
+[ -f "$ENTITLOCK_ROOT/entitlock.so" ] && cp "$ENTITLOCK_ROOT/entitlock.so" "$work/src/"
+chmod -R a+rX "$work/tap" "$work/src"
 [ "$(id -u)" -eq 0 ] && chown -R postgres: "$work"
 
 # PostgreSQL 15's PostgreSQL::Test::Utils writes to $TESTDIR/tmp_check;
@@ -82,6 +94,8 @@ as_pg env \
 	TESTDATADIR="$work/tmp_check" \
 	TESTLOGDIR="$work/tmp_check/log" \
 	PG_MAJOR="$PG_MAJOR" \
+	ENTITLOCK_TRUSTED_SQL="$work/tap/entitlock-trusted.sql" \
+	ENTITLOCK_SRC="$work/src" \
 	prove -I "$perl_lib" -I "$work/tap" ${PROVE_FLAGS:-} \
 	"${tests[@]}" 2>&1 | tee "$work/prove.out"
 status=${PIPESTATUS[0]}

@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 #
-# The README's node-postgres examples are real: test/examples/*.js are the
-# files the README shows, and test/examples/*.test.mjs (node:test) prove
-# each does what the README says, against a database of their own on the
-# cluster PGHOST points at, plus two more standing in for two primaries
-# (shard-router).  Then test/examples/readme-check.mjs checks that every
-# <!-- example: FILE[#REGION] --> marker in README.md is followed by that
-# file's text, and that every example file is shown.
+# The manual's node-postgres examples are real: test/examples/*.js are the
+# files the manual (README.md and doc/) shows, and test/examples/*.test.mjs
+# (node:test) prove each does what the manual says, against a database of
+# their own on the cluster PGHOST points at, plus two more standing in for
+# two primaries (shard-router).  Then test/examples/readme-check.mjs checks
+# that every <!-- example: FILE[#REGION] --> marker in README.md and
+# doc/**/*.md is followed by that file's text, and that every example file
+# is shown.
 #
 # Needs Node 18 or later (installs Debian's nodejs, npm and ca-certificates
 # when missing)

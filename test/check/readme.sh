@@ -4,13 +4,15 @@
 #
 #   bash test/check/readme.sh
 #
-# Checks README.md and CONTRIBUTING.md:
-#   - every link to a section (#anchor, or FILE.md#anchor between the two)
-#     names a heading that exists, with GitHub's rules for anchors
-#     (lower case, punctuation dropped, spaces to hyphens, -1, -2, ... for
-#     repeated headings);
-#   - every file or directory of the tree the text names in backquotes
-#     (test/..., sql/..., src/..., debian/..., ...) exists;
+# Checks README.md, CONTRIBUTING.md and every doc/**/*.md:
+#   - every link to a file of the tree ([text](path), relative to the
+#     file that links) names a file or directory that exists, and every
+#     link to a section (#anchor, or path.md#anchor) names a heading of
+#     that file, with GitHub's rules for anchors (lower case, punctuation
+#     dropped, spaces to hyphens, -1, -2, ... for repeated headings);
+#   - every file or directory of the tree named in backquotes
+#     (test/..., sql/..., src/..., debian/..., doc/..., from the top of
+#     the tree) exists;
 #   - the supported versions README's "Supported versions" names are
 #     exactly the ones the suite tests: $PG_MAJOR on the host and
 #     test/matrix.sh's default majors.
@@ -25,10 +27,13 @@ cd "$ENTITLOCK_ROOT" || exit 1
 
 matrix=$(sed -n 's/^majors=\${ENTITLOCK_MATRIX-\([0-9 ]*\)}$/\1/p' test/matrix.sh)
 [ -n "$matrix" ] || die "cannot read the default majors from test/matrix.sh"
+mapfile -t docs < <(find doc -name '*.md' 2>/dev/null | LC_ALL=C sort)
 
 perl -e '
 use strict;
 use warnings;
+use File::Basename qw(dirname);
+use File::Spec;
 my ($tested, @files) = @ARGV;
 my (%anchors, $bad, $links);
 $bad = 0;
@@ -52,18 +57,31 @@ for my $f (@files) {
 for my $f (@files) {
 	open(my $fh, "<:encoding(UTF-8)", $f) or die "$f: $!";
 	my $text = do { local $/; <$fh> };
-	# Links to sections, in this file or the other.
-	while ($text =~ /\]\(([\w.\/-]*)#([^)\s]+)\)/g) {
-		my ($target, $a) = ($1 || $f, $2);
+	# Links: a file of the tree, relative to this one, and its section.
+	while ($text =~ /\]\(([^)\s#]*)(?:#([^)\s]+))?\)/g) {
+		my ($path, $a) = ($1, $2);
+		next if $path =~ /^\w+:/;	# https:, mailto:
+		my $target = $f;
+		if ($path ne "") {
+			$target = File::Spec->canonpath(dirname($f) . "/$path");
+			1 while $target =~ s{(^|/)(?!\.\./)[^/]+/\.\.(/|$)}{$1};
+			$target =~ s{^\./}{};
+			unless (-e $target) {
+				print "FAILED: $f links to $path, which does not exist\n";
+				$bad++;
+				next;
+			}
+		}
+		next unless defined $a;
 		$links++;
 		unless (exists $anchors{$target} && $anchors{$target}{$a}) {
 			print "FAILED: $f links to $target#$a, which is no heading\n";
 			$bad++;
 		}
 	}
-	# Paths of the tree named in backquotes or links.
+	# Paths of the tree named in backquotes, from the top of the tree.
 	my %paths;
-	while ($text =~ /(?:`|\]\()((?:test|sql|src|debian|expected)\/[\w.\/*-]*)/g) {
+	while ($text =~ /`((?:test|sql|src|debian|expected|doc)\/[\w.\/*-]*)/g) {
 		my $p = $1;
 		$p =~ s/[.,:]$//;
 		$paths{$p} = 1;
@@ -97,4 +115,4 @@ if (!defined $sv) {
 	}
 }
 exit($bad ? 1 : 0);
-' "$PG_MAJOR $matrix" README.md CONTRIBUTING.md
+' "$PG_MAJOR $matrix" README.md CONTRIBUTING.md "${docs[@]}"

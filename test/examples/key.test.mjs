@@ -1,4 +1,4 @@
-// key.js: entitlockKey equals the server's entitlock.key, for the README's
+// key.js: entitlockKey equals the server's entitlock.key, for the manual's
 // test vectors and for 1,000 random names (every XXH64 path, multi-byte
 // UTF-8, astral code points) and 200 random pairs.
 import assert from 'node:assert/strict';
@@ -9,7 +9,7 @@ import { entitlockKey, xxh64 } from './key.js';
 const db = new pg.Pool();
 after(() => db.end());
 
-// README.md, "The key algorithm".
+// doc/reference/keys.md, "The key algorithm".
 const vectors = [
   ['a', 'd24ec4f1a98c6e5b', -3292477735350538661n],
   ['abc', '44bc2cf5ad770999', 4952883123889572249n],
@@ -43,7 +43,7 @@ function randomName(length) {
   return s;
 }
 
-test('the README test vectors', async () => {
+test('the documented test vectors', async () => {
   for (const [name, hex, key] of vectors) {
     assert.equal(xxh64(new TextEncoder().encode(name)).toString(16).padStart(16, '0'), hex, name);
     assert.equal(entitlockKey(name), key, name);

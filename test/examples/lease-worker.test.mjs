@@ -60,7 +60,9 @@ test('a stalled heartbeat: the signal fires, the new holder has a higher fencing
     await stalled.query('SELECT pg_sleep(1.5)');
     await abortedWithin(signal, 2000);
   }, { ttl: 0.6 });
-  await sleep(100);
+  // The second worker starts once the first holds the lease (its pool's
+  // first connection can take longer than any fixed pause on a busy machine).
+  while (!a.signal) await sleep(10);
   const second = runExclusively(pool, name, async (fencing, signal) => {
     Object.assign(b, { fencing, signal, at: Date.now() - started });
     await abortedWithin(a.signal, 3000);

@@ -1,5 +1,6 @@
-// test/examples/readme-check.mjs [README]: the README shows the examples
-// as they are.  A line
+// test/examples/readme-check.mjs [FILE.md...]: the manual shows the
+// examples as they are.  In README.md and every doc/**/*.md (or the files
+// given), a line
 //
 //   <!-- example: test/examples/webhook.js -->
 //   <!-- example: test/examples/gateway.js#rate-limit -->
@@ -8,16 +9,20 @@
 // byte for byte to the file, or to its region: the lines between
 // "// region NAME" and "// endregion", without those two lines.  A block
 // indented in a list is compared after removing its fence's indentation.
-// Every test/examples/*.js must be shown, whole or region by region.  Prints
-// each problem; exits 1 if there is one.
+// Every test/examples/*.js must be shown somewhere, whole or region by
+// region.  Prints each problem; exits 1 if there is one.
 import { readdirSync, readFileSync } from 'node:fs';
 import { dirname, join, relative } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const root = join(here, '..', '..');
-const readmePath = process.argv[2] ?? join(root, 'README.md');
-const lines = readFileSync(readmePath, 'utf8').split('\n');
+// README.md and doc/**/*.md, or the files named on the command line.
+const markdown = (dir) => readdirSync(dir, { withFileTypes: true })
+  .flatMap((e) => (e.isDirectory() ? markdown(join(dir, e.name))
+    : e.name.endsWith('.md') ? [join(dir, e.name)] : []));
+const manual = process.argv.length > 2 ? process.argv.slice(2)
+  : [join(root, 'README.md'), ...markdown(join(root, 'doc')).sort()];
 const examples = readdirSync(here).filter((f) => f.endsWith('.js')).sort()
   .map((f) => relative(root, join(here, f)));
 const marker = /^\s*<!-- example: (\S+?)(?:#([\w-]+))? -->\s*$/;
@@ -41,8 +46,9 @@ function expected(file, region) {
   return body.slice(start + 1, end);
 }
 
-// The fenced block after line I, dedented, as lines, or a problem string.
-function block(i) {
+// The fenced block after line I of LINES, dedented, as lines, or a
+// problem string.
+function block(lines, i) {
   let j = i + 1;
   while (j < lines.length && lines[j].trim() === '') j++;
   const open = /^(\s*)```js\s*$/.exec(lines[j] ?? '');
@@ -59,25 +65,28 @@ function block(i) {
   return 'its ```js block is not closed';
 }
 
-lines.forEach((line, i) => {
-  const m = marker.exec(line);
-  if (!m) return;
-  const [, file, region] = m;
-  const where = `${relative(root, readmePath)}:${i + 1}: ${file}${region ? `#${region}` : ''}`;
-  shown.add(region ? `${file}#${region}` : file);
-  const want = expected(file, region);
-  const got = block(i);
-  if (typeof want === 'string') return problems.push(`${where}: ${want}`);
-  if (typeof got === 'string') return problems.push(`${where}: ${got}`);
-  const n = Math.max(want.length, got.length);
-  for (let k = 0; k < n; k++) {
-    if (want[k] !== got[k]) {
-      return problems.push(`${where}: differs at line ${k + 1} of the block:\n` +
-        `    file:   ${JSON.stringify(want[k] ?? '(end)')}\n` +
-        `    README: ${JSON.stringify(got[k] ?? '(end)')}`);
+for (const path of manual) {
+  const lines = readFileSync(path, 'utf8').split('\n');
+  lines.forEach((line, i) => {
+    const m = marker.exec(line);
+    if (!m) return;
+    const [, file, region] = m;
+    const where = `${relative(root, path)}:${i + 1}: ${file}${region ? `#${region}` : ''}`;
+    shown.add(region ? `${file}#${region}` : file);
+    const want = expected(file, region);
+    const got = block(lines, i);
+    if (typeof want === 'string') return problems.push(`${where}: ${want}`);
+    if (typeof got === 'string') return problems.push(`${where}: ${got}`);
+    const n = Math.max(want.length, got.length);
+    for (let k = 0; k < n; k++) {
+      if (want[k] !== got[k]) {
+        return problems.push(`${where}: differs at line ${k + 1} of the block:\n` +
+          `    file:   ${JSON.stringify(want[k] ?? '(end)')}\n` +
+          `    manual: ${JSON.stringify(got[k] ?? '(end)')}`);
+      }
     }
-  }
-});
+  });
+}
 
 // Each file is shown whole, or each of its regions is.
 for (const file of examples) {
@@ -90,5 +99,5 @@ for (const file of examples) {
 }
 
 for (const p of problems) console.log(p);
-console.log(`README examples: ${shown.size} marker(s) for ${examples.length} files, ${problems.length} problem(s)`);
+console.log(`manual examples: ${shown.size} marker(s) in ${manual.length} files for ${examples.length} example files, ${problems.length} problem(s)`);
 process.exit(problems.length ? 1 : 0);

@@ -20,7 +20,7 @@
 #   crash, but their numbers are never handed out again either (README:
 #   How the numbers are made).
 #
-# The same state through pg_dump and restore is test/check/dump-restore.sh.
+# The same state through pg_dump and restore is test/tap/063_dump_restore.pl.
 #
 # Run with: bash test/tap.sh test/tap/004_durability.pl
 

@@ -34,7 +34,7 @@
 # signal" in the log).
 #
 # Backend kills and cancellations under the same load are
-# test/stress/faults.sh.
+# 050_faults.pl.
 #
 # Run with: bash test/tap.sh test/tap/005_crash_under_load.pl
 

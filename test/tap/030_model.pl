@@ -11,13 +11,23 @@
 # every meter equals its ledger and no answer was ever over its limit,
 # keys applied once, no two holders of a lease overlapped, fencing
 # numbers rose per name, rate limits kept within burst + rate x window,
-# a name under lock() was never entered twice, and lock_entity() held
-# recorders back.
+# a name under lock() was never entered twice, lock_entity() held
+# recorders back, no semaphore had more holders than slots, and lease
+# slots never exceeded their count and their fencing rose per name.
+# Meters include an anchored billing period (1.2), named in three
+# spellings, and reset_usage() joins the recorders: what it removes goes
+# to the ledger, so a lost update shows as a meter off its ledger.
 #
 #   ENTITLOCK_SEED=N            run seed N only (both modes)
 #   ENTITLOCK_MODEL_MINUTES=M   run new seeds for M minutes (both modes)
 #   ENTITLOCK_MODEL_OPS=N       operations in a single-session sequence
 #   ENTITLOCK_MODEL_MODE=single or concurrent: run that mode only
+#   ENTITLOCK_EDITION=trusted   run against the trusted edition
+#                               (dist/entitlock-trusted.sql, installed by a
+#                               database owner that is not a superuser)
+#   ENTITLOCK_MODEL_MODE=differential: each single-session sequence runs on
+#                               both editions side by side, each against
+#                               the model, and their keys are compared
 #
 # CI runs the fixed seeds below.  Run with:
 #   bash test/tap.sh test/tap/030_model.pl
@@ -38,8 +48,43 @@ my $node = PostgreSQL::Test::Cluster->new('model');
 $node->init;
 $node->append_conf('postgresql.conf', "max_connections = 60\nfsync = off\n");
 $node->start;
+my $mode = $ENV{ENTITLOCK_MODEL_MODE} // '';
+my $edition = $ENV{ENTITLOCK_EDITION} // 'c';
+$edition = 'trusted' if $mode eq 'differential';
+
+# The trusted edition: the file "make trusted" writes, run with psql -f by
+# the database's owner, a role without superuser.
+sub install_trusted
+{
+	my ($db) = @_;
+	# test/tap.sh builds it where the test can read it.
+	my $file = $ENV{ENTITLOCK_TRUSTED_SQL}
+	  or BAIL_OUT('ENTITLOCK_TRUSTED_SQL is not set (run through test/tap.sh)');
+	$node->safe_psql('postgres',
+		"DO \$\$BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'model_owner') THEN "
+		  . "CREATE ROLE model_owner LOGIN CREATEROLE; END IF; END\$\$;"
+		  . "ALTER DATABASE $db OWNER TO model_owner;");
+	my ($ret, $out, $err) = $node->psql($db, undef,
+		extra_params => [ '-U', 'model_owner', '-v', 'ON_ERROR_STOP=1', '-f', $file ]);
+	BAIL_OUT("installing the trusted edition failed: $err") if $ret != 0;
+}
+
 $node->safe_psql('postgres', 'CREATE DATABASE model');
-$node->safe_psql('model', "CREATE EXTENSION entitlock;\n" . $EntitlockModel::SETUP);
+if ($edition eq 'trusted')
+{
+	install_trusted('model');
+	$node->safe_psql('model', $EntitlockModel::SETUP);
+}
+else
+{
+	$node->safe_psql('model', "CREATE EXTENSION entitlock;\n" . $EntitlockModel::SETUP);
+}
+# Differential mode: the C edition beside it.
+if ($mode eq 'differential')
+{
+	$node->safe_psql('postgres', 'CREATE DATABASE model_c');
+	$node->safe_psql('model_c', "CREATE EXTENSION entitlock;\n" . $EntitlockModel::SETUP);
+}
 
 sub sql { return $node->safe_psql('model', $_[0]); }
 
@@ -59,9 +104,38 @@ sub seeds
 }
 
 #
+# Differential mode: the same sequences on both editions; each must agree
+# with the model (so both give the same answers wherever the model predicts
+# one), and the keys of the same random names must be equal.
+#
+if ($mode eq 'differential')
+{
+	my %S = (trusted => EntitlockModel::session_start($node->connstr('model')),
+		c => EntitlockModel::session_start($node->connstr('model_c')));
+	for my $seed (seeds(\@SINGLE_SEEDS))
+	{
+		last if $deadline && time > $deadline;
+		my $ops = EntitlockModel::gen_ops($seed, $OPS);
+		for my $ed ('c', 'trusted')
+		{
+			my $f = EntitlockModel::run_ops($S{$ed}, $ops);
+			ok(!$f, "differential: seed $seed, $OPS operations on the $ed edition agree with the model")
+			  or diag("operation $f->{index}: $f->{message}\n  operation: "
+				  . EntitlockModel::describe_op($f->{op}) . "\n  answer:    $f->{got}");
+		}
+		my $names = "SELECT string_agg(lpad(to_hex(entitlock.key(n)), 16, '0') || lpad(to_hex(entitlock.key(n, n || 'x')), 16, '0'), ',' ORDER BY i)"
+		  . " FROM (SELECT i, md5(($seed * 1000 + i)::text) || repeat(chr(200 + i % 50), i % 40) AS n FROM generate_series(1, 200) i) s";
+		is($node->safe_psql('model', $names), $node->safe_psql('model_c', $names),
+			"differential: seed $seed, keys of 200 names equal on both editions");
+	}
+	EntitlockModel::session_end($_) for values %S;
+	done_testing();
+	exit 0;
+}
+
+#
 # Single-session mode.
 #
-my $mode = $ENV{ENTITLOCK_MODEL_MODE} // '';
 my $S = EntitlockModel::session_start($node->connstr('model'));
 my $ran = 0;
 for my $seed ($mode eq 'concurrent' ? () : seeds(\@SINGLE_SEEDS))
@@ -107,7 +181,7 @@ INSERT INTO meter_limit
 SELECT s, f, p, 60 + 7 * length(s || f || p) % 13
   FROM unnest(ARRAY['org:1', 'org:2', 'user:1', 'user:2', 'user:3']) s,
        unnest(ARRAY['api', 'export']) f,
-       unnest(ARRAY['lifetime', 'day']) p;
+       unnest(ARRAY['lifetime', 'day', 'month@2026-01-31 10:00:00+00']) p;
 CREATE TABLE usage_ledger (subject text, feature text, period text,
 	period_start timestamptz, amount bigint, key text, answered_used bigint);
 CREATE UNIQUE INDEX ON usage_ledger (key, subject, feature, period) WHERE key IS NOT NULL AND amount > 0;
@@ -123,17 +197,32 @@ CREATE TABLE plain_counter (id int PRIMARY KEY, v bigint);
 INSERT INTO plain_counter VALUES (1, 0), (2, 0);
 CREATE TABLE critical_ledger (id int);
 CREATE TABLE frozen_violations (subject text, feature text, before bigint, after bigint);
+-- Semaphores (1.2): who held which slot from when to when (left_at is read
+-- just before COMMIT, so the next holder enters after it), and every lease
+-- slot taken.
+CREATE TABLE slot_log (name text, slot int, pid int, entered timestamptz, left_at timestamptz);
+CREATE TABLE lease_slot_history (name text, slot int, token uuid, fencing bigint,
+	acquired_at timestamptz, expires_at timestamptz);
 
--- The meter of a random pick, its limit and its period's start.
+-- The meter of a random pick, its limit and its period's start; period is
+-- the canonical spelling (as results and the counters show it), spelled
+-- one of the ways callers may write it.
 CREATE FUNCTION pick_meter(s int, f int, p int, OUT subject text, OUT feature text,
-	OUT period text, OUT lim bigint, OUT period_start timestamptz) LANGUAGE sql AS $$
+	OUT period text, OUT lim bigint, OUT period_start timestamptz, OUT spelled text) LANGUAGE sql AS $$
 	SELECT m.subject, m.feature, m.period, m.lim,
-	       coalesce((SELECT u.period_start FROM entitlock.usage_period(m.period, now()) u), '-infinity')
+	       coalesce((SELECT u.period_start FROM entitlock.usage_period(m.period, now()) u), '-infinity'),
+	       CASE WHEN m.period LIKE '%@%'
+	            THEN (ARRAY[m.period, '1 month@2026-01-31 05:00-05', 'MONTHS@2026-01-31 15:45+05:45'])[1 + floor(random() * 3)::int]
+	            ELSE m.period END
 	  FROM meter_limit m
 	 WHERE m.subject = (ARRAY['org:1', 'org:2', 'user:1', 'user:2', 'user:3'])[s]
 	   AND m.feature = (ARRAY['api', 'export'])[f]
-	   AND m.period = (ARRAY['lifetime', 'day'])[p]
+	   AND m.period = (ARRAY['lifetime', 'day', 'month@2026-01-31 10:00:00+00'])[p]
 $$;
+-- What a refund found in the counters before it (see the refund script).
+CREATE TABLE refund_pick (pid int, key text, subject text, feature text);
+CREATE TABLE refund_before (pid int, period text, period_start timestamptz, used bigint);
+CREATE TABLE reset_ledger (subject text, feature text, period text, removed bigint);
 SQL
 
 my %scripts = (
@@ -142,13 +231,13 @@ my %scripts = (
 	limit => <<'PGB',
 \set s random(1, 5)
 \set f random(1, 2)
-\set p random(1, 2)
+\set p random(1, 3)
 \set a random(1, 3)
 \set k random(1, 30)
 \set keyed random(0, 2)
 BEGIN;
 WITH m AS (SELECT *, CASE WHEN :keyed = 0 THEN concat_ws(':', 'c', :s, :f, :p, :a, :k) END AS key FROM pick_meter(:s, :f, :p)),
-     r AS (SELECT r.*, m.* FROM m, entitlock.record_usage_if_under_limit(m.subject, m.feature, :a, m.lim, m.period, m.key) r)
+     r AS (SELECT r.*, m.* FROM m, entitlock.record_usage_if_under_limit(m.subject, m.feature, :a, m.lim, m.spelled, m.key) r)
    , ka AS (INSERT INTO key_answers SELECT key, subject, feature, period, allowed, used FROM r WHERE key IS NOT NULL)
 INSERT INTO usage_ledger
 SELECT subject, feature, period, period_start, CASE WHEN allowed THEN :a ELSE 0 END, key, used
@@ -187,8 +276,8 @@ PGB
 \set k random(1, 30)
 \set keyed random(0, 2)
 BEGIN;
-WITH m AS (SELECT x.* FROM (VALUES (:o, 1), (:u, 1), (:u, 2)) v(s, p), pick_meter(v.s, :f, v.p) x),
-     l AS (SELECT array_agg(entitlock.usage_limit(subject, feature, lim, period) ORDER BY random()) AS lims FROM m),
+WITH m AS (SELECT x.* FROM (VALUES (:o, 1), (:u, 1), (:u, 2), (:u, 3)) v(s, p), pick_meter(v.s, :f, v.p) x),
+     l AS (SELECT array_agg(entitlock.usage_limit(subject, feature, lim, spelled) ORDER BY random()) AS lims FROM m),
      r AS (SELECT r.* FROM l, entitlock.record_usage_if_under_limits(l.lims, :a,
                 CASE WHEN :keyed = 0 THEN concat_ws(':', 's', :o, :u, :f, :a, :k) END) r),
      ok AS (SELECT bool_and(allowed) AS all_ok FROM r),
@@ -201,21 +290,52 @@ SELECT r.subject, r.feature, r.period, m.period_start, CASE WHEN ok.all_ok THEN 
 ON CONFLICT DO NOTHING;
 COMMIT;
 PGB
-	# A refund of a key that recorded (or of one never used): what it
-	# gives back goes to the ledger as negative rows in the periods the
-	# key recorded in (each gets the amount back).
+	# A refund of a key that recorded (or of one never used).  A reset may
+	# have left a period less than the key's amount, so each period may
+	# get back less: under lock_entity(), which holds recorders, resets
+	# and other refunds of the pair back, the script reads the key's
+	# counters before and after, and the ledger gets the differences.
 	refund => <<'PGB',
 \set r random(1, 1000000)
 BEGIN;
-WITH pick AS (SELECT * FROM (SELECT key, subject, feature FROM usage_ledger WHERE key IS NOT NULL AND amount > 0
-                             UNION ALL SELECT 'never', 'org:1', 'api') k
-              ORDER BY md5(key || subject || :r) LIMIT 1),
-     g AS (SELECT p.*, entitlock.refund_usage(p.subject, p.feature, p.key) AS back FROM pick p),
-     ins AS (INSERT INTO refund_ledger SELECT key, subject, feature, back FROM g)
+DELETE FROM refund_pick WHERE pid = pg_backend_pid();
+DELETE FROM refund_before WHERE pid = pg_backend_pid();
+INSERT INTO refund_pick
+SELECT pg_backend_pid(), key, subject, feature
+  FROM (SELECT key, subject, feature FROM usage_ledger WHERE key IS NOT NULL AND amount > 0
+        UNION ALL SELECT 'never', 'org:1', 'api') k
+ ORDER BY md5(key || subject || :r) LIMIT 1;
+SELECT entitlock.lock_entity(subject, feature) FROM refund_pick WHERE pid = pg_backend_pid();
+INSERT INTO refund_before
+SELECT DISTINCT pg_backend_pid(), l.period, l.period_start, coalesce(c.used, 0)
+  FROM refund_pick p JOIN usage_ledger l USING (key, subject, feature)
+  LEFT JOIN entitlock.usage_counter c
+    ON (c.subject, c.feature, c.period, c.period_start) = (l.subject, l.feature, l.period, l.period_start)
+ WHERE p.pid = pg_backend_pid() AND l.amount > 0;
+INSERT INTO refund_ledger
+SELECT key, subject, feature, entitlock.refund_usage(subject, feature, key) FROM refund_pick WHERE pid = pg_backend_pid();
 INSERT INTO usage_ledger (subject, feature, period, period_start, amount)
-SELECT l.subject, l.feature, l.period, l.period_start, -g.back
-  FROM g JOIN usage_ledger l USING (key, subject, feature)
- WHERE l.amount > 0 AND g.back > 0;
+SELECT p.subject, p.feature, b.period, b.period_start, coalesce(c.used, 0) - b.used
+  FROM refund_pick p JOIN refund_before b USING (pid)
+  LEFT JOIN entitlock.usage_counter c
+    ON (c.subject, c.feature, c.period, c.period_start) = (p.subject, p.feature, b.period, b.period_start)
+ WHERE p.pid = pg_backend_pid() AND coalesce(c.used, 0) <> b.used;
+COMMIT;
+PGB
+	# reset_usage() of a random meter, in any spelling of its period: what
+	# it removed goes to the ledger (a lost update, in either direction,
+	# leaves the meter off its ledger), and a retry of a key recorded
+	# before it still gets its first answer.
+	reset => <<'PGB',
+\set s random(1, 5)
+\set f random(1, 2)
+\set p random(1, 3)
+BEGIN;
+WITH m AS (SELECT * FROM pick_meter(:s, :f, :p)),
+     r AS (SELECT m.*, entitlock.reset_usage(m.subject, m.feature, m.spelled) AS removed FROM m),
+     rl AS (INSERT INTO reset_ledger SELECT subject, feature, period, removed FROM r)
+INSERT INTO usage_ledger (subject, feature, period, period_start, amount)
+SELECT subject, feature, period, period_start, -removed FROM r WHERE removed > 0;
 COMMIT;
 PGB
 	# Once-only effects.
@@ -263,6 +383,28 @@ UPDATE lease_history h SET released_at = clock_timestamp()
    AND NOT EXISTS (SELECT FROM entitlock.lease_record r WHERE r.fencing = h.fencing);
 COMMIT;
 PGB
+	# Semaphores: three slots per name, waiting as long as it takes or
+	# 5 ms (then no slot, and nothing logged).
+	slot => <<'PGB',
+\set n random(1, 2)
+\set w random(0, 2)
+BEGIN;
+SELECT coalesce(entitlock.lock_slot('sem:' || :n, 3, CASE WHEN :w = 0 THEN interval '5 ms' END), 0) AS slot \gset
+INSERT INTO slot_log SELECT 'sem:' || :n, :slot, pg_backend_pid(), clock_timestamp(), NULL WHERE :slot > 0;
+SELECT pg_sleep(0.002);
+UPDATE slot_log SET left_at = clock_timestamp() WHERE pid = pg_backend_pid() AND left_at IS NULL;
+COMMIT;
+PGB
+	# Lease semaphores: two slots per name, 30 ms leases, taken over as
+	# they expire.
+	lease_slot => <<'PGB',
+\set n random(1, 2)
+BEGIN;
+SELECT coalesce((SELECT fencing FROM entitlock.lease_acquire_slot('LS' || :n, 2, '30 ms', 'c', '20 ms')), 0) AS fen \gset
+INSERT INTO lease_slot_history
+SELECT name, slot, token, fencing, acquired_at, expires_at FROM entitlock.lease_record WHERE fencing = :fen;
+COMMIT;
+PGB
 	# Rate limits: 20 per second, bursts of 5.
 	rate => <<'PGB',
 \set n random(1, 2)
@@ -302,11 +444,11 @@ PGB
 BEGIN;
 SELECT entitlock.lock((ARRAY['org:1', 'org:2', 'user:1', 'user:2', 'user:3'])[:s]);
 SELECT sum(entitlock.usage((ARRAY['org:1', 'org:2', 'user:1', 'user:2', 'user:3'])[:s], f, p)) AS u0
-  FROM unnest(ARRAY['api', 'export']) f, unnest(ARRAY['lifetime', 'day']) p \gset
+  FROM unnest(ARRAY['api', 'export']) f, unnest(ARRAY['lifetime', 'day', 'month@2026-01-31 10:00:00+00']) p \gset
 SELECT pg_sleep(0.002);
 INSERT INTO frozen_violations
 SELECT s, '*', :u0, u FROM (SELECT (ARRAY['org:1', 'org:2', 'user:1', 'user:2', 'user:3'])[:s] s) x,
-       LATERAL (SELECT sum(entitlock.usage(x.s, f, p)) u FROM unnest(ARRAY['api', 'export']) f, unnest(ARRAY['lifetime', 'day']) p) y
+       LATERAL (SELECT sum(entitlock.usage(x.s, f, p)) u FROM unnest(ARRAY['api', 'export']) f, unnest(ARRAY['lifetime', 'day', '1 months@2026-01-31 10:00+00']) p) y
  WHERE u <> :u0;
 COMMIT;
 PGB
@@ -357,6 +499,25 @@ my %checks = (
 		SELECT p.id, p.v, count(c.id) FROM plain_counter p LEFT JOIN critical_ledger c USING (id)
 		 GROUP BY p.id, p.v HAVING p.v <> count(c.id)},
 	'lock_entity() and lock(subject) held recorders back' => q{SELECT * FROM frozen_violations},
+	'lock_slot: at most 3 holders of a name, one per slot' => q{
+		SELECT a.name, a.slot, a.entered, count(*)
+		  FROM slot_log a JOIN slot_log b
+		    ON b.name = a.name AND b.entered <= a.entered AND b.left_at > a.entered
+		 GROUP BY 1, 2, 3
+		HAVING count(*) > 3 OR count(*) FILTER (WHERE b.slot = a.slot) > 1
+		UNION ALL
+		SELECT name, slot, entered, 0 FROM slot_log WHERE slot NOT BETWEEN 1 AND 3 OR left_at IS NULL},
+	'lease_acquire_slot: at most 2 unexpired leases of a name, fencing rising' => q{
+		SELECT a.name, a.slot, a.fencing, count(*)
+		  FROM lease_slot_history a JOIN lease_slot_history b
+		    ON b.name = a.name AND b.acquired_at <= a.acquired_at AND b.expires_at > a.acquired_at
+		 GROUP BY 1, 2, 3
+		HAVING count(*) > 2 OR count(*) FILTER (WHERE b.slot = a.slot) > 1
+		UNION ALL
+		SELECT name, slot, fencing, 0 FROM (
+			SELECT name, slot, fencing, lag(fencing) OVER (PARTITION BY name ORDER BY acquired_at, fencing) AS prev
+			  FROM lease_slot_history) x
+		 WHERE prev >= fencing},
 );
 
 my $cran = 0;
@@ -367,10 +528,10 @@ for my $seed ($mode eq 'single' ? () : seeds(\@CONCURRENT_SEEDS))
 	sql(q{TRUNCATE entitlock.usage_counter, entitlock.usage_idempotency, entitlock.usage_limits_idempotency,
 			entitlock.rate_limit_state, entitlock.idempotency_key, entitlock.lease_record,
 			usage_ledger, refund_ledger, key_answers, effects, replays, lease_history, rate_ledger, critical_ledger,
-			frozen_violations;
+			frozen_violations, slot_log, lease_slot_history, refund_pick, refund_before, reset_ledger;
 		UPDATE plain_counter SET v = 0;});
-	my %weight = (limit => 30, limits => 30, bulk => 4, refund => 8, first_time => 6, idempotency => 6,
-		lease => 8, rate => 6, lock => 6, frozen => 3, frozen_subject => 3);
+	my %weight = (limit => 30, limits => 30, bulk => 4, refund => 8, reset => 4, first_time => 6, idempotency => 6,
+		lease => 8, rate => 6, lock => 6, frozen => 3, frozen_subject => 3, slot => 6, lease_slot => 4);
 	my %files = map { ("030_model_${seed}_$_\@$weight{$_}" => $scripts{$_}) } keys %scripts;
 	my $log_offset = -s $node->logfile;
 	$node->pgbench(
@@ -395,15 +556,21 @@ for my $seed ($mode eq 'single' ? () : seeds(\@CONCURRENT_SEEDS))
 	my $counts = sql(q{SELECT (SELECT count(*) FROM usage_ledger WHERE amount > 0) || ' recorded, '
 		|| (SELECT count(*) FROM usage_ledger WHERE amount = 0) || ' denied, '
 		|| (SELECT count(*) FROM refund_ledger WHERE amount > 0) || ' refunds, '
+		|| (SELECT count(*) FROM reset_ledger WHERE removed > 0) || ' resets, '
 		|| (SELECT count(*) FROM effects) || ' effects, '
 		|| (SELECT count(*) FROM lease_history) || ' leases, '
 		|| (SELECT count(*) FROM rate_ledger) || ' rate units, '
-		|| (SELECT count(*) FROM critical_ledger) || ' critical sections'});
+		|| (SELECT count(*) FROM critical_ledger) || ' critical sections, '
+		|| (SELECT count(*) FROM slot_log) || ' slots held, '
+		|| (SELECT count(*) FROM lease_slot_history) || ' lease slots'});
 	note("seed $seed: $counts");
 	# The run must have reached the interesting states.
 	ok(sql(q{SELECT count(*) FILTER (WHERE c.used = m.lim) > 0 AND (SELECT count(*) FROM usage_ledger WHERE amount = 0) > 0
 		FROM entitlock.usage_counter c JOIN meter_limit m USING (subject, feature, period)}) eq 't',
 		"concurrent: seed $seed: meters reached their limits and calls were denied");
+	ok(sql(q{SELECT count(*) > 0 FROM reset_ledger r JOIN usage_ledger l USING (subject, feature, period)
+		WHERE r.removed > 0 AND r.period LIKE '%@%' AND l.amount > 0}) eq 't',
+		"concurrent: seed $seed: resets removed usage of anchored meters");
 }
 
 done_testing();

@@ -5,7 +5,8 @@
 # Single-session mode (check_sequence): a seeded generator makes a
 # sequence of operations over a small space of names, so that they
 # collide: locks, usage on single meters and sets (with and without keys,
-# in random orders), refunds, reads, prune_usage, rate_limit and gcra,
+# in random orders, on calendar and anchored billing periods spelled in
+# several ways), refunds, resets, reads, prune_usage, rate_limit and gcra,
 # idempotency keys, leases, and transaction control (BEGIN, COMMIT,
 # ROLLBACK, savepoints), plus bad input, which must fail with the SPEC's
 # SQLSTATE and change nothing.  The whole sequence runs as one psql
@@ -41,7 +42,24 @@ use IPC::Run;
 
 my @SUBJECTS = ('org:1', 'org:2', 'user:a', 'user:b');
 my @FEATURES = ('api', 'seats');
-my @PERIODS  = ('lifetime', 'lifetime', 'minute', 'hour', 'day', 'week', 'month', 'year');
+# Anchored billing periods (SPEC 3e): each spelling with the period it
+# names, [unit, N, and the anchor's UTC fields year, month, day, hour,
+# minute, second], worked out by hand from the spelling.  Several
+# spellings of one period (another offset, 'month' and '1 month', 7 days
+# and a week, 24 months and 2 years) must be one meter.
+my %ANCHORED = (
+	'month@2026-01-31 10:00:00+00'  => [ 'month', 1, 2026, 1, 31, 10, 0, 0 ],
+	'1 month@2026-01-31 05:00-05'   => [ 'month', 1, 2026, 1, 31, 10, 0, 0 ],
+	'Months@2026-01-31 15:45+05:45' => [ 'month', 1, 2026, 1, 31, 10, 0, 0 ],
+	'3 months@2025-11-30'           => [ 'month', 3, 2025, 11, 30, 0, 0, 0 ],
+	'week@2026-01-07 12:00+00'      => [ 'week', 1, 2026, 1, 7, 12, 0, 0 ],
+	'7 days@2026-01-07 07:00-05'    => [ 'week', 1, 2026, 1, 7, 12, 0, 0 ],
+	'day@2024-02-29 23:30+00'       => [ 'day', 1, 2024, 2, 29, 23, 30, 0 ],
+	'2 years@2024-02-29'            => [ 'year', 2, 2024, 2, 29, 0, 0, 0 ],
+	'24 months@2024-02-29 00:00 UTC' => [ 'year', 2, 2024, 2, 29, 0, 0, 0 ],
+);
+my @PERIODS  = ('lifetime', 'lifetime', 'minute', 'hour', 'day', 'week', 'month', 'year',
+	sort keys %ANCHORED);
 my @UKEYS    = ('k1', 'k2', 'k3', 'k4');
 # Lock names and realms are kept apart from usage subjects: recorders take
 # locks of their own on their subjects (an implementation detail the
@@ -54,6 +72,10 @@ my @RATES    = ('r1', 'r2');
 my @IKEYS    = ('i1', 'i2', 'i3');
 my @LEASES   = ('L1', 'L2', 'L3');
 my @HOLDERS  = ('w1', 'w2', '');
+# Semaphores (1.2): lock_slot names, and lease semaphore names, kept apart
+# from the plain leases' names.
+my @SEMS     = ('S1', 'S2');
+my @LSEMS    = ('LS1', 'LS2');
 
 # Rate limits slow enough that the time a test takes moves no integer
 # field: [rate, per (seconds), burst or undef].
@@ -243,6 +265,19 @@ sub gen_op
 	elsif ($r < 865) { $op = { kind => 'leases' }; }
 	elsif ($r < 885) { $op = { kind => 'sleep' }; }
 	elsif ($r < 905) { $op = { kind => 'dump' }; }
+	elsif ($r < 925)
+	{
+		$op = { kind => 'lock_slot', name => pick($rng, @SEMS), slots => pick($rng, 1, 2, 3),
+			wait => pick($rng, undef, '0', '20 ms') };
+	}
+	elsif ($r < 935) { $op = { kind => 'slot_holders', name => pick($rng, @SEMS), slots => pick($rng, 1, 2, 3) }; }
+	elsif ($r < 955)
+	{
+		$op = { kind => 'lease_acquire_slot', name => pick($rng, @LSEMS), slots => pick($rng, 1, 2, 3),
+			holder => pick($rng, @HOLDERS), short => rnd($rng, 3) == 0 };
+	}
+	elsif ($r < 962) { $op = { kind => 'lease_slots' }; }
+	elsif ($r < 977) { $op = { kind => 'reset', s => $s, f => $f, p => $p }; }
 	else
 	{
 		$op = gen_bad($rng);
@@ -287,6 +322,22 @@ sub gen_bad
 		[ "entitlock.idempotency_begin('')",                                     '22023' ],
 		[ "entitlock.lease_acquire('L1', '-1 s')",                               '22023' ],
 		[ "entitlock.lease_acquire('', '1 hour')",                               '22023' ],
+		[ "entitlock.lock_slot('S1', 0)",                                        '22023' ],
+		[ "entitlock.lock_slot('S1', 10001)",                                    '22023' ],
+		[ "entitlock.lock_slot('', 2)",                                          '22023' ],
+		[ "entitlock.lock_slot(NULL, 2)",                                        '22004' ],
+		[ "entitlock.lock_slot('S1', NULL)",                                     '22004' ],
+		[ "entitlock.lock_slot('S1', 2, '-1 s')",                                '22023' ],
+		[ "entitlock.lease_acquire_slot('LS1', 0, '1 hour')",                    '22023' ],
+		[ "entitlock.lease_acquire_slot('LS1', 2, '1 hour', NULL, '-1 s')",      '22023' ],
+		[ "entitlock.usage('$s', '$f', 'month\@not a date')",                      '22023' ],
+		[ "entitlock.record_usage('$s', '$f', 1, '0 months\@2026-01-31')",          '22023' ],
+		[ "entitlock.record_usage_if_under_limit('$s', '$f', 1, 5, '1001 days\@2026-01-31')", '22023' ],
+		[ "entitlock.record_usage_if_under_limit('$s', '$f', 1, 5, 'hour\@2026-01-31')", '22023' ],
+		[ "entitlock.reset_usage('$s', '$f', 'week\@infinity')",                   '22023' ],
+		[ "entitlock.reset_usage(NULL, '$f')",                                   '22004' ],
+		[ "entitlock.reset_usage('$s', '$f', NULL)",                             '22004' ],
+		[ "entitlock.record_usage_if_under_limits(ARRAY[entitlock.usage_limit('$s', '$f', 5, 'month\@2026-01-31 10:00+00'), entitlock.usage_limit('$s', '$f', 9, '1 month\@2026-01-31 05:00-05')])", '22023' ],
 	);
 	my $b = pick($rng, @bad);
 	return { kind => 'bad', call => $b->[0], state => $b->[1] };
@@ -322,6 +373,10 @@ sub op_sql
 	if ($k eq 'usage')
 	{
 		return sprintf("SELECT entitlock.usage(%s, %s, %s)::text", sqlq($op->{s}), sqlq($op->{f}), sqlq($op->{p}));
+	}
+	if ($k eq 'reset')
+	{
+		return sprintf("SELECT entitlock.reset_usage(%s, %s, %s)::text", sqlq($op->{s}), sqlq($op->{f}), sqlq($op->{p}));
 	}
 	if ($k eq 'prune')
 	{
@@ -409,7 +464,27 @@ sub op_sql
 	}
 	if ($k eq 'leases')
 	{
-		return "SELECT concat_ws('|', name, coalesce(holder, '-'), fencing) FROM entitlock.leases ORDER BY name";
+		return "SELECT concat_ws('|', name, coalesce(holder, '-'), fencing) FROM entitlock.leases WHERE slot IS NULL ORDER BY name";
+	}
+	if ($k eq 'lock_slot')
+	{
+		return sprintf("SELECT coalesce(entitlock.lock_slot(%s, %d, %s)::text, 'null')", sqlq($op->{name}), $op->{slots},
+			defined $op->{wait} ? sqlq($op->{wait}) : 'NULL');
+	}
+	if ($k eq 'slot_holders')
+	{
+		return sprintf("SELECT concat_ws('|', coalesce(slot::text, '-'), granted, pid = pg_backend_pid()) FROM entitlock.slot_holders(%s, %d)",
+			sqlq($op->{name}), $op->{slots});
+	}
+	if ($k eq 'lease_acquire_slot')
+	{
+		return sprintf("SELECT concat_ws('|', slot, token, fencing) FROM entitlock.lease_acquire_slot(%s, %d, %s, %s)",
+			sqlq($op->{name}), $op->{slots}, $op->{short} ? "'30 ms'" : "'1 hour'",
+			sqlq($op->{holder} eq '' ? undef : $op->{holder}));
+	}
+	if ($k eq 'lease_slots')
+	{
+		return "SELECT concat_ws('|', name, slot, coalesce(holder, '-'), fencing) FROM entitlock.leases WHERE slot IS NOT NULL";
 	}
 	if ($k eq 'dump')
 	{
@@ -423,12 +498,73 @@ sub op_sql
 }
 
 # ---------------------------------------------------------------------
-# Calendar periods in UTC, from an epoch in microseconds.
+# Anchored periods (SPEC 3e), by their canonical spelling: N units, the
+# anchor's UTC fields, and the anchor in microseconds.  The canonical
+# spelling (doc/reference/billing-periods.md): whole weeks of days and
+# whole years of months in the larger unit, N and the plural only when
+# N > 1, then the anchor in UTC as 'YYYY-MM-DD HH:MM:SS+00'.
+
+my %PERIOD_OF;
+
+sub canon
+{
+	my ($p) = @_;
+	my $a = $ANCHORED{$p};
+	return $p unless $a;
+	my ($unit, $n, @f) = @$a;
+	my $us = timegm($f[5], $f[4], $f[3], $f[2], $f[1] - 1, $f[0]) * 1000000;
+	my @g = gmtime($us / 1e6);
+	my $name = ($n == 1 ? $unit : "$n ${unit}s") . '@'
+	  . sprintf('%04d-%02d-%02d %02d:%02d:%02d+00', $g[5] + 1900, $g[4] + 1, $g[3], $g[2], $g[1], $g[0]);
+	$PERIOD_OF{$name} = { unit => $unit, n => $n, f => \@f, us => $us };
+	return $name;
+}
+
+sub days_in_month
+{
+	my ($y, $m) = @_;    # $m 1..12
+	return 29 if $m == 2 && ($y % 4 == 0 && ($y % 100 != 0 || $y % 400 == 0));
+	return (31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)[ $m - 1 ];
+}
+
+# The start of period k: anchor + k*N units, a month's day clamped to its
+# last day, always counted from the anchor.
+sub anchored_start
+{
+	my ($a, $k) = @_;
+	my $u = $a->{unit};
+	return $a->{us} + $k * $a->{n} * ($u eq 'week' ? 7 : 1) * 86400 * 1000000
+	  if $u eq 'day' || $u eq 'week';
+	my ($y, $m, $d, $h, $mi, $s) = @{ $a->{f} };
+	my $months = ($m - 1) + $k * $a->{n} * ($u eq 'year' ? 12 : 1);
+	my $yy = $y + floor($months / 12);
+	my $mm = $months - 12 * floor($months / 12) + 1;
+	my $dd = days_in_month($yy, $mm);
+	$dd = $d if $d < $dd;
+	return timegm($s, $mi, $h, $dd, $mm - 1, $yy) * 1000000;
+}
+
+# The anchored period holding $t: walk from a guess to the last start at
+# or before $t.
+sub anchored_bounds
+{
+	my ($a, $t) = @_;
+	my $approx = { day => 86400, week => 7 * 86400, month => 2629746, year => 31556952 }->{ $a->{unit} } * $a->{n} * 1e6;
+	my $k = floor(($t - $a->{us}) / $approx) - 2;
+	$k-- while anchored_start($a, $k) > $t;
+	$k++ while anchored_start($a, $k + 1) <= $t;
+	return (anchored_start($a, $k), anchored_start($a, $k + 1));
+}
+
+# ---------------------------------------------------------------------
+# Calendar periods in UTC, from an epoch in microseconds; anchored ones
+# by their canonical spelling.
 
 sub period_bounds
 {
 	my ($p, $now_us) = @_;
 	return ('-inf', undef) if $p eq 'lifetime';
+	return anchored_bounds($PERIOD_OF{$p}, $now_us) if $PERIOD_OF{$p};
 	my $t = floor($now_us / 1e6);
 	my ($sec, $min, $hour, $mday, $mon, $year, $wday) = gmtime($t);
 	my ($start, $end);
@@ -494,6 +630,8 @@ sub new_model
 			leases   => {},    # name => { token, fencing, holder, exp }
 			rl       => {},    # name => [tat low, tat high] (microseconds)
 			locks    => {},    # name => { x => 1, s => 1 }, this transaction's
+			slots    => {},    # semaphore name => { slot => 1 }, this transaction's
+			lslots   => {},    # lease semaphore name => { slot => { token, fencing, holder, exp } }
 			pairs    => {},    # "realm|entity" => 1, lock_entity's exclusive pairs
 		},
 		stack       => [],     # [kind, saved db] for BEGIN and each SAVEPOINT
@@ -560,6 +698,7 @@ sub end_xact
 {
 	my ($m) = @_;
 	$m->{db}{locks} = {};
+	$m->{db}{slots} = {};
 	$m->{db}{pairs} = {};
 	$_->{mine} = 0 for values %{ $m->{db}{idem} };
 }
@@ -570,6 +709,10 @@ sub sleep_passed
 	for my $h ($m->{db}{idem}, $m->{db}{leases}, map { $_->[1]{idem}, $_->[1]{leases} } @{ $m->{stack} })
 	{
 		$_->{exp} eq 'short' and $_->{exp} = 'expired' for values %$h;
+	}
+	for my $ls ($m->{db}{lslots}, map { $_->[1]{lslots} } @{ $m->{stack} })
+	{
+		for my $h (values %$ls) { $_->{exp} eq 'short' and $_->{exp} = 'expired' for values %$h; }
 	}
 }
 
@@ -600,6 +743,7 @@ sub expect
 	if ($k eq 'limit' || $k eq 'record')
 	{
 		my ($s, $f, $p, $amount, $key) = @$op{qw(s f p amount key)};
+		$p = canon($p);
 		my $limit = $k eq 'limit' ? $op->{limit} : undef;
 		my ($start, $end) = period_bounds($p, $now);
 		if (defined $key)
@@ -643,7 +787,7 @@ sub expect
 	if ($k eq 'limits')
 	{
 		my ($amount, $key) = @$op{qw(amount key)};
-		my @lims = @{ $op->{lims} };
+		my @lims = map { [ $_->[0], $_->[1], canon($_->[2]), $_->[3] ] } @{ $op->{lims} };
 		my %seen;
 		for (@lims) { return err('22023') if $seen{"$_->[0]|$_->[1]|$_->[2]"}++; }
 		if (defined $key)
@@ -731,9 +875,24 @@ sub expect
 
 	if ($k eq 'usage')
 	{
-		my ($start) = period_bounds($op->{p}, $now);
-		my $c = $db->{counters}{"$op->{s}|$op->{f}|$op->{p}|$start"};
+		my $p = canon($op->{p});
+		my ($start) = period_bounds($p, $now);
+		my $c = $db->{counters}{"$op->{s}|$op->{f}|$p|$start"};
 		return { rows => [ $c ? $c->{used} : 0 ] };
+	}
+
+	# SPEC 3e: the current period's usage to 0, returning what was there;
+	# keys recorded before keep their answers, and refunds of them give
+	# back only what is left (the refund above never goes below zero).
+	if ($k eq 'reset')
+	{
+		my $p = canon($op->{p});
+		my ($start) = period_bounds($p, $now);
+		my $c = $db->{counters}{"$op->{s}|$op->{f}|$p|$start"};
+		return { rows => [0] } unless $c;
+		my $had = $c->{used};
+		$c->{used} = 0;
+		return { rows => [$had] };
 	}
 
 	if ($k eq 'prune')
@@ -957,6 +1116,90 @@ sub expect
 			multi => 1,
 		};
 	}
+	# Semaphores (SPEC 2b).  This session is the only one taking slots, so
+	# a slot is always free: the answer is the slot this transaction holds
+	# already (among 1..slots), else some slot in 1..slots it does not hold.
+	if ($k eq 'lock_slot')
+	{
+		my $held = $db->{slots}{ $op->{name} } ||= {};
+		my @mine = sort { $a <=> $b } grep { $_ <= $op->{slots} } keys %$held;
+		return { rows => [ $mine[0] ] } if @mine;
+		return {
+			check => sub {
+				my ($row) = @_;
+				return "slot '$row' not in 1..$op->{slots}" unless $row =~ /^\d+$/ && $row >= 1 && $row <= $op->{slots};
+				return "slot $row already held" if $held->{$row};
+				$held->{$row} = 1;
+				return undef;
+			}
+		};
+	}
+	if ($k eq 'slot_holders')
+	{
+		# Outside a transaction nothing is held; inside, this session's slots.
+		my $held = $db->{slots}{ $op->{name} } || {};
+		my @want = map { "$_|t|t" } sort { $a <=> $b } grep { $_ <= $op->{slots} } keys %$held;
+		return { rows => \@want, sorted => 1 };
+	}
+	# Lease slots (SPEC 5): a slot is free when never taken, released or
+	# expired; a short one is uncertain until a sleep has passed it.  The
+	# answer is a free slot (or an uncertain one) with a fencing number
+	# above every earlier one, or no row when every slot is certainly held.
+	if ($k eq 'lease_acquire_slot')
+	{
+		my $ls = $db->{lslots}{ $op->{name} } ||= {};
+		my @state = map { my $e = $ls->{$_}; !$e || $e->{exp} eq 'expired' ? 'free' : $e->{exp} } 1 .. $op->{slots};
+		my $any_free = grep { $_ eq 'free' } @state;
+		my $all_long = !grep { $_ ne 'long' } @state;
+		return {
+			check => sub {
+				my ($row) = @_;
+				if ($row eq '')
+				{
+					return "no row, but a slot is free" if $any_free;
+					return undef;
+				}
+				my ($slot, $token, $fencing) = split /\|/, $row;
+				return "a row, but every slot is held" if $all_long;
+				return "slot $slot not in 1..$op->{slots}" unless $slot >= 1 && $slot <= $op->{slots};
+				return "slot $slot is held" if $state[ $slot - 1 ] eq 'long';
+				return "fencing $fencing after $m->{max_fencing}" unless $fencing > $m->{max_fencing};
+				$m->{max_fencing} = $fencing;
+				$ls->{$slot} = { token => $token, fencing => $fencing,
+					holder => $op->{holder} eq '' ? '-' : $op->{holder}, exp => $op->{short} ? 'short' : 'long' };
+				return undef;
+			}
+		};
+	}
+	if ($k eq 'lease_slots')
+	{
+		my $all = $db->{lslots};
+		return {
+			check => sub {
+				my @got = @_;
+				my %got = map { my @f = split /\|/; ("$f[0]|$f[1]" => $_) } @got;
+				for my $n (keys %$all)
+				{
+					for my $sl (keys %{ $all->{$n} })
+					{
+						my $e = $all->{$n}{$sl};
+						my $want = join('|', $n, $sl, $e->{holder}, $e->{fencing});
+						if ($e->{exp} eq 'long') { return "lease slot $n/$sl missing" unless ($got{"$n|$sl"} // '') eq $want; }
+						elsif ($e->{exp} eq 'expired') { return "expired lease slot $n/$sl shown" if exists $got{"$n|$sl"}; }
+						elsif (exists $got{"$n|$sl"}) { return "lease slot $n/$sl" unless $got{"$n|$sl"} eq $want; }
+					}
+				}
+				for my $id (keys %got)
+				{
+					my ($n, $sl) = split /\|/, $id;
+					return "unknown lease slot $id" unless $all->{$n} && $all->{$n}{$sl};
+				}
+				return undef;
+			},
+			multi => 1,
+		};
+	}
+
 	if ($k eq 'dump')
 	{
 		my @rows;
