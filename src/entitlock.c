@@ -6,6 +6,20 @@
  *	  lock from locks.c and its wait hook from stats.c) and starts lock
  *	  escalation and statistics.
  *
+ * The layers, lowest first; each file includes only the headers of the
+ * layers it uses, and no header includes a higher one:
+ *
+ *	util.h		keys (keys.c) and utilities (util.c): the bottom layer
+ *	periods.h	usage periods (periods.c), on util.h
+ *	table.h		storage: entitlock's tables beneath SQL (table.c)
+ *	locks.h		advisory locks (locks.c)
+ *	stats.h		statistics (stats.c), a leaf every feature calls
+ *	slots.h		semaphores (slots.c): what leases.c shares of them
+ *	usage.h		private to the usage files (usage*.c)
+ *
+ * The features (usage*.c, ratelimit.c, idempotency.c, leases.c, slots.c)
+ * sit on top; this file loads the module and joins the layers.
+ *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"

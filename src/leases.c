@@ -417,6 +417,45 @@ static LeaseAttempt try_take_lease_slot(int64 hash, text *name, int slots,
 										TimestampTz *expires_at);
 
 /*
+ * Write a lease just taken (slot 0: the plain lease, else that lease slot)
+ * and finish the call.  A takeover (takeover_tid, the expired row) keeps
+ * the row (its key_hash, name and slot) and replaces the rest.  Only the
+ * holder of the name's lock writes the name's rows, and the caller holds
+ * it, so that row is there to change.
+ */
+static void
+store_lease(EntitlockTable *t, ItemPointer takeover_tid, int64 hash,
+			text *name, pg_uuid_t *token, text *holder, int64 fencing,
+			TimestampTz now, Interval *ttl, int slot)
+{
+	Datum		values[LEASE_NATTS];
+	bool		nulls[LEASE_NATTS];
+
+	values[COL_KEY_HASH] = Int64GetDatum(hash);
+	values[COL_NAME] = PointerGetDatum(name);
+	values[COL_TOKEN] = UUIDPGetDatum(token);
+	values[COL_HOLDER] = PointerGetDatum(holder);
+	values[COL_FENCING] = Int64GetDatum(fencing);
+	values[COL_ACQUIRED_AT] = TimestampTzGetDatum(now);
+	values[COL_EXPIRES_AT] = TimestampTzGetDatum(entitlock_expiry(now, ttl));
+	values[COL_SLOT] = Int32GetDatum(slot);
+	memset(nulls, 0, sizeof(nulls));
+	nulls[COL_HOLDER] = holder == NULL;
+	nulls[COL_SLOT] = slot == 0;
+
+	if (takeover_tid == NULL)
+		entitlock_table_insert(t, values, nulls);
+	else
+		entitlock_table_update(t, takeover_tid, values, nulls,
+							   ENTITLOCK_COLUMN(COL_TOKEN) |
+							   ENTITLOCK_COLUMN(COL_HOLDER) |
+							   ENTITLOCK_COLUMN(COL_FENCING) |
+							   ENTITLOCK_COLUMN(COL_ACQUIRED_AT) |
+							   ENTITLOCK_COLUMN(COL_EXPIRES_AT));
+	end_lease_call(t, hash, true);
+}
+
+/*
  * One attempt to take the lease on name: when it is free, write the new
  * lease and set *token, *fencing and *takeover (an expired lease was taken
  * over).  Otherwise change nothing and keep no lock.
@@ -429,8 +468,6 @@ try_take_lease(int64 hash, text *name, Interval *ttl, text *holder,
 	EntitlockTable t;
 	Lease		lease;
 	TimestampTz now;
-	Datum		values[LEASE_NATTS];
-	bool		nulls[LEASE_NATTS];
 
 	if (!begin_lease_call(&t, hash, name, false, &lease, "lease_acquire()",
 						  NULL))
@@ -466,33 +503,8 @@ try_take_lease(int64 hash, text *name, Interval *ttl, text *holder,
 				 errhint("Move the sequence past every fencing number in use, with setval() on entitlock.%s.",
 						 FENCING_SEQUENCE)));
 
-	values[COL_KEY_HASH] = Int64GetDatum(hash);
-	values[COL_NAME] = PointerGetDatum(name);
-	values[COL_TOKEN] = UUIDPGetDatum(*token);
-	values[COL_HOLDER] = PointerGetDatum(holder);
-	values[COL_FENCING] = Int64GetDatum(*fencing);
-	values[COL_ACQUIRED_AT] = TimestampTzGetDatum(now);
-	values[COL_EXPIRES_AT] = TimestampTzGetDatum(entitlock_expiry(now, ttl));
-	values[COL_SLOT] = (Datum) 0;
-	memset(nulls, 0, sizeof(nulls));
-	nulls[COL_HOLDER] = holder == NULL;
-	nulls[COL_SLOT] = true;
-
-	/*
-	 * A takeover keeps the row (its key_hash and name) and replaces the rest.
-	 * Only the holder of the name's lock writes the name's row, and this call
-	 * holds it, so the row is there to change.
-	 */
-	if (!lease.found)
-		entitlock_table_insert(&t, values, nulls);
-	else
-		entitlock_table_update(&t, &lease.tid, values, nulls,
-							   ENTITLOCK_COLUMN(COL_TOKEN) |
-							   ENTITLOCK_COLUMN(COL_HOLDER) |
-							   ENTITLOCK_COLUMN(COL_FENCING) |
-							   ENTITLOCK_COLUMN(COL_ACQUIRED_AT) |
-							   ENTITLOCK_COLUMN(COL_EXPIRES_AT));
-	end_lease_call(&t, hash, true);
+	store_lease(&t, lease.found ? &lease.tid : NULL, hash, name, *token,
+				holder, *fencing, now, ttl, 0);
 	return LEASE_TAKEN;
 }
 
@@ -730,8 +742,6 @@ try_take_lease_slot(int64 hash, text *name, int slots, Interval *ttl,
 	bool	   *held;
 	int			free_slot = 0;
 	int			i;
-	Datum		values[LEASE_NATTS];
-	bool		nulls[LEASE_NATTS];
 
 	if (!begin_lease_call(&t, hash, name, false, &lease,
 						  "lease_acquire_slot()", NULL))
@@ -809,27 +819,8 @@ try_take_lease_slot(int64 hash, text *name, int slots, Interval *ttl,
 				 errhint("Move the sequence past every fencing number in use, with setval() on entitlock.%s.",
 						 FENCING_SEQUENCE)));
 
-	values[COL_KEY_HASH] = Int64GetDatum(hash);
-	values[COL_NAME] = PointerGetDatum(name);
-	values[COL_TOKEN] = UUIDPGetDatum(*token);
-	values[COL_HOLDER] = PointerGetDatum(holder);
-	values[COL_FENCING] = Int64GetDatum(*fencing);
-	values[COL_ACQUIRED_AT] = TimestampTzGetDatum(now);
-	values[COL_EXPIRES_AT] = TimestampTzGetDatum(entitlock_expiry(now, ttl));
-	values[COL_SLOT] = Int32GetDatum(free_slot);
-	memset(nulls, 0, sizeof(nulls));
-	nulls[COL_HOLDER] = holder == NULL;
-
-	if (!*takeover)
-		entitlock_table_insert(&t, values, nulls);
-	else
-		entitlock_table_update(&t, &expired.tid, values, nulls,
-							   ENTITLOCK_COLUMN(COL_TOKEN) |
-							   ENTITLOCK_COLUMN(COL_HOLDER) |
-							   ENTITLOCK_COLUMN(COL_FENCING) |
-							   ENTITLOCK_COLUMN(COL_ACQUIRED_AT) |
-							   ENTITLOCK_COLUMN(COL_EXPIRES_AT));
-	end_lease_call(&t, hash, true);
+	store_lease(&t, *takeover ? &expired.tid : NULL, hash, name, *token,
+				holder, *fencing, now, ttl, free_slot);
 	return LEASE_TAKEN;
 }
 
