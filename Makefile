@@ -120,7 +120,7 @@ endif
 
 # PGXS tracks no header dependencies.
 $(OBJS): src/compat.h src/util.h src/table.h src/locks.h src/stats.h \
-	src/usage.h src/periods.h src/slots.h
+	src/usage.h src/periods.h
 
 # A PGXN distribution archive of the committed tree.
 dist:

@@ -14,7 +14,6 @@
  *	table.h		storage: entitlock's tables beneath SQL (table.c)
  *	locks.h		advisory locks (locks.c)
  *	stats.h		statistics (stats.c), a leaf every feature calls
- *	slots.h		semaphores (slots.c): what leases.c shares of them
  *	usage.h		private to the usage files (usage*.c)
  *
  * The features (usage*.c, ratelimit.c, idempotency.c, leases.c, slots.c)

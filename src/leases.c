@@ -71,7 +71,6 @@
 #include "commands/sequence.h"
 #include "locks.h"
 #include "miscadmin.h"
-#include "slots.h"
 #include "stats.h"
 #include "storage/bufmgr.h"
 #include "storage/latch.h"

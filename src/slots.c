@@ -66,7 +66,6 @@
 #include "compat.h"
 #include "locks.h"
 #include "miscadmin.h"
-#include "slots.h"
 #include "stats.h"
 #include "storage/lock.h"
 #include "storage/proc.h"
@@ -85,6 +84,24 @@ static const EntitlockNameMessages name_messages = {
 	"semaphore name must not be null", "semaphore name must not be empty",
 	NULL
 };
+
+/*
+ * The fourth field of a semaphore's advisory lock tags: this for its gate,
+ * this plus the slot number for a slot (see above).  Clear of 1 and 2
+ * (pg_advisory_lock) and 3 (ENTITLOCK_INTERNAL_LOCKS); the largest value,
+ * 0x4000 + ENTITLOCK_MAX_SLOTS, fits the field's 16 bits.
+ */
+#define SLOT_TAG_BASE 0x4000
+
+/* The lock tag of slot (1 to ENTITLOCK_MAX_SLOTS) of key, or its gate (0). */
+static void
+slot_locktag(LOCKTAG *tag, int64 key, int slot)
+{
+	Assert(slot >= 0 && slot <= ENTITLOCK_MAX_SLOTS);
+	SET_LOCKTAG_ADVISORY(*tag, MyDatabaseId,
+						 (uint32) (key >> 32), (uint32) key,
+						 SLOT_TAG_BASE + slot);
+}
 
 /*
  * The gate holder queues on one slot for SLOT_TICK_MS before trying the
@@ -147,7 +164,7 @@ oldest_slot(int64 key, int slots)
 		VirtualTransactionId *vxids;
 		int			count;
 
-		entitlock_slot_locktag(&tag, key, slot);
+		slot_locktag(&tag, key, slot);
 		vxids = GetLockConflicts(&tag, ExclusiveLock, &count);
 		for (i = 0; i < count; i++)
 		{
@@ -190,38 +207,10 @@ wait_for_slot(int64 key, int slot, int timeout_ms)
 								 CppAsString2(SLOT_DEADLOCK_MS),
 								 PGC_SUSET, PGC_S_SESSION,
 								 GUC_ACTION_SAVE, true, 0, false);
-	entitlock_slot_locktag(&tag, key, slot);
+	slot_locktag(&tag, key, slot);
 	got = entitlock_wait_tag(&tag, ExclusiveLock, timeout_ms);
 	AtEOXact_GUC(true, save_nestlevel);
 	return got;
-}
-
-/* The lock tag of slot (1 to ENTITLOCK_MAX_SLOTS) of key, or its gate (0). */
-void
-entitlock_slot_locktag(LOCKTAG *tag, int64 key, int slot)
-{
-	Assert(slot >= 0 && slot <= ENTITLOCK_MAX_SLOTS);
-	SET_LOCKTAG_ADVISORY(*tag, MyDatabaseId,
-						 (uint32) (key >> 32), (uint32) key,
-						 ENTITLOCK_SLOT_TAG_BASE + slot);
-}
-
-/*
- * The slot count in argument argno: present, 1 to ENTITLOCK_MAX_SLOTS.
- */
-int
-entitlock_slots_arg(FunctionCallInfo fcinfo, int argno)
-{
-	int32		slots;
-
-	entitlock_require_arg(fcinfo, argno, "slots must not be null");
-	slots = PG_GETARG_INT32(argno);
-	if (slots < 1 || slots > ENTITLOCK_MAX_SLOTS)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("slots must be between 1 and %d", ENTITLOCK_MAX_SLOTS),
-				 errdetail("The value given was %d.", slots)));
-	return slots;
 }
 
 /* The slot of key among 1..slots this transaction holds, or 0. */
@@ -234,7 +223,7 @@ held_slot(int64 key, int slots)
 	{
 		LOCKTAG		tag;
 
-		entitlock_slot_locktag(&tag, key, slot);
+		slot_locktag(&tag, key, slot);
 		if (compat_LockHeldByMe(&tag, ExclusiveLock))
 			return slot;
 	}
@@ -252,7 +241,7 @@ try_any_slot(int64 key, int slots, int first)
 		int			slot = (first - 1 + i) % slots + 1;
 		LOCKTAG		tag;
 
-		entitlock_slot_locktag(&tag, key, slot);
+		slot_locktag(&tag, key, slot);
 		if (LockAcquire(&tag, ExclusiveLock, false, true) !=
 			LOCKACQUIRE_NOT_AVAIL)
 			return slot;
@@ -288,7 +277,7 @@ take_slot(int64 key, int slots, int wait_ms, bool *waited)
 	bool		lock_timeout_bound = false;
 
 	*waited = false;
-	entitlock_slot_locktag(&gate, key, 0);
+	slot_locktag(&gate, key, 0);
 
 	if (bounded)
 		deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), wait_ms);

@@ -58,6 +58,25 @@ entitlock_int8_arg(FunctionCallInfo fcinfo, int argno, const char *if_null)
 }
 
 /*
+ * The slot count of a semaphore (1.2: lock_slot, lease_acquire_slot) in
+ * argument argno: present, 1 to ENTITLOCK_MAX_SLOTS.
+ */
+int
+entitlock_slots_arg(FunctionCallInfo fcinfo, int argno)
+{
+	int32		slots;
+
+	entitlock_require_arg(fcinfo, argno, "slots must not be null");
+	slots = PG_GETARG_INT32(argno);
+	if (slots < 1 || slots > ENTITLOCK_MAX_SLOTS)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("slots must be between 1 and %d", ENTITLOCK_MAX_SLOTS),
+				 errdetail("The value given was %d.", slots)));
+	return slots;
+}
+
+/*
  * A name: present, not empty and, where messages->if_long is set, at most
  * ENTITLOCK_MAX_NAME_BYTES long.  Takes a value and whether it is NULL, so
  * that it serves the fields of a row as well as arguments.

@@ -36,6 +36,9 @@ extern uint64 entitlock_hash_bytes(const void *data, size_t len, uint64 seed);
  */
 #define ENTITLOCK_MAX_NAME_BYTES 512
 
+/* The most slots a semaphore (slots.c, leases.c) may have. */
+#define ENTITLOCK_MAX_SLOTS 10000
+
 /* The messages a name argument's checks raise; if_long NULL: no limit. */
 typedef struct EntitlockNameMessages
 {
@@ -50,6 +53,7 @@ extern text *entitlock_text_arg(FunctionCallInfo fcinfo, int argno,
 								const char *if_null);
 extern int64 entitlock_int8_arg(FunctionCallInfo fcinfo, int argno,
 								const char *if_null);
+extern int	entitlock_slots_arg(FunctionCallInfo fcinfo, int argno);
 extern text *entitlock_name_value(Datum value, bool isnull,
 								  const EntitlockNameMessages *messages);
 extern text *entitlock_name_arg(FunctionCallInfo fcinfo, int argno,
