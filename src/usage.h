@@ -77,8 +77,7 @@ extern void usage_record_meter(EntitlockTable *counter, MeterCall *call,
 extern int64 usage_read(const UsageMeter *meter);
 extern int64 usage_give_back(EntitlockTable *counter, MeterCall *call,
 							 const UsagePeriod *period,
-							 TimestampTz recorded_at,
-							 int64 amount);
+							 TimestampTz recorded_at, int64 amount);
 
 /* usage_keys.c: keys of single-meter calls */
 extern EntitlockTableDef usage_key_def;
