@@ -242,7 +242,7 @@ COMMENT ON FUNCTION entitlock._lease_take(bigint, text, interval, text, integer,
 'internal: takes a lease or a slot lease, waiting at most wait_ms';
 
 REVOKE ALL ON FUNCTION entitlock._lease_args(text, interval) FROM PUBLIC;
-REVOKE ALL ON FUNCTION entitlock._check_slots(integer) FROM PUBLIC;
+-- _check_slots() only checks its argument (slot_holders() runs as its caller).
 REVOKE ALL ON FUNCTION entitlock._lease_try(bigint, text, interval, text, integer) FROM PUBLIC;
 REVOKE ALL ON FUNCTION entitlock._lease_take(bigint, text, interval, text, integer, integer) FROM PUBLIC;
 

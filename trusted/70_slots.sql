@@ -256,12 +256,14 @@ CREATE OR REPLACE FUNCTION entitlock.slot_holders(name text, slots integer)
 RETURNS TABLE (slot integer, pid integer, granted boolean, xact_start timestamptz,
 			   application_name text, wait_start timestamptz)
 LANGUAGE plpgsql VOLATILE PARALLEL SAFE
-SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $fn$
 DECLARE
 	g record;
 BEGIN
+	-- As the caller (not SECURITY DEFINER), as in the C edition: what it
+	-- shows of other sessions (xact_start, application_name) is what the
+	-- caller may see in pg_stat_activity.
 	g := entitlock._slot_gate(slot_holders.name);
 	PERFORM entitlock._check_slots(slots);
 	RETURN QUERY
@@ -295,6 +297,7 @@ $fn$;
 COMMENT ON FUNCTION entitlock.slot_holders(text, integer) IS
 'who holds a slot of the semaphore name (granted) and who waits for one, waiters by wait_start';
 
-REVOKE ALL ON FUNCTION entitlock._slot_gate(text) FROM PUBLIC;
+-- _slot_gate() only checks a name and computes its key pair; slot_holders()
+-- runs as its caller and needs it.
 REVOKE ALL ON FUNCTION entitlock._slot_try(integer, integer, integer) FROM PUBLIC;
 REVOKE ALL ON FUNCTION entitlock._slot_deadlocked(integer, integer, integer) FROM PUBLIC;
