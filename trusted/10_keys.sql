@@ -17,22 +17,22 @@
 -- folds when an argument is a constant (the XXH64 primes).
 --
 
--- a + b modulo 2^64.
+-- a + b modulo 2^64: the exact sum in numeric, brought into bigint's range
+-- (a + b + 2^64 + 2^63 is never negative, so % gives its residue).
 CREATE OR REPLACE FUNCTION entitlock._u64_add(a bigint, b bigint)
 RETURNS bigint
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
 AS $$
-	SELECT (((((a OPERATOR(pg_catalog.>>) 32) OPERATOR(pg_catalog.+) (b OPERATOR(pg_catalog.>>) 32)) OPERATOR(pg_catalog.+) (((a OPERATOR(pg_catalog.&) 4294967295) OPERATOR(pg_catalog.+) (b OPERATOR(pg_catalog.&) 4294967295)) OPERATOR(pg_catalog.>>) 32)) OPERATOR(pg_catalog.<<) 32) OPERATOR(pg_catalog.|) (((a OPERATOR(pg_catalog.&) 4294967295) OPERATOR(pg_catalog.+) (b OPERATOR(pg_catalog.&) 4294967295)) OPERATOR(pg_catalog.&) 4294967295))
+	SELECT pg_catalog.int8(((((a::pg_catalog.numeric OPERATOR(pg_catalog.+) b::pg_catalog.numeric) OPERATOR(pg_catalog.+) 27670116110564327424::pg_catalog.numeric) OPERATOR(pg_catalog.%) 18446744073709551616::pg_catalog.numeric) OPERATOR(pg_catalog.-) 9223372036854775808::pg_catalog.numeric))
 $$;
 
--- a * b modulo 2^64.  With a = ah:al and b = bh:bl in 32-bit halves, the
--- product is al*bl + ((ah*bl + al*bh) mod 2^32) * 2^32; al*bl is formed
--- from al's 16-bit pieces so that no partial product reaches 2^63.
+-- a * b modulo 2^64, likewise: |a * b| <= 2^126, so adding 2^127 + 2^63
+-- (a multiple of 2^64, plus 2^63) makes it positive.
 CREATE OR REPLACE FUNCTION entitlock._u64_mul(a bigint, b bigint)
 RETURNS bigint
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
 AS $$
-	SELECT ((((((((((((a OPERATOR(pg_catalog.&) 65535) OPERATOR(pg_catalog.*) (b OPERATOR(pg_catalog.&) 4294967295)) OPERATOR(pg_catalog.&) 4294967295) OPERATOR(pg_catalog.+) (((((a OPERATOR(pg_catalog.>>) 16) OPERATOR(pg_catalog.&) 65535) OPERATOR(pg_catalog.*) (b OPERATOR(pg_catalog.&) 4294967295)) OPERATOR(pg_catalog.&) 65535) OPERATOR(pg_catalog.<<) 16)) OPERATOR(pg_catalog.>>) 32) OPERATOR(pg_catalog.+) (((a OPERATOR(pg_catalog.&) 65535) OPERATOR(pg_catalog.*) (b OPERATOR(pg_catalog.&) 4294967295)) OPERATOR(pg_catalog.>>) 32)) OPERATOR(pg_catalog.+) ((((a OPERATOR(pg_catalog.>>) 16) OPERATOR(pg_catalog.&) 65535) OPERATOR(pg_catalog.*) (b OPERATOR(pg_catalog.&) 4294967295)) OPERATOR(pg_catalog.>>) 16)) OPERATOR(pg_catalog.+) (((((a OPERATOR(pg_catalog.>>) 32) OPERATOR(pg_catalog.&) 65535) OPERATOR(pg_catalog.*) (b OPERATOR(pg_catalog.&) 4294967295)) OPERATOR(pg_catalog.+) (((((a OPERATOR(pg_catalog.>>) 48) OPERATOR(pg_catalog.&) 65535) OPERATOR(pg_catalog.*) (b OPERATOR(pg_catalog.&) 4294967295)) OPERATOR(pg_catalog.&) 65535) OPERATOR(pg_catalog.<<) 16)) OPERATOR(pg_catalog.&) 4294967295)) OPERATOR(pg_catalog.+) ((((a OPERATOR(pg_catalog.&) 65535) OPERATOR(pg_catalog.*) ((b OPERATOR(pg_catalog.>>) 32) OPERATOR(pg_catalog.&) 4294967295)) OPERATOR(pg_catalog.+) (((((a OPERATOR(pg_catalog.>>) 16) OPERATOR(pg_catalog.&) 65535) OPERATOR(pg_catalog.*) ((b OPERATOR(pg_catalog.>>) 32) OPERATOR(pg_catalog.&) 4294967295)) OPERATOR(pg_catalog.&) 65535) OPERATOR(pg_catalog.<<) 16)) OPERATOR(pg_catalog.&) 4294967295)) OPERATOR(pg_catalog.&) 4294967295) OPERATOR(pg_catalog.<<) 32) OPERATOR(pg_catalog.|) (((((a OPERATOR(pg_catalog.&) 65535) OPERATOR(pg_catalog.*) (b OPERATOR(pg_catalog.&) 4294967295)) OPERATOR(pg_catalog.&) 4294967295) OPERATOR(pg_catalog.+) (((((a OPERATOR(pg_catalog.>>) 16) OPERATOR(pg_catalog.&) 65535) OPERATOR(pg_catalog.*) (b OPERATOR(pg_catalog.&) 4294967295)) OPERATOR(pg_catalog.&) 65535) OPERATOR(pg_catalog.<<) 16)) OPERATOR(pg_catalog.&) 4294967295))
+	SELECT pg_catalog.int8(((((a::pg_catalog.numeric OPERATOR(pg_catalog.*) b::pg_catalog.numeric) OPERATOR(pg_catalog.+) 170141183460469231740910675752738881536::pg_catalog.numeric) OPERATOR(pg_catalog.%) 18446744073709551616::pg_catalog.numeric) OPERATOR(pg_catalog.-) 9223372036854775808::pg_catalog.numeric))
 $$;
 
 -- x rotated left by r bits (0 < r < 64).
@@ -62,10 +62,15 @@ $$;
 --   P4 0x85EBCA77C2B2AE63 = -8796714831421723037
 --   P5 0x27D4EB2F165667C5 =  2870177450012600261
 --
+--
+-- No SET clause: every caller (key(), and the functions that lock names)
+-- runs with search_path = pg_catalog, pg_temp already, and a SET clause
+-- costs each call a configuration change and its undoing, more than the
+-- hash of a short name.
+--
 CREATE OR REPLACE FUNCTION entitlock._xxh64(data bytea, seed bigint DEFAULT 0)
 RETURNS bigint
 LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL SAFE
-SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
 	len integer := length(data);
@@ -240,41 +245,39 @@ BEGIN
 		h := h # t;
 		h := entitlock._u64_mul(h, -7046029288634856825);
 		h := entitlock._u64_add(h, -8796714831421723037);
+		h := entitlock._u64_add(h, len);
 	ELSE
-		h := entitlock._u64_add(seed, 2870177450012600261);  -- P5
+		-- seed + P5 + len (P5 + len < 2^63)
+		h := entitlock._u64_add(seed, 2870177450012600261 + len);
 	END IF;
-	
-	t := len;
-	h := entitlock._u64_add(h, t);
-	
+	-- Few statements from here on, each one round: the expressions a
+	-- transaction evaluates are compiled again in the next one, so every
+	-- statement costs each call of the first key in a transaction.
 	WHILE len - p >= 8 LOOP
 		w := get_byte(data, p)::bigint | (get_byte(data, p + 1)::bigint << 8)
 			 | (get_byte(data, p + 2)::bigint << 16) | (get_byte(data, p + 3)::bigint << 24)
 			 | (get_byte(data, p + 4)::bigint << 32) | (get_byte(data, p + 5)::bigint << 40)
 			 | (get_byte(data, p + 6)::bigint << 48) | (get_byte(data, p + 7)::bigint << 56);
 		t := entitlock._u64_mul(w, -4417276706812531889);
-		t := entitlock._u64_rotl(t, 31);
-		t := entitlock._u64_mul(t, -7046029288634856825);
-		h := entitlock._u64_rotl(h # t, 27);
-		h := entitlock._u64_mul(h, -7046029288634856825);
-		h := entitlock._u64_add(h, -8796714831421723037);
+		t := entitlock._u64_mul(entitlock._u64_rotl(t, 31), -7046029288634856825);
+		h := entitlock._u64_add(entitlock._u64_mul(entitlock._u64_rotl(h # t, 27), -7046029288634856825),
+								-8796714831421723037);
 		p := p + 8;
 	END LOOP;
 	IF len - p >= 4 THEN
-		w := get_byte(data, p)::bigint | (get_byte(data, p + 1)::bigint << 8)
-			 | (get_byte(data, p + 2)::bigint << 16) | (get_byte(data, p + 3)::bigint << 24);
-		t := entitlock._u64_mul(w, -7046029288634856825);
-		h := entitlock._u64_rotl(h # t, 23);
-		h := entitlock._u64_mul(h, -4417276706812531889);
-		h := entitlock._u64_add(h, 1609587929392839161);
+		t := entitlock._u64_mul(get_byte(data, p)::bigint | (get_byte(data, p + 1)::bigint << 8)
+								| (get_byte(data, p + 2)::bigint << 16) | (get_byte(data, p + 3)::bigint << 24),
+								-7046029288634856825);
+		h := entitlock._u64_add(entitlock._u64_mul(entitlock._u64_rotl(h # t, 23), -4417276706812531889),
+								1609587929392839161);
 		p := p + 4;
 	END IF;
 	WHILE p < len LOOP
-		h := entitlock._u64_rotl(h # p5_times[get_byte(data, p) + 1], 11);
-		h := entitlock._u64_mul(h, -7046029288634856825);
+		h := entitlock._u64_mul(entitlock._u64_rotl(h # p5_times[get_byte(data, p) + 1], 11),
+								-7046029288634856825);
 		p := p + 1;
 	END LOOP;
-	
+
 	-- avalanche
 	h := entitlock._u64_mul(h # entitlock._u64_shr(h, 33), -4417276706812531889);
 	h := entitlock._u64_mul(h # entitlock._u64_shr(h, 29), 1609587929392839161);
