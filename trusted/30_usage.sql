@@ -595,48 +595,60 @@ DECLARE
 	pstart timestamptz;
 	subject_bytes bytea;
 BEGIN
-	done := (entitlock._check_name(subject, 'subject')) IS NULL;
-	done := (entitlock._check_name(feature, 'feature')) IS NULL;
-	IF period IS NULL THEN
-		RAISE EXCEPTION 'period must not be null'
-			USING ERRCODE = 'null_value_not_allowed';
+	-- Few statements on the way of a valid call: each expression a
+	-- transaction evaluates is compiled again in the next one, so every
+	-- statement costs each call.  One test finds any bad argument; the
+	-- checks below it then raise the first error, in the order of the C
+	-- edition.
+	IF subject IS NULL OR subject = '' OR octet_length(subject) > 512
+	   OR feature IS NULL OR feature = '' OR octet_length(feature) > 512
+	   OR period IS NULL OR amount IS NULL OR usage_limit IS NULL
+	   OR amount <= 0 OR usage_limit < 0
+	   OR idempotency_key = '' OR octet_length(idempotency_key) > 512 THEN
+		done := (entitlock._check_name(subject, 'subject')) IS NULL;
+		done := (entitlock._check_name(feature, 'feature')) IS NULL;
+		IF period IS NULL THEN
+			RAISE EXCEPTION 'period must not be null'
+				USING ERRCODE = 'null_value_not_allowed';
+		END IF;
+		p := entitlock._period_parse(period);
+		IF amount IS NULL THEN
+			RAISE EXCEPTION 'amount must not be null'
+				USING ERRCODE = 'null_value_not_allowed';
+		END IF;
+		IF usage_limit IS NULL THEN
+			RAISE EXCEPTION 'usage limit must not be null'
+				USING ERRCODE = 'null_value_not_allowed';
+		END IF;
+		IF idempotency_key IS NOT NULL THEN
+			done := (entitlock._check_name(idempotency_key, 'idempotency key')) IS NULL;
+		END IF;
+		IF amount <= 0 THEN
+			RAISE EXCEPTION 'amount must be greater than zero'
+				USING ERRCODE = 'invalid_parameter_value',
+					  HINT = 'Use record_usage() with a negative amount to give usage back.';
+		END IF;
+		IF usage_limit < 0 THEN
+			RAISE EXCEPTION 'usage limit must not be negative'
+				USING ERRCODE = 'invalid_parameter_value';
+		END IF;
 	END IF;
-	-- Calendar periods are read here; anchored ones by _period_parse().
-	pkind := CASE lower(period)
-				 WHEN 'lifetime' THEN 0 WHEN 'minute' THEN 1 WHEN 'hour' THEN 2
-				 WHEN 'day' THEN 3 WHEN 'week' THEN 4 WHEN 'month' THEN 5
-				 WHEN 'year' THEN 6 END;
-	IF pkind IS NOT NULL THEN
-		pname := ('{lifetime,minute,hour,day,week,month,year}'::text[])[pkind + 1];
-		pcount := 0;
-	ELSE
+	-- Calendar periods are read here (pname is then lower(period), the
+	-- canonical name); anchored ones by _period_parse().
+	pkind := array_position('{lifetime,minute,hour,day,week,month,year}'::text[], lower(period)) - 1;
+	IF pkind IS NULL THEN
 		p := entitlock._period_parse(period);
 		pname := p.name;
 		pkind := p.kind;
 		pcount := p.count;
 		panchor := p.anchor;
+	ELSE
+		pname := lower(period);
+		pcount := 0;
 	END IF;
-	IF amount IS NULL THEN
-		RAISE EXCEPTION 'amount must not be null'
-			USING ERRCODE = 'null_value_not_allowed';
+	IF current_setting('transaction_read_only') = 'on' THEN
+		done := (entitlock._check_writable('record_usage_if_under_limit()')) IS NULL;
 	END IF;
-	IF usage_limit IS NULL THEN
-		RAISE EXCEPTION 'usage limit must not be null'
-			USING ERRCODE = 'null_value_not_allowed';
-	END IF;
-	IF idempotency_key IS NOT NULL THEN
-		done := (entitlock._check_name(idempotency_key, 'idempotency key')) IS NULL;
-	END IF;
-	IF amount <= 0 THEN
-		RAISE EXCEPTION 'amount must be greater than zero'
-			USING ERRCODE = 'invalid_parameter_value',
-				  HINT = 'Use record_usage() with a negative amount to give usage back.';
-	END IF;
-	IF usage_limit < 0 THEN
-		RAISE EXCEPTION 'usage limit must not be negative'
-			USING ERRCODE = 'invalid_parameter_value';
-	END IF;
-	done := (entitlock._check_writable('record_usage_if_under_limit()')) IS NULL;
 
 	IF idempotency_key IS NOT NULL THEN
 		r := entitlock._record(subject, feature, amount, usage_limit, pname, pkind,
@@ -653,7 +665,7 @@ BEGIN
 		subject_bytes := convert_to(subject, 'UTF8');
 		done := pg_advisory_xact_lock_shared(entitlock._xxh64(subject_bytes, 0)) IS NULL;
 		done := pg_advisory_xact_lock_shared(
-					entitlock._xxh64(subject_bytes || decode('00', 'hex') || convert_to(feature, 'UTF8'), 0)) IS NULL;
+					entitlock._xxh64(subject_bytes || '\x00'::bytea || convert_to(feature, 'UTF8'), 0)) IS NULL;
 		IF amount > usage_limit THEN
 			-- Usage is never below zero, so this never fits.
 			SELECT c.used INTO used

@@ -29,6 +29,8 @@ perl_lib=$(dirname "$bindir")/lib/pgxs/src/test/perl
 work=$(mktemp -d /tmp/entitlock-bench.XXXXXX) || die "mktemp failed"
 trap 'rm -rf "$work"' EXIT
 cp "$src" "$ENTITLOCK_ROOT"/test/bench/*.pm "$work/" || die "cannot copy $src"
+# The trusted edition's install file, for trusted.pl (BENCH_TRUSTED_SQL).
+bash "$ENTITLOCK_ROOT/trusted/build.sh" "$work" >/dev/null || die "trusted/build.sh failed"
 chmod -R a+rX "$work"
 [ "$(id -u)" -eq 0 ] && chown -R postgres: "$work"
 
@@ -36,6 +38,7 @@ chmod -R a+rX "$work"
 as_pg env PATH="$bindir:$PATH" PG_REGRESS="$(dirname "$bindir")/lib/pgxs/src/test/regress/pg_regress" \
 	TESTDIR="$work" TESTDATADIR="$work/tmp_check" \
 	TESTLOGDIR="$work/tmp_check/log" BENCH_HOST="${PGHOST:-}" BENCH_PORT="${PGPORT:-}" \
+	BENCH_TRUSTED_SQL="${BENCH_TRUSTED_SQL:-$work/entitlock-trusted.sql}" \
 	perl -I "$perl_lib" -I "$work" "$work/$1.pl"
 status=$?
 if [ "$status" -ne 0 ]; then
