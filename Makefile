@@ -84,7 +84,9 @@ ISOLATION = \
 	slot-rollback-frees \
 	slot-bounded-wait \
 	slot-deadlock \
-	slot-lease-takeover
+	slot-lease-takeover \
+	slot-reask-fewer-slots \
+	lease-slot-busy-no-row
 
 # Isolation specs live under test/; pg_isolation_regress takes the last
 # --inputdir it is given.
