@@ -60,6 +60,8 @@
  */
 #include "postgres.h"
 
+#include <limits.h>
+
 #include "access/htup_details.h"
 #include "access/relation.h"
 #include "access/transam.h"
@@ -332,6 +334,62 @@ name_writer_in_progress(int64 hash, text *name)
 }
 
 /*
+ * Might one of name's lease slots 1..slots be free once the transactions
+ * working on the name now have ended?  Read like name_writer_in_progress(),
+ * without the name's lock, with a dirty snapshot: a slot counts as taken
+ * when any version of its row, committed or not, holds a lease unexpired
+ * at now (so a release not yet committed still holds its slot, and a row
+ * being inserted takes one).  lease_acquire_common() waits for a busy
+ * name only when this says yes.
+ */
+static bool
+lease_slot_may_be_free(int64 hash, text *name, int slots, TimestampTz now)
+{
+	EntitlockTable t;
+	SnapshotData dirty;
+	IndexScanDesc scan;
+	Datum		hashval = Int64GetDatum(hash);
+	bool	   *taken;
+	int			ntaken = 0;
+
+	InitDirtySnapshot(dirty);
+	entitlock_table_open(&t, &lease_def, RowExclusiveLock);
+	if (RelationGetDescr(t.heap)->natts <= COL_SLOT)
+	{
+		/* Not updated to 1.2: try_take_lease_slot() says so. */
+		entitlock_table_close(&t);
+		return true;
+	}
+	taken = palloc0((slots + 1) * sizeof(bool));
+	scan = entitlock_table_scan(&t, HASH_INDEX, &dirty,
+								BTEqualStrategyNumber, 1, &hashval);
+	while (entitlock_next_row_with_text(&t, scan, COL_NAME + 1, name))
+	{
+		bool		isnull;
+		Datum		d;
+		int			s;
+
+		d = slot_getattr(t.slot, COL_SLOT + 1, &isnull);
+		if (isnull)
+			continue;
+		s = DatumGetInt32(d);
+		if (s < 1 || s > slots || taken[s])
+			continue;
+		d = slot_getattr(t.slot, COL_EXPIRES_AT + 1, &isnull);
+		if (!isnull && DatumGetTimestampTz(d) > now)
+		{
+			taken[s] = true;
+			ntaken++;
+		}
+	}
+	index_endscan(scan);
+	ExecClearTuple(t.slot);
+	entitlock_table_close(&t);
+	pfree(taken);
+	return ntaken < slots;
+}
+
+/*
  * The end of the WAL that covers every number the fencing sequence has
  * handed out: its page's LSN, set by the record that last moved it ahead.
  *
@@ -575,6 +633,40 @@ lease_acquire_common(FunctionCallInfo fcinfo, text *name, int slots,
 		if (attempt == LEASE_TAKEN)
 			break;
 		now = GetCurrentTimestamp();
+
+		/*
+		 * A lease slot: a name that is busy only because another transaction
+		 * is working on it (taking, renewing or releasing a slot, which holds
+		 * the name's lock until it ends) while a slot is free must not give
+		 * "no row", whatever wait says: wait for that transaction to end,
+		 * as a row lock waits for a row's writer, in the lock manager, so
+		 * deadlocks are detected and cancels and statement_timeout end the
+		 * wait.  A transaction that only looks gives the lock back at once,
+		 * so a short sleep is enough.  This wait may outlast wait: once the
+		 * name is free the attempt above decides, and "no row" then means
+		 * every slot is held.
+		 * (A plain lease keeps its answer: the name itself is what is
+		 * busy.)
+		 */
+		if (attempt == LEASE_BUSY && slots > 0 &&
+			lease_slot_may_be_free(hash, name, slots, now))
+		{
+			TransactionId writer = name_writer_in_progress(hash, name);
+
+			if (wait_start == 0)
+				wait_start = now;
+			if (TransactionIdIsValid(writer))
+				(void) entitlock_wait_for_xact(writer, INT_MAX);
+			else
+			{
+				(void) WaitLatch(MyLatch,
+								 WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+								 1, PG_WAIT_EXTENSION);
+				ResetLatch(MyLatch);
+			}
+			CHECK_FOR_INTERRUPTS();
+			continue;
+		}
 		if (now >= deadline)
 			break;
 		if (wait_start == 0)
