@@ -86,7 +86,8 @@ ISOLATION = \
 	slot-deadlock \
 	slot-lease-takeover \
 	slot-reask-fewer-slots \
-	lease-slot-busy-no-row
+	lease-slot-busy-no-row \
+	slot-stats
 
 # Isolation specs live under test/; pg_isolation_regress takes the last
 # --inputdir it is given.

@@ -66,7 +66,8 @@ typedef enum EntitlockStatsKind
 	ENTITLOCK_STATS_RATE,
 	ENTITLOCK_STATS_IDEMPOTENCY,
 	ENTITLOCK_STATS_LEASE,
-	ENTITLOCK_STATS_SLOT		/* 1.2: lock_slot, lease_acquire_slot */
+	ENTITLOCK_STATS_SLOT		/* 1.2: lock_slot, lease_acquire_slot, and
+								 * lease_renew/release of a slot lease */
 } EntitlockStatsKind;
 #define ENTITLOCK_STATS_NKINDS 6
 

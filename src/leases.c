@@ -728,6 +728,19 @@ lease_acquire_common(FunctionCallInfo fcinfo, text *name, int slots,
 }
 
 /*
+ * The statistics kind of a lease_renew or lease_release call: 'slot' for a
+ * lease slot's row (as lease_acquire_slot counts under 'slot'), 'lease'
+ * otherwise.  Only a call whose token matched knows which row is its
+ * lease, so one that returns false counts under 'lease'.
+ */
+static EntitlockStatsKind
+lease_stats_kind(Lease *lease, bool mine)
+{
+	return mine && !lease->nulls[COL_SLOT] ? ENTITLOCK_STATS_SLOT :
+		ENTITLOCK_STATS_LEASE;
+}
+
+/*
  * entitlock.lease_renew(name text, token uuid, ttl interval) returns boolean
  *
  * Extends the lease on name to expire ttl from now, if token is its
@@ -755,7 +768,7 @@ entitlock_lease_renew(PG_FUNCTION_ARGS)
 							   ENTITLOCK_COLUMN(COL_EXPIRES_AT));
 	}
 	end_lease_call(&t, hash, mine);
-	entitlock_stats_count(ENTITLOCK_STATS_LEASE, name, false, 0);
+	entitlock_stats_count(lease_stats_kind(&lease, mine), name, false, 0);
 	PG_RETURN_BOOL(mine);
 }
 
@@ -781,7 +794,7 @@ entitlock_lease_release(PG_FUNCTION_ARGS)
 	if (mine)
 		entitlock_table_delete(&t, &lease.tid);
 	end_lease_call(&t, hash, mine);
-	entitlock_stats_count(ENTITLOCK_STATS_LEASE, name, false, 0);
+	entitlock_stats_count(lease_stats_kind(&lease, mine), name, false, 0);
 	PG_RETURN_BOOL(mine);
 }
 

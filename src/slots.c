@@ -481,7 +481,11 @@ entitlock_lock_slot(PG_FUNCTION_ARGS)
 		remember_taken_slot(key, slot);
 	if (waited && entitlock_stats_on())
 		entitlock_stats_waited(start);
-	if (slot == 0)
+	/*
+	 * A timeout is a bounded wait that ran out, as for lock(name, timeout)
+	 * and leases: '0' (which never waits) returning NULL is not one.
+	 */
+	if (slot == 0 && wait_ms > 0)
 		flags |= ENTITLOCK_STATS_TIMEOUT;
 	entitlock_stats_count(ENTITLOCK_STATS_SLOT, name, false, flags);
 
