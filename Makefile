@@ -87,7 +87,8 @@ ISOLATION = \
 	slot-lease-takeover \
 	slot-reask-fewer-slots \
 	lease-slot-busy-no-row \
-	slot-stats
+	slot-stats \
+	slot-holders-order
 
 # Isolation specs live under test/; pg_isolation_regress takes the last
 # --inputdir it is given.
