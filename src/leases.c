@@ -17,6 +17,8 @@
  * moment is busy, and the answer is the same as for a held lease, no row.
  * So acquiring never queues for the name's lock and never raises a
  * duplicate-key error (only the lock holder inserts, after looking).
+ * (lease_acquire_slot, 1.2, does wait for a busy name while one of its
+ * slots may be free; see lease_acquire_common().)
  *
  * A caller that asks to wait (wait, 1.1) holds nothing while it waits, so
  * that its wait cannot delay the holder's renew or release.  For a held
@@ -113,6 +115,13 @@ PG_FUNCTION_INFO_V1(entitlock_lease_acquire_slot);
  * knows of wakes it at the moment itself.
  */
 #define LEASE_POLL_MS 20
+
+/*
+ * lease_acquire_slot: how many times (1 ms apart) to look again at a name
+ * whose lock is held by a transaction that writes nothing, while a slot
+ * may be free; see lease_acquire_common().
+ */
+#define SLOT_BUSY_RETRIES 100
 
 /* entitlock.lease_record, 0-based column numbers */
 #define COL_KEY_HASH 0
@@ -609,6 +618,7 @@ lease_acquire_common(FunctionCallInfo fcinfo, text *name, int slots,
 	LeaseAttempt attempt;
 	int			flags = 0;
 	int			slot = 0;
+	int			busy_retries = 0;
 	Datum		result[3];
 	bool		result_nulls[3] = {false, false, false};
 
@@ -653,19 +663,34 @@ lease_acquire_common(FunctionCallInfo fcinfo, text *name, int slots,
 		{
 			TransactionId writer = name_writer_in_progress(hash, name);
 
-			if (wait_start == 0)
-				wait_start = now;
 			if (TransactionIdIsValid(writer))
-				(void) entitlock_wait_for_xact(writer, INT_MAX);
-			else
 			{
+				if (wait_start == 0)
+					wait_start = now;
+				(void) entitlock_wait_for_xact(writer, INT_MAX);
+				CHECK_FOR_INTERRUPTS();
+				continue;
+			}
+
+			/*
+			 * No writer: the lock is held by a call that is only looking,
+			 * which lets go at once, or by a session that took the lock's
+			 * advisory tag itself, which may not; so look again only for a
+			 * little while (SLOT_BUSY_RETRIES times 1 ms), then go by wait
+			 * as before.
+			 */
+			if (busy_retries < SLOT_BUSY_RETRIES)
+			{
+				busy_retries++;
+				if (wait_start == 0)
+					wait_start = now;
 				(void) WaitLatch(MyLatch,
 								 WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
 								 1, PG_WAIT_EXTENSION);
 				ResetLatch(MyLatch);
+				CHECK_FOR_INTERRUPTS();
+				continue;
 			}
-			CHECK_FOR_INTERRUPTS();
-			continue;
 		}
 		if (now >= deadline)
 			break;
