@@ -89,7 +89,11 @@ ISOLATION = \
 	slot-rollback-frees \
 	slot-bounded-wait \
 	slot-deadlock \
-	slot-lease-takeover
+	slot-lease-takeover \
+	slot-reask-fewer-slots \
+	lease-slot-busy-no-row \
+	slot-stats \
+	slot-holders-order
 
 # Isolation specs live under test/; pg_isolation_regress takes the last
 # --inputdir it is given.

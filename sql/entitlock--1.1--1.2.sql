@@ -89,20 +89,41 @@ BEGIN
 		   AND l.objsubid OPERATOR(pg_catalog.<=)
 			   (16384 OPERATOR(pg_catalog.+) slot_holders.slots)
 	)
+	-- The holder of the gate (s = 0, granted) is the first waiter: it
+	-- waits for a slot in short turns on one slot's lock after another,
+	-- so its own lock waits (hidden below) restart, and for a moment are
+	-- absent, every turn.  Its wait_start is when its statement began
+	-- (pg_stat_activity.query_start), which stays put.  A gate holder that
+	-- already holds a slot has just taken one and is about to let go of
+	-- the gate: it is listed as a holder only.  The others wait for the
+	-- gate, in its queue, since their pg_locks.waitstart.
 	SELECT CASE WHEN l.granted THEN l.s::integer END,
 		   l.pid, l.granted, a.xact_start, a.application_name::text,
-		   l.waitstart
-	  FROM l
+		   CASE WHEN l.gate THEN a.query_start ELSE l.waitstart END
+	  FROM (SELECT l.pid, l.s, l.waitstart,
+				   l.granted AND l.s OPERATOR(pg_catalog.>) 0 AS granted,
+				   l.granted AND l.s OPERATOR(pg_catalog.=) 0 AS gate
+			  FROM l
+			 WHERE (l.granted AND l.s OPERATOR(pg_catalog.>) 0)
+				OR (l.granted AND l.s OPERATOR(pg_catalog.=) 0
+					AND NOT EXISTS (SELECT FROM l AS h
+									 WHERE h.pid OPERATOR(pg_catalog.=) l.pid
+									   AND h.granted
+									   AND h.s OPERATOR(pg_catalog.>) 0))
+				OR (NOT l.granted
+					AND NOT EXISTS (SELECT FROM l AS g
+									 WHERE g.pid OPERATOR(pg_catalog.=) l.pid
+									   AND g.granted
+									   AND g.s OPERATOR(pg_catalog.=) 0))) AS l
 	  LEFT JOIN pg_catalog.pg_stat_activity AS a
 		ON a.pid OPERATOR(pg_catalog.=) l.pid
-	 WHERE (l.granted AND l.s OPERATOR(pg_catalog.>) 0)
-		OR NOT l.granted
-	 ORDER BY l.granted DESC, l.s, l.waitstart NULLS LAST, l.pid;
+	 ORDER BY l.granted DESC, CASE WHEN l.granted THEN l.s END,
+			  l.gate DESC, l.waitstart NULLS LAST, l.pid;
 END
 $$;
 
 COMMENT ON FUNCTION entitlock.slot_holders(text, integer) IS
-'sessions that hold a slot of the semaphore name (with its number) or wait for one (slot NULL, by wait_start), from pg_locks and pg_stat_activity';
+'sessions that hold a slot of the semaphore name (with its number) or wait for one (slot NULL, by wait_start; the first waiter''s wait_start is when its statement began), from pg_locks and pg_stat_activity';
 
 --
 -- Lease slots (1.2, src/leases.c): up to N leases of a name, one row each,

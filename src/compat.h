@@ -52,6 +52,13 @@
 #define compat_LockHeldByMe(tag, mode) LockHeldByMe(tag, mode)
 #endif
 
+/* 17 moved the backend's local transaction id into MyProc->vxid (slots.c). */
+#if PG_VERSION_NUM >= 170000
+#define compat_my_lxid() (MyProc->vxid.lxid)
+#else
+#define compat_my_lxid() (MyProc->lxid)
+#endif
+
 /* 16 added the result relations an EvalPlanQual recheck may touch. */
 #if PG_VERSION_NUM >= 160000
 #define compat_EvalPlanQualInit(epqstate, estate) \

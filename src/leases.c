@@ -17,6 +17,8 @@
  * moment is busy, and the answer is the same as for a held lease, no row.
  * So acquiring never queues for the name's lock and never raises a
  * duplicate-key error (only the lock holder inserts, after looking).
+ * (lease_acquire_slot, 1.2, does wait for a busy name while one of its
+ * slots may be free; see lease_acquire_common().)
  *
  * A caller that asks to wait (wait, 1.1) holds nothing while it waits, so
  * that its wait cannot delay the holder's renew or release.  For a held
@@ -59,6 +61,8 @@
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
+
+#include <limits.h>
 
 #include "access/htup_details.h"
 #include "access/relation.h"
@@ -118,6 +122,13 @@ static const EntitlockNameMessages name_messages = {
  * knows of wakes it at the moment itself.
  */
 #define LEASE_POLL_MS 20
+
+/*
+ * lease_acquire_slot: how many times (1 ms apart) to look again at a name
+ * whose lock is held by a transaction that writes nothing, while a slot
+ * may be free; see lease_acquire_common().
+ */
+#define SLOT_BUSY_RETRIES 100
 
 /* entitlock.lease_record, 0-based column numbers */
 #define COL_KEY_HASH 0
@@ -327,6 +338,62 @@ name_writer_in_progress(int64 hash, text *name)
 	ExecClearTuple(t.slot);
 	entitlock_table_close(&t);
 	return writer;
+}
+
+/*
+ * Might one of name's lease slots 1..slots be free once the transactions
+ * working on the name now have ended?  Read like name_writer_in_progress(),
+ * without the name's lock, with a dirty snapshot: a slot counts as taken
+ * when any version of its row, committed or not, holds a lease unexpired
+ * at now (so a release not yet committed still holds its slot, and a row
+ * being inserted takes one).  lease_acquire_common() waits for a busy
+ * name only when this says yes.
+ */
+static bool
+lease_slot_may_be_free(int64 hash, text *name, int slots, TimestampTz now)
+{
+	EntitlockTable t;
+	SnapshotData dirty;
+	IndexScanDesc scan;
+	Datum		hashval = Int64GetDatum(hash);
+	bool	   *taken;
+	int			ntaken = 0;
+
+	InitDirtySnapshot(dirty);
+	entitlock_table_open(&t, &lease_def, RowExclusiveLock);
+	if (RelationGetDescr(t.heap)->natts <= COL_SLOT)
+	{
+		/* Not updated to 1.2: try_take_lease_slot() says so. */
+		entitlock_table_close(&t);
+		return true;
+	}
+	taken = palloc0((slots + 1) * sizeof(bool));
+	scan = entitlock_table_scan(&t, HASH_INDEX, &dirty,
+								BTEqualStrategyNumber, 1, &hashval);
+	while (entitlock_next_row_with_text(&t, scan, COL_NAME + 1, name))
+	{
+		bool		isnull;
+		Datum		d;
+		int			s;
+
+		d = slot_getattr(t.slot, COL_SLOT + 1, &isnull);
+		if (isnull)
+			continue;
+		s = DatumGetInt32(d);
+		if (s < 1 || s > slots || taken[s])
+			continue;
+		d = slot_getattr(t.slot, COL_EXPIRES_AT + 1, &isnull);
+		if (!isnull && DatumGetTimestampTz(d) > now)
+		{
+			taken[s] = true;
+			ntaken++;
+		}
+	}
+	index_endscan(scan);
+	ExecClearTuple(t.slot);
+	entitlock_table_close(&t);
+	pfree(taken);
+	return ntaken < slots;
 }
 
 /*
@@ -562,6 +629,7 @@ lease_acquire_common(FunctionCallInfo fcinfo, text *name, int slots,
 	LeaseAttempt attempt;
 	int			flags = 0;
 	int			slot = 0;
+	int			busy_retries = 0;
 	Datum		result[3];
 	bool		result_nulls[3] = {false, false, false};
 
@@ -586,6 +654,55 @@ lease_acquire_common(FunctionCallInfo fcinfo, text *name, int slots,
 		if (attempt == LEASE_TAKEN)
 			break;
 		now = GetCurrentTimestamp();
+
+		/*
+		 * A lease slot: a name that is busy only because another transaction
+		 * is working on it (taking, renewing or releasing a slot, which holds
+		 * the name's lock until it ends) while a slot is free must not give
+		 * "no row", whatever wait says: wait for that transaction to end,
+		 * as a row lock waits for a row's writer, in the lock manager, so
+		 * deadlocks are detected and cancels and statement_timeout end the
+		 * wait.  A transaction that only looks gives the lock back at once,
+		 * so a short sleep is enough.  This wait may outlast wait: once the
+		 * name is free the attempt above decides, and "no row" then means
+		 * every slot is held.
+		 * (A plain lease keeps its answer: the name itself is what is
+		 * busy.)
+		 */
+		if (attempt == LEASE_BUSY && slots > 0 &&
+			lease_slot_may_be_free(hash, name, slots, now))
+		{
+			TransactionId writer = name_writer_in_progress(hash, name);
+
+			if (TransactionIdIsValid(writer))
+			{
+				if (wait_start == 0)
+					wait_start = now;
+				(void) entitlock_wait_for_xact(writer, INT_MAX);
+				CHECK_FOR_INTERRUPTS();
+				continue;
+			}
+
+			/*
+			 * No writer: the lock is held by a call that is only looking,
+			 * which lets go at once, or by a session that took the lock's
+			 * advisory tag itself, which may not; so look again only for a
+			 * little while (SLOT_BUSY_RETRIES times 1 ms), then go by wait
+			 * as before.
+			 */
+			if (busy_retries < SLOT_BUSY_RETRIES)
+			{
+				busy_retries++;
+				if (wait_start == 0)
+					wait_start = now;
+				(void) WaitLatch(MyLatch,
+								 WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+								 1, PG_WAIT_EXTENSION);
+				ResetLatch(MyLatch);
+				CHECK_FOR_INTERRUPTS();
+				continue;
+			}
+		}
 		if (now >= deadline)
 			break;
 		if (wait_start == 0)
@@ -645,6 +762,19 @@ lease_acquire_common(FunctionCallInfo fcinfo, text *name, int slots,
 }
 
 /*
+ * The statistics kind of a lease_renew or lease_release call: 'slot' for a
+ * lease slot's row (as lease_acquire_slot counts under 'slot'), 'lease'
+ * otherwise.  Only a call whose token matched knows which row is its
+ * lease, so one that returns false counts under 'lease'.
+ */
+static EntitlockStatsKind
+lease_stats_kind(Lease *lease, bool mine)
+{
+	return mine && !lease->nulls[COL_SLOT] ? ENTITLOCK_STATS_SLOT :
+		ENTITLOCK_STATS_LEASE;
+}
+
+/*
  * entitlock.lease_renew(name text, token uuid, ttl interval) returns boolean
  *
  * Extends the lease on name to expire ttl from now, if token is its
@@ -672,7 +802,7 @@ entitlock_lease_renew(PG_FUNCTION_ARGS)
 							   ENTITLOCK_COLUMN(COL_EXPIRES_AT));
 	}
 	end_lease_call(&t, hash, mine);
-	entitlock_stats_count(ENTITLOCK_STATS_LEASE, name, false, 0);
+	entitlock_stats_count(lease_stats_kind(&lease, mine), name, false, 0);
 	PG_RETURN_BOOL(mine);
 }
 
@@ -698,7 +828,7 @@ entitlock_lease_release(PG_FUNCTION_ARGS)
 	if (mine)
 		entitlock_table_delete(&t, &lease.tid);
 	end_lease_call(&t, hash, mine);
-	entitlock_stats_count(ENTITLOCK_STATS_LEASE, name, false, 0);
+	entitlock_stats_count(lease_stats_kind(&lease, mine), name, false, 0);
 	PG_RETURN_BOOL(mine);
 }
 

@@ -20,7 +20,8 @@
  * which is how slot_holders() finds them.
  *
  * Taking a slot:
- *	1. A transaction that holds a slot of the name already gets it back.
+ *	1. A transaction that holds a slot of the name already gets it back,
+ *	   whatever slot count it passes now (see held_slot()).
  *	2. It takes the name's gate (ExclusiveLock), waiting in the gate's
  *	   queue if someone else holds it.  The lock manager grants a released
  *	   lock to its waiters in the order they came (a newcomer's request
@@ -74,6 +75,7 @@
 #include "util.h"
 #include "utils/backend_status.h"
 #include "utils/guc.h"
+#include "utils/memutils.h"
 #include "utils/resowner.h"
 #include "utils/timestamp.h"
 
@@ -213,19 +215,80 @@ wait_for_slot(int64 key, int slot, int timeout_ms)
 	return got;
 }
 
-/* The slot of key among 1..slots this transaction holds, or 0. */
-static int
-held_slot(int64 key, int slots)
+/*
+ * The slots this backend's current transaction took with lock_slot, as
+ * (key, slot) pairs, so that asking again finds the slot held whatever
+ * slot count the new call passes (a transaction may hold slot 3 of 5 and
+ * ask again with 2).  The lock manager does not export a way to list the
+ * backend's own locks, and probing up to ENTITLOCK_MAX_SLOTS tags would
+ * be slow.  The list is kept in TopMemoryContext and belongs to the
+ * transaction whose local id is taken_lxid: a call in a later transaction
+ * finds another id and starts afresh, so no end-of-transaction callback
+ * is needed.  An entry may outlive its lock (a subtransaction that took
+ * it rolled back), so each is checked with LockHeldByMe before use.
+ */
+typedef struct TakenSlot
 {
+	int64		key;
 	int			slot;
+} TakenSlot;
 
-	for (slot = 1; slot <= slots; slot++)
+static TakenSlot *taken_slots = NULL;
+static int	taken_count = 0;
+static int	taken_size = 0;
+static LocalTransactionId taken_lxid = InvalidLocalTransactionId;
+
+/* Forget the list when it belongs to an earlier transaction. */
+static void
+taken_slots_check_xact(void)
+{
+	if (taken_lxid != compat_my_lxid())
+	{
+		taken_count = 0;
+		taken_lxid = compat_my_lxid();
+	}
+}
+
+/* Remember that this transaction took slot of key. */
+static void
+remember_taken_slot(int64 key, int slot)
+{
+	taken_slots_check_xact();
+	if (taken_count == taken_size)
+	{
+		int			newsize = Max(taken_size * 2, 8);
+
+		if (taken_slots == NULL)
+			taken_slots = MemoryContextAlloc(TopMemoryContext,
+											 newsize * sizeof(TakenSlot));
+		else
+			taken_slots = repalloc(taken_slots, newsize * sizeof(TakenSlot));
+		taken_size = newsize;
+	}
+	taken_slots[taken_count].key = key;
+	taken_slots[taken_count].slot = slot;
+	taken_count++;
+}
+
+/*
+ * The slot of key this transaction holds, whichever slot count it was
+ * taken with, or 0.
+ */
+static int
+held_slot(int64 key)
+{
+	int			i;
+
+	taken_slots_check_xact();
+	for (i = 0; i < taken_count; i++)
 	{
 		LOCKTAG		tag;
 
-		slot_locktag(&tag, key, slot);
+		if (taken_slots[i].key != key)
+			continue;
+		slot_locktag(&tag, key, taken_slots[i].slot);
 		if (compat_LockHeldByMe(&tag, ExclusiveLock))
-			return slot;
+			return taken_slots[i].slot;
 	}
 	return 0;
 }
@@ -398,7 +461,7 @@ entitlock_lock_slot(PG_FUNCTION_ARGS)
 	entitlock_check_not_parallel();
 	key = entitlock_name_key(name);
 
-	slot = held_slot(key, slots);
+	slot = held_slot(key);
 	if (slot != 0)
 	{
 		entitlock_stats_begin();
@@ -409,9 +472,15 @@ entitlock_lock_slot(PG_FUNCTION_ARGS)
 	entitlock_stats_begin();
 	start = GetCurrentTimestamp();
 	slot = take_slot(key, slots, wait_ms, &waited);
+	if (slot != 0)
+		remember_taken_slot(key, slot);
 	if (waited && entitlock_stats_on())
 		entitlock_stats_waited(start);
-	if (slot == 0)
+	/*
+	 * A timeout is a bounded wait that ran out, as for lock(name, timeout)
+	 * and leases: '0' (which never waits) returning NULL is not one.
+	 */
+	if (slot == 0 && wait_ms > 0)
 		flags |= ENTITLOCK_STATS_TIMEOUT;
 	entitlock_stats_count(ENTITLOCK_STATS_SLOT, name, false, flags);
 
