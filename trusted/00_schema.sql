@@ -57,15 +57,16 @@ COMMENT ON SCHEMA entitlock IS
 -- trusted` with the version in entitlock.control).  A function rather
 -- than a table, so that the schema holds the same tables and indexes as
 -- the C edition's.  Before it is replaced, the version that was installed
--- (NULL: none) is kept in the setting entitlock.previous_trusted_version
+-- (NULL: none) is kept in the setting entitlock_trusted.previous_version
+-- (not "entitlock.": a loaded C library reserves that prefix)
 -- for the rest of the session, for update steps later in the file.
 --
 DO $previous$
 BEGIN
 	IF pg_catalog.to_regprocedure('entitlock.trusted_version()') IS NULL THEN
-		PERFORM pg_catalog.set_config('entitlock.previous_trusted_version', '', false);
+		PERFORM pg_catalog.set_config('entitlock_trusted.previous_version', '', false);
 	ELSE
-		EXECUTE 'SELECT pg_catalog.set_config(''entitlock.previous_trusted_version'', entitlock.trusted_version(), false)';
+		EXECUTE 'SELECT pg_catalog.set_config(''entitlock_trusted.previous_version'', entitlock.trusted_version(), false)';
 	END IF;
 END
 $previous$;
