@@ -239,12 +239,14 @@ CREATE OR REPLACE FUNCTION entitlock.slot_holders(name text, slots integer)
 RETURNS TABLE (slot integer, pid integer, granted boolean, xact_start timestamptz,
 			   application_name text, wait_start timestamptz)
 LANGUAGE plpgsql VOLATILE PARALLEL SAFE
-SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $fn$
 DECLARE
 	g record;
 BEGIN
+	-- Run as the caller, not SECURITY DEFINER: pg_stat_activity shows
+	-- xact_start and the other columns of the caller's sessions only to
+	-- the caller (the C edition's function runs as the caller too).
 	g := entitlock._slot_gate(slot_holders.name);
 	PERFORM entitlock._check_slots(slots);
 	RETURN QUERY
@@ -278,6 +280,9 @@ $fn$;
 COMMENT ON FUNCTION entitlock.slot_holders(text, integer) IS
 'who holds a slot of the semaphore name (granted) and who waits for one, waiters by wait_start';
 
-REVOKE ALL ON FUNCTION entitlock._slot_gate(text) FROM PUBLIC;
+-- _slot_gate() and _check_slots() only compute and check arguments;
+-- slot_holders(), which runs as the caller, calls them.
+GRANT EXECUTE ON FUNCTION entitlock._slot_gate(text) TO PUBLIC;
+GRANT EXECUTE ON FUNCTION entitlock._check_slots(integer) TO PUBLIC;
 REVOKE ALL ON FUNCTION entitlock._slot_try(integer, integer, integer) FROM PUBLIC;
 REVOKE ALL ON FUNCTION entitlock._slot_deadlocked(integer, integer, integer) FROM PUBLIC;
