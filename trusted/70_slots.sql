@@ -25,9 +25,10 @@
 --     order its waiters came, so waiters pass the gate in about their
 --     arrival order and none starves.  The gate is always given back
 --     before lock_slot returns, also when it fails.
---  4. Holding the gate, it tries every slot; when none is free it looks
---     again every 10 ms (the wake-up latency the SPEC allows a trusted
---     edition), still holding the gate, so nobody who came later takes the
+--  4. Holding the gate, it tries every slot; when none is free it waits
+--     10 ms in the lock manager for one slot after another and looks
+--     again (the wake-up latency the SPEC allows a trusted edition),
+--     still holding the gate, so nobody who came later takes the
 --     slot that frees first.  The lock manager cannot wait for "any of
 --     these locks", and a wait on one of them would miss the others.
 --  5. While it looks, it runs the deadlock check PostgreSQL would run for
@@ -133,6 +134,7 @@ DECLARE
 	next_check timestamptz;
 	check_every interval;
 	saved text;
+	turn integer := 0;
 BEGIN
 	g := entitlock._slot_gate(lock_slot.name);
 	PERFORM entitlock._check_slots(slots);
@@ -197,11 +199,28 @@ BEGIN
 			IF deadline IS NOT NULL AND clock_timestamp() >= deadline THEN
 				EXIT;
 			END IF;
-			PERFORM pg_sleep(CASE WHEN deadline IS NULL THEN 0.01
-								  ELSE least(0.01, greatest(0.001,
-									   extract(epoch FROM deadline - clock_timestamp())))
-							 END);
-			got := entitlock._slot_try(g.hi, g.lo, slots);
+			-- The 10 ms are spent waiting in the lock manager for one of
+			-- the slots in turn (lock_timeout set in a subtransaction, as
+			-- in _xact_lock_within), not asleep: that slot is taken the
+			-- moment it frees, and the wait shows in pg_locks and
+			-- pg_blocking_pids() as a wait for its holder.
+			turn := turn % slots + 1;
+			saved := current_setting('lock_timeout');
+			BEGIN
+				PERFORM set_config('lock_timeout',
+					(CASE WHEN deadline IS NULL THEN 10
+						  ELSE least(10, greatest(1, ceil(extract(epoch FROM deadline - clock_timestamp()) * 1000)))
+					 END)::integer::text, true);
+				PERFORM pg_advisory_xact_lock(g.hi, g.lo # turn);
+				PERFORM set_config('lock_timeout', saved, true);
+				got := turn;
+			EXCEPTION WHEN lock_not_available THEN
+				-- The subtransaction's rollback has restored lock_timeout.
+				got := NULL;
+			END;
+			IF got IS NULL THEN
+				got := entitlock._slot_try(g.hi, g.lo, slots);
+			END IF;
 			IF got IS NULL AND clock_timestamp() >= next_check THEN
 				IF entitlock._slot_deadlocked(g.hi, g.lo, slots) THEN
 					RAISE EXCEPTION 'deadlock detected'
