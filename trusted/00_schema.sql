@@ -58,7 +58,7 @@ COMMENT ON SCHEMA entitlock IS
 -- than a table, so that the schema holds the same tables and indexes as
 -- the C edition's.  Before it is replaced, the version that was installed
 -- (NULL: none) is kept in the setting entitlock_trusted.previous_version
--- (not under entitlock.: the C library, when loaded, reserves that prefix)
+-- (not "entitlock.": a loaded C library reserves that prefix)
 -- for the rest of the session, for update steps later in the file.
 --
 DO $previous$

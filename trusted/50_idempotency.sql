@@ -16,12 +16,15 @@
 --
 -- REPEATABLE READ and SERIALIZABLE keep the transaction's snapshot, which
 -- may predate the owner's commit.  The C edition reads with a snapshot of
--- its own; PL/pgSQL cannot.  So the claim is written with INSERT ... ON
--- CONFLICT over a unique index on (key_hash, md5(key)), one row per key:
--- a committed claim the snapshot cannot see makes the INSERT fail with
+-- its own; PL/pgSQL cannot.  So a key's rows are numbered in
+-- generations (the first 8 hex digits of claim_id) under a unique index
+-- on (key_hash, md5(key), generation): a new row takes generation 0, or
+-- one past the highest the caller sees, so a committed claim the snapshot
+-- cannot see has the same generation and makes the INSERT fail with
 -- serialization_failure (40001), which callers at those levels retry, and
--- never gives a second 'new'.  (The C edition keeps one row per key too,
--- reusing an expired one; the index only states it.)
+-- never gives a second 'new'.  An expired row is reused, keeping its
+-- claim_id, as in the C edition; only when a purge is deleting it does a
+-- claim write the next generation instead, without waiting.
 --
 -- idempotency_complete() must know whether this transaction claimed the
 -- key.  The C edition looks at the row's inserting transaction; here the
@@ -30,8 +33,18 @@
 -- undoes together with the claim itself.
 --
 
-CREATE UNIQUE INDEX IF NOT EXISTS idempotency_key_trusted_key_idx
-	ON entitlock.idempotency_key USING btree (key_hash, pg_catalog.md5(key));
+-- Files before this one had one row per key, under a unique index on
+-- (key_hash, md5(key)); it goes.
+DO $generations$
+BEGIN
+	IF pg_catalog.to_regclass('entitlock.idempotency_key_trusted_key_idx') IS NOT NULL THEN
+		DROP INDEX entitlock.idempotency_key_trusted_key_idx;
+	END IF;
+END
+$generations$;
+CREATE UNIQUE INDEX IF NOT EXISTS idempotency_key_trusted_generation_idx
+	ON entitlock.idempotency_key USING btree
+	(key_hash, pg_catalog.md5(key), pg_catalog.substr(claim_id::text, 1, 8));
 
 --
 -- Shared helpers (internal; PUBLIC cannot call them).
@@ -196,6 +209,8 @@ DECLARE
 	found_live boolean := false;
 	now timestamptz;
 	wait_ms integer;
+	reuse tid;
+	gen text;
 BEGIN
 	IF p_key IS NULL THEN
 		RAISE EXCEPTION 'idempotency key must not be null'
@@ -247,26 +262,49 @@ BEGIN
 		RETURN;
 	END IF;
 
-	-- Reuse an expired row of the key, keeping its claim_id; a committed
-	-- unexpired claim this snapshot cannot see (REPEATABLE READ) makes
-	-- this fail with serialization_failure (see the file header).
+	-- Reuse an expired row of the key, keeping its claim_id.  One that a
+	-- purge_expired() is deleting (locked) is not waited for, as in the C
+	-- edition: the row is as good as gone, and a new row of the next
+	-- generation serves as well (should the purge roll back, the old row
+	-- is still expired and ignored).  Under REPEATABLE READ, a row another
+	-- claim reused after this snapshot makes the lock fail with
+	-- serialization_failure.
 	now := clock_timestamp();
-	INSERT INTO entitlock.idempotency_key AS c
-		(key_hash, key, fingerprint, response, claimed_at, expires_at,
-		 completed_at, claim_id)
-	VALUES (hash, p_key, p_fingerprint, NULL, now, now + p_ttl, NULL,
-			gen_random_uuid())
-	ON CONFLICT (key_hash, md5(key)) DO UPDATE
-	   SET fingerprint = excluded.fingerprint, response = NULL,
-		   claimed_at = excluded.claimed_at, expires_at = excluded.expires_at,
-		   completed_at = NULL
-	 WHERE c.key = excluded.key AND c.expires_at <= excluded.claimed_at;
-	IF NOT FOUND THEN
-		-- An unexpired row the lock should have shown: another key with the
-		-- same hash and digest, or a claim this snapshot cannot see.
-		RAISE EXCEPTION 'could not serialize access due to a concurrent claim of idempotency key "%"',
-			entitlock._for_message(p_key)
-			USING ERRCODE = 'serialization_failure';
+	SELECT c.ctid INTO reuse
+	  FROM entitlock.idempotency_key AS c
+	 WHERE c.key_hash = hash AND c.key = p_key
+	 LIMIT 1
+	   FOR UPDATE SKIP LOCKED;
+	IF reuse IS NOT NULL THEN
+		UPDATE entitlock.idempotency_key AS c
+		   SET fingerprint = p_fingerprint, response = NULL,
+			   claimed_at = now, expires_at = now + p_ttl, completed_at = NULL
+		 WHERE c.ctid = reuse;
+	ELSE
+		-- A new row, of generation 0 for a key with no row in sight, else
+		-- one past the highest one seen.  A committed claim this snapshot
+		-- cannot see (REPEATABLE READ) has the same generation, and the
+		-- unique index makes the INSERT fail with serialization_failure
+		-- (see the file header).
+		SELECT max(substr(c.claim_id::text, 1, 8)) INTO gen
+		  FROM entitlock.idempotency_key AS c
+		 WHERE c.key_hash = hash AND c.key = p_key;
+		gen := CASE WHEN gen IS NULL THEN '00000000'
+					ELSE lpad(to_hex((('x' || gen)::bit(32)::bigint + 1) % 4294967296), 8, '0')
+			   END;
+		INSERT INTO entitlock.idempotency_key AS c
+			(key_hash, key, fingerprint, response, claimed_at, expires_at,
+			 completed_at, claim_id)
+		VALUES (hash, p_key, p_fingerprint, NULL, now, now + p_ttl, NULL,
+				(gen || substr(gen_random_uuid()::text, 9))::uuid)
+		ON CONFLICT DO NOTHING;
+		IF NOT FOUND THEN
+			-- A row the lock should have shown: another key with the same
+			-- hash and digest, or a claim this snapshot cannot see.
+			RAISE EXCEPTION 'could not serialize access due to a concurrent claim of idempotency key "%"',
+				entitlock._for_message(p_key)
+				USING ERRCODE = 'serialization_failure';
+		END IF;
 	END IF;
 	PERFORM entitlock._note('entitlock_trusted.claims', hash::text);
 	outcome := 'new';
@@ -339,10 +377,14 @@ BEGIN
 				  HINT = 'Call idempotency_complete() in the transaction whose idempotency_begin() returned "new", before it commits.';
 	END IF;
 	IF entitlock._noted('entitlock_trusted.claims', hash::text) THEN
+		-- The key's newest claim, this transaction's (older rows of the
+		-- key are expired ones a purge was deleting).
 		UPDATE entitlock.idempotency_key AS c
 		   SET response = idempotency_complete.response,
 			   completed_at = clock_timestamp()
-		 WHERE c.key_hash = hash AND c.key = p_key;
+		 WHERE c.ctid = (SELECT o.ctid FROM entitlock.idempotency_key AS o
+						  WHERE o.key_hash = hash AND o.key = p_key
+						  ORDER BY o.claimed_at DESC LIMIT 1);
 		IF FOUND THEN
 			RETURN;
 		END IF;

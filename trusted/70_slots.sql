@@ -25,9 +25,10 @@
 --     order its waiters came, so waiters pass the gate in about their
 --     arrival order and none starves.  The gate is always given back
 --     before lock_slot returns, also when it fails.
---  4. Holding the gate, it tries every slot; when none is free it looks
---     again every 10 ms (the wake-up latency the SPEC allows a trusted
---     edition), still holding the gate, so nobody who came later takes the
+--  4. Holding the gate, it tries every slot; when none is free it waits
+--     10 ms in the lock manager for one slot after another and looks
+--     again (the wake-up latency the SPEC allows a trusted edition),
+--     still holding the gate, so nobody who came later takes the
 --     slot that frees first.  The lock manager cannot wait for "any of
 --     these locks", and a wait on one of them would miss the others.
 --  5. While it looks, it runs the deadlock check PostgreSQL would run for
@@ -134,7 +135,6 @@ DECLARE
 	check_every interval;
 	saved text;
 	turn integer := 0;
-	turn_saved text;
 BEGIN
 	g := entitlock._slot_gate(lock_slot.name);
 	PERFORM entitlock._check_slots(slots);
@@ -191,7 +191,6 @@ BEGIN
 
 	-- 4. and 5., holding the gate.
 	BEGIN
-		turn_saved := current_setting('lock_timeout');
 		got := entitlock._slot_try(g.hi, g.lo, slots);
 		check_every := make_interval(secs => greatest(
 			extract(epoch FROM current_setting('deadlock_timeout')::interval), 0.01));
@@ -200,22 +199,25 @@ BEGIN
 			IF deadline IS NOT NULL AND clock_timestamp() >= deadline THEN
 				EXIT;
 			END IF;
-			-- Wait in the lock manager, a turn of at most 10 ms on one slot
-			-- after another, rather than sleep: so the wait shows in
-			-- pg_locks (and to isolationtester) as the wait it is.
+			-- The 10 ms are spent waiting in the lock manager for one of
+			-- the slots in turn (lock_timeout set in a subtransaction, as
+			-- in _xact_lock_within), not asleep: that slot is taken the
+			-- moment it frees, and the wait shows in pg_locks and
+			-- pg_blocking_pids() as a wait for its holder.
 			turn := turn % slots + 1;
+			saved := current_setting('lock_timeout');
 			BEGIN
 				PERFORM set_config('lock_timeout',
 					(CASE WHEN deadline IS NULL THEN 10
-						  ELSE least(10, greatest(1, ceil(extract(epoch FROM
-							   deadline - clock_timestamp()) * 1000)))
+						  ELSE least(10, greatest(1, ceil(extract(epoch FROM deadline - clock_timestamp()) * 1000)))
 					 END)::integer::text, true);
 				PERFORM pg_advisory_xact_lock(g.hi, g.lo # turn);
+				PERFORM set_config('lock_timeout', saved, true);
 				got := turn;
 			EXCEPTION WHEN lock_not_available THEN
-				NULL;
+				-- The subtransaction's rollback has restored lock_timeout.
+				got := NULL;
 			END;
-			PERFORM set_config('lock_timeout', turn_saved, true);
 			IF got IS NULL THEN
 				got := entitlock._slot_try(g.hi, g.lo, slots);
 			END IF;
@@ -261,9 +263,9 @@ AS $fn$
 DECLARE
 	g record;
 BEGIN
-	-- As the caller (not SECURITY DEFINER), as in the C edition: what it
-	-- shows of other sessions (xact_start, application_name) is what the
-	-- caller may see in pg_stat_activity.
+	-- Run as the caller, not SECURITY DEFINER: pg_stat_activity shows
+	-- xact_start and the other columns of the caller's sessions only to
+	-- the caller (the C edition's function runs as the caller too).
 	g := entitlock._slot_gate(slot_holders.name);
 	PERFORM entitlock._check_slots(slots);
 	RETURN QUERY
@@ -297,7 +299,9 @@ $fn$;
 COMMENT ON FUNCTION entitlock.slot_holders(text, integer) IS
 'who holds a slot of the semaphore name (granted) and who waits for one, waiters by wait_start';
 
--- _slot_gate() only checks a name and computes its key pair; slot_holders()
--- runs as its caller and needs it.
+-- _slot_gate() and _check_slots() only compute and check arguments;
+-- slot_holders(), which runs as the caller, calls them.
+GRANT EXECUTE ON FUNCTION entitlock._slot_gate(text) TO PUBLIC;
+GRANT EXECUTE ON FUNCTION entitlock._check_slots(integer) TO PUBLIC;
 REVOKE ALL ON FUNCTION entitlock._slot_try(integer, integer, integer) FROM PUBLIC;
 REVOKE ALL ON FUNCTION entitlock._slot_deadlocked(integer, integer, integer) FROM PUBLIC;
