@@ -5,7 +5,7 @@
  *	  against (15, 17 and 18; the README names the tested ones).
  *
  * Every #if on PG_VERSION_NUM lives here, so the rest of the code is
- * written once against one API.  table.c and locks.c include it.
+ * written once against one API.
  *
  *-------------------------------------------------------------------------
  */
@@ -34,6 +34,16 @@
 #else
 #define compat_vxid_proc(vxid) BackendIdGetProc((vxid).backendId)
 #define compat_local_beentry(idx) pgstat_fetch_stat_local_beentry(idx)
+#endif
+
+/*
+ * 15.1 renamed 15.0's SetSingleFuncCall() and SRF_SINGLE_USE_EXPECTED to
+ * InitMaterializedSRF() and MAT_SRF_USE_EXPECTED_DESC (15.0 has only the
+ * old names).
+ */
+#if PG_VERSION_NUM < 150001
+#define InitMaterializedSRF(fcinfo, flags) SetSingleFuncCall(fcinfo, flags)
+#define MAT_SRF_USE_EXPECTED_DESC SRF_SINGLE_USE_EXPECTED
 #endif
 
 /* 18 added instrumentation to index scans. */

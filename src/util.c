@@ -19,6 +19,7 @@
 #include "postgres.h"
 
 #include "common/int.h"
+#include "compat.h"
 
 #include "mb/pg_wchar.h"
 #include "miscadmin.h"
