@@ -629,7 +629,33 @@ entitlock_period_bounds(const UsagePeriod *period, TimestampTz at,
 	if (TIMESTAMP_NOT_FINITE(at))
 		timestamp_out_of_range();
 	if (period->count > 0)
+	{
+		/*
+		 * The bounds of an anchored period depend only on the period and
+		 * the moment; calls in a row mostly ask for the same period of the
+		 * same meter, so the last one computed answers them.
+		 */
+		static UsagePeriodKind last_kind;
+		static int	last_count = 0;
+		static TimestampTz last_anchor;
+		static TimestampTz last_start;
+		static TimestampTz last_end;
+
+		if (last_count == period->count && last_kind == period->kind &&
+			last_anchor == period->anchor &&
+			at >= last_start && at < last_end)
+		{
+			*start = last_start;
+			*end = last_end;
+			return true;
+		}
 		anchored_bounds(period, at, start, end);
+		last_kind = period->kind;
+		last_count = period->count;
+		last_anchor = period->anchor;
+		last_start = *start;
+		last_end = *end;
+	}
 	else
 		calendar_bounds(period->kind, at, start, end);
 	return true;
