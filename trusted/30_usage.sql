@@ -250,7 +250,13 @@ BEGIN
 	a := anchor AT TIME ZONE 'UTC';
 	IF kind IN (3, 4) THEN
 		step := count * CASE WHEN kind = 4 THEN 7 ELSE 1 END;
-		k := floor(extract(epoch FROM t - a) / (step::numeric * 86400));
+		-- The C edition counts in microseconds of int64, as timestamptz
+		-- does; a distance beyond that is out of range there, and here.
+		IF abs(extract(epoch FROM t) - extract(epoch FROM a)) * 1000000 > 9223372036854775807 THEN
+			RAISE EXCEPTION 'timestamp out of range'
+				USING ERRCODE = 'datetime_field_overflow';
+		END IF;
+		k := floor((extract(epoch FROM t) - extract(epoch FROM a)) / (step::numeric * 86400));
 		s := a + make_interval(days => (k * step)::integer);
 		period_start := s AT TIME ZONE 'UTC';
 		period_end := (s + make_interval(days => step)) AT TIME ZONE 'UTC';
