@@ -65,7 +65,11 @@ sub new_node
 {
 	my ($name, $conf, %params) = @_;
 	my $node = PostgreSQL::Test::Cluster->new($name, %params);
-	$node->init;
+
+	# UTF8 whatever the environment's locale: a bare Debian root has no
+	# LANG, and initdb would pick SQL_ASCII, where names of other scripts
+	# are not text.
+	$node->init(extra => [ '--encoding=UTF8', '--locale=C.UTF-8' ]);
 	$node->append_conf('postgresql.conf', "jit = off\n" . ($conf // ''));
 	$node->start;
 	return $node;
